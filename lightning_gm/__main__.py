@@ -1,0 +1,8 @@
+"""``python -m lightning_gm`` runs the ``lightning_gm`` command."""
+
+import sys
+
+from lightning_gm.cli import main
+
+if __name__ == "__main__":
+    sys.exit(main())

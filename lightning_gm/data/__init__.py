@@ -1,0 +1,27 @@
+"""LightningDataModules (MNIST family, binarised MNIST, 8x8 digits, 2-D toys) and their file handling."""
+
+from lightning_gm.data.files import DATA_ENV, ensure_file, read_amat, read_idx, resolve_data_root
+from lightning_gm.data.modules import (
+    BinarizedMNISTDataModule,
+    DigitsDataModule,
+    FashionMNISTDataModule,
+    GenerativeDataModule,
+    ImageDataModule,
+    MNISTDataModule,
+    Toy2DDataModule,
+)
+
+__all__ = [
+    "DATA_ENV",
+    "ensure_file",
+    "read_amat",
+    "read_idx",
+    "resolve_data_root",
+    "GenerativeDataModule",
+    "ImageDataModule",
+    "MNISTDataModule",
+    "FashionMNISTDataModule",
+    "BinarizedMNISTDataModule",
+    "DigitsDataModule",
+    "Toy2DDataModule",
+]

@@ -1,0 +1,455 @@
+r"""Annealed Importance Sampling (AIS) estimates of log-partition functions.
+
+AIS (Neal 2001) moves ``n_runs`` independent chains along a path of unnormalised densities
+:math:`f_0, f_1, \dots, f_K` from a tractable base (:math:`Z_0` known, exact samples) to the target
+:math:`f_K` and accumulates importance weights
+
+.. math::
+
+    \log w = \sum_{k=1}^{K} \big[\log f_k(x_{k}) - \log f_{k-1}(x_{k})\big],
+    \qquad x_1 \sim p_0,\quad x_{k+1} \sim T_k(\cdot \mid x_k),
+
+where :math:`T_k` leaves :math:`p_k = f_k / Z_k` invariant. Then :math:`E[w] = Z_K / Z_0`, so
+:math:`\hat Z_K = Z_0 \cdot \frac1M \sum_m w^{(m)}` is unbiased for :math:`Z_K`, and by Jensen
+
+* **forward AIS** (base -> target) gives :math:`E[\log \hat Z] \le \log Z`: it *under*-estimates
+  :math:`\log Z` in expectation and so *over*-estimates log-likelihoods (the optimistic side);
+* **reverse AIS** (target -> base, chains started from exact samples of the target) estimates
+  :math:`Z_0 / Z_K`, hence :math:`E[\log \hat Z] \ge \log Z`: it *over*-estimates :math:`\log Z` and
+  *under*-estimates log-likelihoods (the conservative side; Burda, Grosse & Salakhutdinov 2015).
+  The guarantee needs exact target samples; with approximate ones (e.g. persistent chains) it is
+  only approximate.
+
+The loop (:func:`run_ais`) is generic over an :class:`AnnealingPath` (unnormalised log density at
+:math:`\beta` and a :math:`\beta`-invariant transition); :class:`RBMAnnealingPath` is the
+Bernoulli-RBM path of Salakhutdinov & Murray (2008), and a DBM path can plug into the same loop.
+
+References:
+    Neal (2001), Annealed importance sampling, Statistics and Computing 11;
+    Salakhutdinov & Murray (2008), On the quantitative analysis of deep belief networks, ICML;
+    Burda, Grosse & Salakhutdinov (2015), Accurate and conservative estimates of MRF
+    log-likelihood using reverse annealing, AISTATS.
+"""
+
+from __future__ import annotations
+
+import math
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from typing import Callable, Generic, Sequence, TypeVar
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from lightning_gm.nn.rbm import BernoulliRBM, RBMBase
+
+__all__ = [
+    "AnnealingPath",
+    "RBMAnnealingPath",
+    "AISResult",
+    "ProgressFn",
+    "default_betas",
+    "betas_schedule",
+    "base_rate_log_odds",
+    "run_ais",
+    "summarize_log_weights",
+    "ais_log_partition",
+    "rbm_log_likelihood",
+]
+
+StateT = TypeVar("StateT")
+
+#: progress hook ``progress(step, total)``, called every ``progress_every`` annealing steps and at the end.
+ProgressFn = Callable[[int, int], None]
+
+# Segments of the literature schedule: (start, end, number of intervals) with spacings 1e-3, 1e-4, 1e-5.
+_SCHEDULE_SEGMENTS: tuple[tuple[float, float, int], ...] = ((0.0, 0.5, 500), (0.5, 0.9, 4000), (0.9, 1.0, 10000))
+
+
+# ---------------------------------------------------------------------------------------- schedules
+def betas_schedule(n_intervals: int, dtype: torch.dtype = torch.float64) -> Tensor:
+    r"""Inverse temperatures :math:`0 = \beta_0 < \dots < \beta_K = 1` shaped like the literature schedule.
+
+    Three linearly spaced segments ``[0, 0.5]``, ``[0.5, 0.9]``, ``[0.9, 1]`` receive
+    ``500 : 4000 : 10000`` of the ``K = n_intervals`` steps (each segment at least one), i.e. the
+    schedule of Salakhutdinov & Murray (2008) scaled to ``K`` steps: dense near :math:`\beta = 1`
+    where the distributions change fastest for a trained model.
+
+    Args:
+        n_intervals: number of annealing steps ``K >= 3``.
+        dtype: of the result.
+
+    Returns:
+        ``(K + 1,)`` strictly increasing tensor from 0 to 1.
+    """
+    if n_intervals < 3:
+        raise ValueError(f"n_intervals must be >= 3, got {n_intervals}")
+    total = sum(n for _, _, n in _SCHEDULE_SEGMENTS)
+    counts = [max(1, round(n_intervals * n / total)) for _, _, n in _SCHEDULE_SEGMENTS]
+    counts[-1] = n_intervals - sum(counts[:-1])  # exact total; the last segment is the largest
+    pieces = [torch.zeros(1, dtype=torch.float64)]
+    for (lo, hi, _), n in zip(_SCHEDULE_SEGMENTS, counts):
+        pieces.append(torch.linspace(lo, hi, n + 1, dtype=torch.float64)[1:])  # drop the shared endpoint
+    return torch.cat(pieces).to(dtype)
+
+
+def default_betas(dtype: torch.dtype = torch.float64) -> Tensor:
+    r"""The AIS schedule of Salakhutdinov & Murray (2008): 14,500 steps, 14,501 values of :math:`\beta`.
+
+    :math:`\beta` goes from 0 to 0.5 in steps of :math:`10^{-3}` (500 steps), from 0.5 to 0.9 in steps of
+    :math:`10^{-4}` (4,000) and from 0.9 to 1 in steps of :math:`10^{-5}` (10,000).
+
+    Salakhutdinov's ``RBM_AIS.m`` demo writes ``beta = [0:1/1000:0.5 0.5:1/10000:0.9 0.9:1/100000:1.0]``,
+    which has 14,503 entries because 0.5 and 0.9 appear twice; a repeated :math:`\beta` adds exactly
+    zero to the log-weights and only one extra Gibbs transition, so we drop the duplicates.
+
+    Returns:
+        ``(14501,)`` tensor.
+    """
+    return betas_schedule(14500, dtype)
+
+
+def _as_beta_list(betas: Tensor | Sequence[float] | int | None) -> list[float]:
+    if betas is None:
+        b = default_betas()
+    elif isinstance(betas, int):
+        b = betas_schedule(betas)
+    else:
+        b = torch.as_tensor(betas, dtype=torch.float64).flatten()
+    if b.numel() < 2:
+        raise ValueError("betas must contain at least the two endpoints 0 and 1")
+    if float(b[0]) != 0.0 or float(b[-1]) != 1.0:
+        raise ValueError(f"betas must start at 0 and end at 1, got {float(b[0])} ... {float(b[-1])}")
+    if torch.any(b[1:] < b[:-1]):
+        raise ValueError("betas must be non-decreasing")
+    # Python floats: indexing a tensor once per step would dominate the loop's run time.
+    return b.tolist()
+
+
+# ---------------------------------------------------------------------------------------- paths
+class AnnealingPath(ABC, Generic[StateT]):
+    r"""A path of unnormalised densities :math:`f_\beta`, :math:`\beta \in [0, 1]`, for :func:`run_ais`.
+
+    :math:`f_0` must be tractable (exact samples, known :math:`\log Z_0`) and :math:`f_1` is the
+    target. ``StateT`` is whatever a chain carries (a tensor of visibles for an RBM; a DBM could
+    carry a tuple of layers), with a leading batch dimension of ``n_runs``.
+    """
+
+    @abstractmethod
+    def log_z_base(self) -> float:
+        r""":math:`\log Z_0`."""
+
+    @abstractmethod
+    def sample_base(self, n: int, generator: torch.Generator | None = None) -> StateT:
+        r"""``n`` exact samples of :math:`p_0`."""
+
+    @abstractmethod
+    def log_unnormalized(self, state: StateT, beta: float) -> Tensor:
+        r""":math:`\log f_\beta(x)` per chain, ``(n,)`` float64."""
+
+    @abstractmethod
+    def transition(self, state: StateT, beta: float, generator: torch.Generator | None = None) -> StateT:
+        r"""One Markov transition leaving :math:`p_\beta = f_\beta / Z_\beta` invariant."""
+
+    def log_ratio(self, state: StateT, beta_from: float, beta_to: float) -> Tensor:
+        r""":math:`\log f_{\beta_{to}}(x) - \log f_{\beta_{from}}(x)`, ``(n,)`` float64.
+
+        Override when the difference can be computed more cheaply or more accurately.
+        """
+        return self.log_unnormalized(state, beta_to) - self.log_unnormalized(state, beta_from)
+
+
+class RBMAnnealingPath(AnnealingPath[Tensor]):
+    r"""The Salakhutdinov & Murray (2008) path from a base-rate model to a Bernoulli RBM.
+
+    The base model :math:`A` is an RBM with visible biases :math:`b_A` and zero weights and hidden
+    biases, so :math:`Z_A = 2^H \prod_i (1 + e^{b_{A,i}})` (the :math:`2^H` is what the softplus term
+    below equals at :math:`\beta = 0`; Salakhutdinov's code adds :math:`H \log 2` to both
+    :math:`\log Z_A` and the initial log-weight). The intermediate distributions are the marginals of
+
+    .. math::
+
+        p_\beta(v, h) \propto \exp\big((1-\beta)\, b_A^\top v + \beta\,(b^\top v + c^\top h + v^\top W h)\big),
+
+    i.e. the target's energy scaled by :math:`\beta`; summing out :math:`h`,
+
+    .. math::
+
+        \log f_\beta(v) = (1-\beta)\, b_A^\top v + \beta\, b^\top v
+                          + \sum_j \operatorname{softplus}\big(\beta\,(c_j + v^\top W_{:j})\big).
+
+    Note :math:`\beta` multiplies the hidden pre-activation *inside* the softplus: this is what the
+    Gibbs transition below leaves invariant (and what ``RBM_AIS.m`` computes as
+    ``log(1+exp(bb*Wh))``); the geometric mean :math:`p_A^{1-\beta} p_B^{\beta}` of the *marginals*
+    (:math:`\beta` outside the softplus) would be a different path with no such simple transition.
+
+    Transition at :math:`\beta`: :math:`h_j \sim \sigma(\beta(c_j + v^\top W_{:j}))`, then
+    :math:`v_i \sim \sigma((1-\beta) b_{A,i} + \beta(b_i + W_{i:} h))`. Everything runs in float64 on a
+    detached copy of the parameters.
+
+    Args:
+        rbm: the target :class:`~lightning_gm.nn.rbm.BernoulliRBM`.
+        base_visible_bias: :math:`b_A`, ``(n_visible,)``; default zeros (uniform base). The data's
+            log-odds (:func:`base_rate_log_odds`) give a much better base for trained models.
+    """
+
+    def __init__(self, rbm: BernoulliRBM, base_visible_bias: Tensor | None = None) -> None:
+        if not isinstance(rbm, BernoulliRBM):
+            raise TypeError(f"RBMAnnealingPath needs a BernoulliRBM, got {type(rbm).__name__}")
+        f64 = {"dtype": torch.float64, "device": rbm.W.device}
+        self.W = rbm.W.detach().to(**f64)
+        self.b = rbm.b.detach().to(**f64)
+        self.c = rbm.c.detach().to(**f64)
+        if base_visible_bias is None:
+            self.b_base = torch.zeros_like(self.b)
+        else:
+            self.b_base = torch.as_tensor(base_visible_bias).detach().to(**f64).reshape(-1)
+            if self.b_base.shape != self.b.shape:
+                raise ValueError(
+                    f"base_visible_bias must have shape {tuple(self.b.shape)}, got {tuple(self.b_base.shape)}"
+                )
+
+    def log_z_base(self) -> float:
+        r""":math:`\log Z_A = \sum_i \operatorname{softplus}(b_{A,i}) + H \log 2` (independent units)."""
+        return float(F.softplus(self.b_base).sum()) + self.W.shape[1] * math.log(2.0)
+
+    def sample_base(self, n: int, generator: torch.Generator | None = None) -> Tensor:
+        """``(n, n_visible)`` float64 samples of the base-rate model."""
+        probs = torch.sigmoid(self.b_base).expand(n, -1)
+        return torch.bernoulli(probs, generator=generator)
+
+    def _hidden_input(self, v: Tensor) -> Tensor:
+        return v @ self.W + self.c
+
+    def log_unnormalized(self, state: Tensor, beta: float) -> Tensor:
+        v = state.to(self.W.dtype)
+        # softplus = overflow-safe log(1 + exp(.)).
+        return (
+            (1.0 - beta) * (v @ self.b_base)
+            + beta * (v @ self.b)
+            + F.softplus(beta * self._hidden_input(v)).sum(-1)
+        )
+
+    def log_ratio(self, state: Tensor, beta_from: float, beta_to: float) -> Tensor:
+        # f_to / f_from in one pass: the linear terms combine to (beta_to - beta_from) (b - b_A)'v and
+        # the hidden pre-activations are computed once.
+        v = state.to(self.W.dtype)
+        x = self._hidden_input(v)
+        linear = (beta_to - beta_from) * (v @ (self.b - self.b_base))
+        return linear + (F.softplus(beta_to * x) - F.softplus(beta_from * x)).sum(-1)
+
+    def transition(self, state: Tensor, beta: float, generator: torch.Generator | None = None) -> Tensor:
+        v = state.to(self.W.dtype)
+        h = torch.bernoulli(torch.sigmoid(beta * self._hidden_input(v)), generator=generator)
+        logits = (1.0 - beta) * self.b_base + beta * (h @ self.W.T + self.b)
+        return torch.bernoulli(torch.sigmoid(logits), generator=generator)
+
+
+# ---------------------------------------------------------------------------------------- core loop
+def run_ais(
+    path: AnnealingPath[StateT],
+    betas: Tensor | Sequence[float],
+    initial_state: StateT,
+    generator: torch.Generator | None = None,
+    progress: ProgressFn | None = None,
+    progress_every: int = 100,
+) -> Tensor:
+    r"""Run all chains of one AIS sweep along ``betas`` (vectorised over the batch of chains).
+
+    With :math:`\beta_0, \dots, \beta_K` the given sequence (increasing for forward AIS, decreasing
+    for reverse AIS) and ``initial_state`` distributed as :math:`p_{\beta_0}`:
+
+    .. math::
+
+        \log w = \sum_{k=1}^{K} \big[\log f_{\beta_k}(x_k) - \log f_{\beta_{k-1}}(x_k)\big],
+        \quad x_1 = \text{initial\_state},\ x_{k+1} = T_{\beta_k}(x_k)\ (k < K),
+
+    so :math:`E[w] = Z_{\beta_K} / Z_{\beta_0}`.
+
+    Args:
+        path: the annealing path.
+        betas: ``(K + 1,)`` inverse temperatures, from the start state's :math:`\beta` to the end's
+            (0 -> 1 forward, 1 -> 0 reverse; not validated here, see :func:`ais_log_partition`).
+        initial_state: chains at :math:`\beta_0`, batch size = number of runs.
+        generator: random generator for the transitions.
+        progress: optional ``progress(step, K)`` hook, called every ``progress_every`` steps and at ``K``.
+        progress_every: period of the hook, in steps.
+
+    Returns:
+        ``(n_runs,)`` float64 log-weights.
+    """
+    beta_list = torch.as_tensor(betas, dtype=torch.float64).flatten().tolist()
+    n_steps = len(beta_list) - 1
+    if n_steps < 1:
+        raise ValueError("betas needs at least two values")
+    if progress_every < 1:
+        raise ValueError(f"progress_every must be >= 1, got {progress_every}")
+    state = initial_state
+    log_w: Tensor | None = None
+    with torch.no_grad():
+        for k in range(1, n_steps + 1):
+            increment = path.log_ratio(state, beta_list[k - 1], beta_list[k]).to(torch.float64)
+            log_w = increment if log_w is None else log_w + increment  # accumulated in float64
+            if k < n_steps:
+                state = path.transition(state, beta_list[k], generator)
+            if progress is not None and (k % progress_every == 0 or k == n_steps):
+                progress(k, n_steps)
+    assert log_w is not None
+    return log_w
+
+
+# ---------------------------------------------------------------------------------------- results
+@dataclass(frozen=True)
+class AISResult:
+    r"""Summary of an AIS estimate of :math:`\log Z`.
+
+    Attributes:
+        log_z: :math:`\log \hat Z`. Forward: :math:`\log Z_0 + \log \frac1M\sum_m w_m`; reverse:
+            :math:`\log Z_0 - \log \frac1M\sum_m w_m` (with the reverse weights estimating :math:`Z_0 / Z`).
+        log_z_std_error: delta-method standard error of :math:`\log \frac1M\sum w`,
+            :math:`\operatorname{std}(w) / (\bar w \sqrt{M})`.
+        log_z_interval: ``(lower, upper)``: :math:`\bar w \pm 3\operatorname{std}(w)/\sqrt M` mapped to
+            :math:`\log Z` as in Salakhutdinov & Murray (2008); an endpoint is ``-inf`` (forward) or
+            ``+inf`` (reverse) when :math:`\bar w - 3\operatorname{std}(w)/\sqrt M \le 0`.
+        log_weights: ``(M,)`` float64 per-run log-weights (of :math:`Z/Z_0` forward, :math:`Z_0/Z` reverse).
+        log_z_base: :math:`\log Z_0` of the base model.
+        effective_sample_size: :math:`(\sum w)^2 / \sum w^2`, between 1 and ``M`` (a weight-degeneracy diagnostic).
+        reverse: whether this is a reverse-AIS (conservative, :math:`E[\log\hat Z] \ge \log Z`) estimate.
+        n_steps: number of annealing steps ``K``.
+    """
+
+    log_z: float
+    log_z_std_error: float
+    log_z_interval: tuple[float, float]
+    log_weights: Tensor
+    log_z_base: float
+    effective_sample_size: float
+    reverse: bool
+    n_steps: int
+
+
+def summarize_log_weights(
+    log_weights: Tensor, log_z_base: float, reverse: bool = False, n_steps: int = 0
+) -> AISResult:
+    r"""Turn AIS log-weights into an :class:`AISResult`, entirely in log space.
+
+    With :math:`\ell_m = \log w_m`, :math:`M` runs, :math:`\mu = \operatorname{logsumexp}(\ell) - \log M`
+    (the log of the mean weight) and :math:`r_m = e^{\ell_m - \mu}` (mean 1, no overflow since
+    :math:`r_m \le M`):
+
+    .. math::
+
+        \mathrm{se} = \frac{\operatorname{std}(w)}{\bar w \sqrt M} = \frac{\operatorname{std}(r)}{\sqrt M},
+        \qquad \log(\bar w \pm 3\,\mathrm{std}(w)/\sqrt M) = \mu + \log(1 \pm 3\,\mathrm{se}),
+
+    with the unbiased (``M - 1``) standard deviation, as MATLAB's ``std`` in Salakhutdinov's code.
+    """
+    lw = log_weights.detach().to(torch.float64).flatten()
+    m = lw.numel()
+    if m < 1:
+        raise ValueError("need at least one log-weight")
+    if not torch.all(torch.isfinite(lw)):
+        raise ValueError("AIS produced non-finite log-weights")
+    log_mean = torch.logsumexp(lw, 0) - math.log(m)
+    r = torch.exp(lw - log_mean)
+    se = float(r.std(correction=1)) / math.sqrt(m) if m > 1 else float("inf")
+    # log(1 + 3 se) and log(1 - 3 se) with log1p for accuracy when se is small.
+    up = math.log1p(3.0 * se)
+    down = math.log1p(-3.0 * se) if 3.0 * se < 1.0 else -math.inf
+    ess = float(r.sum() ** 2 / r.pow(2).sum())
+    mu = float(log_mean)
+    if reverse:
+        log_z = log_z_base - mu
+        interval = (log_z_base - (mu + up), log_z_base - (mu + down))
+    else:
+        log_z = log_z_base + mu
+        interval = (log_z_base + mu + down, log_z_base + mu + up)
+    return AISResult(
+        log_z=log_z,
+        log_z_std_error=se,
+        log_z_interval=interval,
+        log_weights=lw,
+        log_z_base=log_z_base,
+        effective_sample_size=ess,
+        reverse=reverse,
+        n_steps=n_steps,
+    )
+
+
+# ---------------------------------------------------------------------------------------- RBM API
+def base_rate_log_odds(data: Tensor, eps: float = 1e-3) -> Tensor:
+    r"""Visible biases of the maximum-likelihood base-rate model: :math:`\log\frac{p_i}{1-p_i}`.
+
+    :math:`p_i` is the mean of unit ``i`` over ``data`` ``(N, n_visible)``, clamped to
+    ``[eps, 1 - eps]`` so never-on/always-on pixels get finite biases. Returns ``(n_visible,)`` float64.
+    """
+    p = data.detach().to(torch.float64).reshape(-1, data.shape[-1]).mean(0).clamp(eps, 1.0 - eps)
+    return torch.log(p) - torch.log1p(-p)
+
+
+def ais_log_partition(
+    rbm: BernoulliRBM,
+    n_runs: int = 100,
+    betas: Tensor | Sequence[float] | int | None = None,
+    base_visible_bias: Tensor | None = None,
+    generator: torch.Generator | None = None,
+    progress: ProgressFn | None = None,
+    progress_every: int = 100,
+    reverse: bool = False,
+    initial_visibles: Tensor | None = None,
+) -> AISResult:
+    r"""Estimate :math:`\log Z` of a Bernoulli RBM by AIS from a base-rate model (:class:`RBMAnnealingPath`).
+
+    Forward (default): ``n_runs`` chains start from exact base samples and anneal
+    :math:`\beta: 0 \to 1`; :math:`E[\log\hat Z] \le \log Z` (log-likelihoods come out optimistic).
+
+    Reverse (``reverse=True``): the chains start at ``initial_visibles``, which should be samples of
+    the RBM itself (e.g. long persistent chains, or :func:`~lightning_gm.estimators.partition.sample_rbm_exact`
+    for small models), and anneal :math:`\beta: 1 \to 0`; the weights estimate :math:`Z_0 / Z` and
+    :math:`E[\log\hat Z] \ge \log Z` when the initial samples are exact (log-likelihoods come out
+    conservative). Bracketing :math:`\log Z` between both is the usual sanity check.
+
+    Args:
+        rbm: the target model.
+        n_runs: number of forward chains (ignored in reverse mode: one chain per initial visible).
+        betas: ``None`` for :func:`default_betas` (14,500 steps), an ``int`` number of steps for
+            :func:`betas_schedule`, or an explicit increasing sequence from 0 to 1.
+        base_visible_bias: base-rate biases :math:`b_A` (default zeros: uniform); see :func:`base_rate_log_odds`.
+        generator: random generator.
+        progress: optional ``progress(step, total)`` hook (e.g. to drive a progress bar).
+        progress_every: call ``progress`` every this many steps.
+        reverse: run reverse AIS from ``initial_visibles``.
+        initial_visibles: ``(M, n_visible)`` target samples, required when ``reverse``.
+
+    Returns:
+        :class:`AISResult`.
+    """
+    path = RBMAnnealingPath(rbm, base_visible_bias)
+    beta_list = _as_beta_list(betas)
+    if reverse:
+        if initial_visibles is None:
+            raise ValueError("reverse AIS needs initial_visibles: samples of the RBM (e.g. persistent chains)")
+        state = initial_visibles.detach().to(dtype=torch.float64, device=path.W.device).reshape(-1, rbm.n_visible)
+        beta_list = beta_list[::-1]
+    else:
+        if n_runs < 1:
+            raise ValueError(f"n_runs must be >= 1, got {n_runs}")
+        state = path.sample_base(n_runs, generator)
+    log_w = run_ais(path, beta_list, state, generator, progress, progress_every)
+    return summarize_log_weights(log_w, path.log_z_base(), reverse=reverse, n_steps=len(beta_list) - 1)
+
+
+def rbm_log_likelihood(rbm: RBMBase, v: Tensor, log_z: float | Tensor) -> Tensor:
+    r"""Per-example log-likelihood :math:`\log p(v) = -F(v) - \log Z`.
+
+    Args:
+        rbm: any RBM of :mod:`lightning_gm.nn.rbm`.
+        v: ``(N, n_visible)``.
+        log_z: exact (:func:`~lightning_gm.estimators.partition.log_partition_enumerate`) or estimated
+            (:func:`ais_log_partition`) log-partition function.
+
+    Returns:
+        ``(N,)`` in the model dtype (differentiable in the parameters through :math:`F`).
+    """
+    return -rbm.free_energy(v) - log_z

@@ -1,0 +1,505 @@
+r"""Restricted Boltzmann machines in plain torch: energies, free energies, conditionals and samplers.
+
+Two visible-unit types share one small base class, :class:`RBMBase`, that holds everything which
+only depends on the hidden layer being Bernoulli and on the energy having the form
+
+.. math::
+
+    E(v, h) = U(v) - h^\top\big(c + W^\top s(v)\big),
+
+where :math:`U(v)` is the visible "self" energy and :math:`s(v)` the visible statistic seen by the
+hidden units:
+
+* :class:`BernoulliRBM` (binary visibles): :math:`U(v) = -b^\top v`, :math:`s(v) = v`.
+* :class:`GaussianBernoulliRBM` (real visibles, Cho et al. 2011):
+  :math:`U(v) = \sum_i (v_i - b_i)^2 / (2\sigma_i^2)`, :math:`s(v) = v / \sigma^2`.
+
+Each subclass supplies :math:`U`, :math:`s`, the conditional :math:`p(v \mid h)` and the free
+energy with the visibles integrated out; hidden conditionals, the free energy :math:`F(v)`, block
+Gibbs sampling, the contrastive-divergence surrogate loss and the reconstruction error are shared.
+
+Nothing here imports Lightning: these modules are the maths used by the RBM/DBN/DBM
+LightningModules and by :mod:`lightning_gm.estimators.partition` / :mod:`lightning_gm.estimators.ais`.
+
+Shapes: ``v`` is ``(..., n_visible)`` and ``h`` is ``(..., n_hidden)``; every per-example quantity
+is returned with shape ``(...)``. All methods work for float32 and float64 parameters; inputs are
+cast to the parameter dtype.
+
+References:
+    Hinton (2002), Training products of experts by minimizing contrastive divergence;
+    Hinton (2010), A practical guide to training restricted Boltzmann machines (UTML TR 2010-003);
+    Besag (1975), Statistical analysis of non-lattice data (pseudo-likelihood);
+    Cho, Ilin & Raiko (2011), Improved learning of Gaussian-Bernoulli restricted Boltzmann machines;
+    Tieleman (2008), Training RBMs using approximations to the likelihood gradient (PCD).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import NamedTuple
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+__all__ = ["RBMBase", "BernoulliRBM", "GaussianBernoulliRBM", "GibbsState"]
+
+_LOG_2PI = math.log(2.0 * math.pi)
+
+
+class GibbsState(NamedTuple):
+    r"""Result of :meth:`RBMBase.gibbs_vhv` after ``k`` block-Gibbs sweeps ``v -> h -> v``.
+
+    Attributes:
+        v: final visible sample, ``(batch, n_visible)``.
+        v_mean: :math:`E[v \mid h]` for the hidden sample ``h`` that produced ``v``,
+            ``(batch, n_visible)`` (probabilities for Bernoulli visibles, Gaussian means otherwise).
+        h: last hidden sample (the one ``v`` was drawn from), ``(batch, n_hidden)``.
+        h_mean: :math:`p(h = 1 \mid v_{k-1})`, the probabilities ``h`` was drawn with,
+            ``(batch, n_hidden)``. Note it conditions on the *previous* visible state; use
+            :meth:`RBMBase.mean_hiddens` on ``v`` for :math:`p(h \mid v_k)`.
+    """
+
+    v: Tensor
+    v_mean: Tensor
+    h: Tensor
+    h_mean: Tensor
+
+
+class RBMBase(nn.Module):
+    r"""Shared machinery of RBMs with Bernoulli hidden units.
+
+    Subclasses define the visible self-energy :math:`U(v)` (:meth:`_visible_energy`), the statistic
+    :math:`s(v)` (:meth:`_visible_statistic`), :meth:`mean_visibles`, :meth:`sample_visibles` and
+    :meth:`free_energy_hidden`. With those,
+
+    .. math::
+
+        E(v, h) &= U(v) - c^\top h - s(v)^\top W h, \\
+        p(h_j = 1 \mid v) &= \sigma\big(c_j + s(v)^\top W_{:j}\big), \\
+        F(v) &= -\log \sum_h e^{-E(v, h)} = U(v) - \sum_j \operatorname{softplus}\big(c_j + s(v)^\top W_{:j}\big).
+
+    Parameters: ``W`` ``(n_visible, n_hidden)``, ``b`` ``(n_visible,)``, ``c`` ``(n_hidden,)``.
+    """
+
+    def __init__(
+        self,
+        n_visible: int,
+        n_hidden: int,
+        weight_std: float = 0.01,
+        dtype: torch.dtype | None = None,
+        device: torch.device | str | None = None,
+    ) -> None:
+        super().__init__()
+        if n_visible < 1 or n_hidden < 1:
+            raise ValueError(f"n_visible and n_hidden must be >= 1, got {n_visible} and {n_hidden}")
+        factory = {"dtype": dtype, "device": device}
+        self.n_visible = int(n_visible)
+        self.n_hidden = int(n_hidden)
+        # Hinton (2010) section 8: small random weights N(0, 0.01^2), zero biases.
+        self.W = nn.Parameter(torch.randn(n_visible, n_hidden, **factory) * weight_std)
+        self.b = nn.Parameter(torch.zeros(n_visible, **factory))
+        self.c = nn.Parameter(torch.zeros(n_hidden, **factory))
+
+    # ------------------------------------------------------------------ subclass hooks
+    def _visible_energy(self, v: Tensor) -> Tensor:
+        r""":math:`U(v)`: ``(..., n_visible) -> (...)``."""
+        raise NotImplementedError
+
+    def _visible_statistic(self, v: Tensor) -> Tensor:
+        r""":math:`s(v)`, the visible quantity multiplying ``W``: ``(..., n_visible) -> (..., n_visible)``."""
+        raise NotImplementedError
+
+    def mean_visibles(self, h: Tensor) -> Tensor:
+        r""":math:`E[v \mid h]`: ``(..., n_hidden) -> (..., n_visible)``."""
+        raise NotImplementedError
+
+    def sample_visibles(self, h: Tensor, generator: torch.Generator | None = None) -> Tensor:
+        r"""Draw :math:`v \sim p(v \mid h)`: ``(..., n_hidden) -> (..., n_visible)``."""
+        raise NotImplementedError
+
+    def free_energy_hidden(self, h: Tensor) -> Tensor:
+        r""":math:`F(h) = -\log \int e^{-E(v, h)}\,dv` (sum for binary v): ``(..., n_hidden) -> (...)``."""
+        raise NotImplementedError
+
+    # ------------------------------------------------------------------ helpers
+    def _as_param_dtype(self, x: Tensor) -> Tensor:
+        return x.to(dtype=self.W.dtype, device=self.W.device)
+
+    # ------------------------------------------------------------------ shared maths
+    def energy(self, v: Tensor, h: Tensor) -> Tensor:
+        r"""Joint energy.
+
+        .. math:: E(v, h) = U(v) - h^\top\big(c + W^\top s(v)\big)
+
+        Args:
+            v: ``(..., n_visible)``.
+            h: ``(..., n_hidden)`` (broadcastable against ``v``'s batch shape).
+
+        Returns:
+            ``(...)``.
+        """
+        v = self._as_param_dtype(v)
+        h = self._as_param_dtype(h)
+        return self._visible_energy(v) - (self.hidden_logits(v) * h).sum(-1)
+
+    def hidden_logits(self, v: Tensor) -> Tensor:
+        r"""Pre-sigmoid hidden activations :math:`c + W^\top s(v)`.
+
+        Args:
+            v: ``(..., n_visible)``.
+
+        Returns:
+            ``(..., n_hidden)``.
+        """
+        v = self._as_param_dtype(v)
+        return self._visible_statistic(v) @ self.W + self.c
+
+    def mean_hiddens(self, v: Tensor) -> Tensor:
+        r""":math:`p(h_j = 1 \mid v) = \sigma(c_j + s(v)^\top W_{:j})`: ``(..., n_visible) -> (..., n_hidden)``."""
+        return torch.sigmoid(self.hidden_logits(v))
+
+    def sample_hiddens(self, v: Tensor, generator: torch.Generator | None = None) -> Tensor:
+        r"""Draw :math:`h \sim p(h \mid v)` (independent Bernoullis).
+
+        Args:
+            v: ``(..., n_visible)``.
+            generator: optional random generator (same device as the parameters).
+
+        Returns:
+            Binary ``(..., n_hidden)`` in the parameter dtype (no gradient flows through sampling).
+        """
+        with torch.no_grad():
+            return torch.bernoulli(self.mean_hiddens(v), generator=generator)
+
+    def free_energy(self, v: Tensor) -> Tensor:
+        r"""Free energy with the hidden units summed out.
+
+        .. math::
+
+            F(v) = -\log \sum_{h \in \{0,1\}^H} e^{-E(v, h)}
+                 = U(v) - \sum_j \operatorname{softplus}\big(c_j + s(v)^\top W_{:j}\big)
+
+        Args:
+            v: ``(..., n_visible)``.
+
+        Returns:
+            ``(...)``.
+        """
+        v = self._as_param_dtype(v)
+        # softplus(x) = log(1 + e^x) computed without overflow for large x (torch uses
+        # x + log1p(e^-x) above a threshold), so large activations do not produce inf.
+        return self._visible_energy(v) - F.softplus(self.hidden_logits(v)).sum(-1)
+
+    def gibbs_vhv(self, v: Tensor, k: int = 1, generator: torch.Generator | None = None) -> GibbsState:
+        r"""``k`` sweeps of block Gibbs sampling :math:`v \to h \sim p(h \mid v) \to v \sim p(v \mid h)`.
+
+        Runs under ``torch.no_grad()``: chains are never differentiated through (CD/PCD treat the
+        negative samples as constants), so no graph is built.
+
+        Args:
+            v: starting visibles ``(batch, n_visible)``.
+            k: number of sweeps, ``>= 1``.
+            generator: optional random generator.
+
+        Returns:
+            :class:`GibbsState` ``(v, v_mean, h, h_mean)`` after the last sweep.
+        """
+        if k < 1:
+            raise ValueError(f"k must be >= 1, got {k}")
+        with torch.no_grad():
+            v = self._as_param_dtype(v)
+            for _ in range(k):
+                h_mean = self.mean_hiddens(v)
+                h = torch.bernoulli(h_mean, generator=generator)
+                v_mean = self.mean_visibles(h)
+                v = self.sample_visibles(h, generator=generator)
+        return GibbsState(v=v, v_mean=v_mean, h=h, h_mean=h_mean)
+
+    def cd_loss(self, v_data: Tensor, v_model: Tensor) -> Tensor:
+        r"""Contrastive-divergence surrogate whose autograd gradient is the CD/PCD update (negated).
+
+        .. math::
+
+            \mathcal{L} = \frac{1}{N}\sum_n F(v^{(n)}_{\text{data}})
+                        - \frac{1}{M}\sum_m F\big(\operatorname{sg}[v^{(m)}_{\text{model}}]\big),
+            \qquad
+            -\frac{\partial \mathcal{L}}{\partial W}
+              = \big\langle s(v)\, p(h \mid v)^\top \big\rangle_{\text{data}}
+              - \big\langle s(v)\, p(h \mid v)^\top \big\rangle_{\text{model}}
+
+        (``sg`` = stop-gradient). Minimising it with SGD performs CD-k when ``v_model`` comes from
+        ``k`` Gibbs sweeps started at the data, PCD when it comes from persistent chains. Its value is
+        *not* a likelihood; it only has the right gradient.
+
+        Args:
+            v_data: ``(N, n_visible)``.
+            v_model: ``(M, n_visible)`` negative samples (detached here).
+
+        Returns:
+            Scalar tensor.
+        """
+        return self.free_energy(v_data).mean() - self.free_energy(v_model.detach()).mean()
+
+    def reconstruction_error(self, v: Tensor) -> Tensor:
+        r"""Mean squared error of one mean-field up-down pass (a training monitor, not a likelihood).
+
+        .. math:: \frac{1}{N D}\sum_{n,i} \big(v_{ni} - E[v_i \mid h = p(h \mid v_n)]\big)^2
+
+        Args:
+            v: ``(N, n_visible)``.
+
+        Returns:
+            Scalar tensor.
+        """
+        v = self._as_param_dtype(v)
+        recon = self.mean_visibles(self.mean_hiddens(v))
+        return (v - recon).pow(2).mean()
+
+    def forward(self, v: Tensor) -> Tensor:
+        """Free energy :math:`F(v)`, ``(..., n_visible) -> (...)`` (so the module is callable)."""
+        return self.free_energy(v)
+
+    def extra_repr(self) -> str:
+        return f"n_visible={self.n_visible}, n_hidden={self.n_hidden}"
+
+
+class BernoulliRBM(RBMBase):
+    r"""Binary-binary restricted Boltzmann machine.
+
+    .. math::
+
+        E(v, h) &= -v^\top W h - b^\top v - c^\top h, \qquad v \in \{0,1\}^D,\ h \in \{0,1\}^H, \\
+        p(h_j = 1 \mid v) &= \sigma(c_j + v^\top W_{:j}), \qquad
+        p(v_i = 1 \mid h) = \sigma(b_i + W_{i:} h), \\
+        F(v) &= -b^\top v - \sum_j \operatorname{softplus}(c_j + v^\top W_{:j}), \qquad
+        F(h) = -c^\top h - \sum_i \operatorname{softplus}(b_i + W_{i:} h).
+
+    Args:
+        n_visible: number of visible units ``D``.
+        n_hidden: number of hidden units ``H``.
+        weight_std: standard deviation of the initial weights (Hinton 2010 suggests 0.01).
+        dtype, device: parameter factory arguments.
+
+    References:
+        Smolensky (1986); Hinton (2002); Hinton (2010), A practical guide to training RBMs.
+    """
+
+    def _visible_energy(self, v: Tensor) -> Tensor:
+        # U(v) = -b'v
+        return -(v @ self.b)
+
+    def _visible_statistic(self, v: Tensor) -> Tensor:
+        return v
+
+    def visible_logits(self, h: Tensor) -> Tensor:
+        r"""Pre-sigmoid visible activations :math:`b + W h`: ``(..., n_hidden) -> (..., n_visible)``."""
+        h = self._as_param_dtype(h)
+        return h @ self.W.T + self.b
+
+    def mean_visibles(self, h: Tensor) -> Tensor:
+        r""":math:`p(v_i = 1 \mid h) = \sigma(b_i + W_{i:} h)`: ``(..., n_hidden) -> (..., n_visible)``."""
+        return torch.sigmoid(self.visible_logits(h))
+
+    def sample_visibles(self, h: Tensor, generator: torch.Generator | None = None) -> Tensor:
+        r"""Draw :math:`v \sim p(v \mid h)`: binary ``(..., n_visible)`` (no gradient)."""
+        with torch.no_grad():
+            return torch.bernoulli(self.mean_visibles(h), generator=generator)
+
+    def free_energy_hidden(self, h: Tensor) -> Tensor:
+        r"""Free energy with the visibles summed out.
+
+        .. math:: F(h) = -\log \sum_{v} e^{-E(v, h)} = -c^\top h - \sum_i \operatorname{softplus}(b_i + W_{i:} h)
+
+        Args:
+            h: ``(..., n_hidden)``.
+
+        Returns:
+            ``(...)``.
+        """
+        h = self._as_param_dtype(h)
+        # softplus = overflow-safe log(1 + exp(.)), see free_energy.
+        return -(h @ self.c) - F.softplus(self.visible_logits(h)).sum(-1)
+
+    @torch.no_grad()
+    def init_visible_bias_from_data(self, x: Tensor, eps: float = 1e-3) -> None:
+        r"""Set :math:`b_i = \log\frac{p_i}{1 - p_i}` with :math:`p_i` the data mean of unit ``i``.
+
+        Hinton (2010, section 8.1): with zero weights the RBM's visible marginals then equal the
+        data marginals. :math:`p_i` is clamped to ``[eps, 1 - eps]`` so that units that are always
+        off/on get a finite bias (``|b_i| <= log((1 - eps) / eps)``, 6.9 for the default).
+
+        Args:
+            x: data ``(N, n_visible)`` with values in ``[0, 1]``.
+            eps: clamping margin.
+        """
+        p = self._as_param_dtype(x).reshape(-1, self.n_visible).mean(0).clamp(eps, 1.0 - eps)
+        # log(p) - log1p(-p): log1p keeps precision for p close to 0.
+        self.b.copy_(torch.log(p) - torch.log1p(-p))
+
+    def pseudo_log_likelihood(
+        self,
+        v: Tensor,
+        generator: torch.Generator | None = None,
+        flip_index: Tensor | None = None,
+    ) -> Tensor:
+        r"""Stochastic pseudo-log-likelihood, as scikit-learn's ``BernoulliRBM.score_samples``.
+
+        For each example one coordinate :math:`i` is drawn uniformly and
+
+        .. math::
+
+            \widehat{\mathrm{PLL}}(v) = D \log p(v_i \mid v_{-i})
+                = D \log \sigma\big(F(\tilde v) - F(v)\big),
+
+        where :math:`\tilde v` is ``v`` with bit ``i`` flipped. Its expectation over ``i`` is the
+        pseudo-log-likelihood :math:`\sum_i \log p(v_i \mid v_{-i})` (Besag 1975).
+
+        Args:
+            v: binary ``(N, n_visible)``.
+            generator: random generator for the flipped coordinates.
+            flip_index: optional ``(N,)`` long tensor fixing the flipped coordinate per example.
+
+        Returns:
+            ``(N,)``.
+        """
+        v = self._as_param_dtype(v)
+        n, d = v.shape
+        if flip_index is None:
+            flip_index = torch.randint(0, d, (n,), generator=generator, device=v.device)
+        flip_index = flip_index.to(v.device)
+        rows = torch.arange(n, device=v.device)
+        v_flip = v.clone()
+        v_flip[rows, flip_index] = 1.0 - v_flip[rows, flip_index]
+        # log sigma(x) via logsigmoid = -softplus(-x): finite for large |x|.
+        return d * F.logsigmoid(self.free_energy(v_flip) - self.free_energy(v))
+
+
+class GaussianBernoulliRBM(RBMBase):
+    r"""Gaussian-Bernoulli RBM for real-valued visibles (Cho, Ilin & Raiko 2011 parameterisation).
+
+    .. math::
+
+        E(v, h) &= \sum_i \frac{(v_i - b_i)^2}{2\sigma_i^2}
+                  - \sum_{ij} \frac{v_i}{\sigma_i^2} W_{ij} h_j - c^\top h, \\
+        p(v_i \mid h) &= \mathcal{N}\big(v_i;\ b_i + W_{i:} h,\ \sigma_i^2\big), \qquad
+        p(h_j = 1 \mid v) = \sigma\Big(c_j + \sum_i \frac{v_i}{\sigma_i^2} W_{ij}\Big), \\
+        F(v) &= \sum_i \frac{(v_i - b_i)^2}{2\sigma_i^2}
+               - \sum_j \operatorname{softplus}\Big(c_j + \sum_i \frac{v_i}{\sigma_i^2} W_{ij}\Big), \\
+        F(h) &= -c^\top h - \sum_i \Big[\frac{b_i m_i + m_i^2 / 2}{\sigma_i^2}
+               + \tfrac12 \log(2\pi\sigma_i^2)\Big], \quad m = W h.
+
+    The ``v / sigma^2`` (rather than ``v / sigma``, Hinton 2010) coupling makes the conditional mean of
+    ``v`` independent of ``sigma`` and the learning of ``sigma`` better behaved (Cho et al. 2011).
+    ``sigma`` is stored as ``log_sigma`` (a parameter when ``learn_sigma`` else a buffer) so it stays
+    positive under unconstrained optimisation.
+
+    Args:
+        n_visible, n_hidden: layer sizes.
+        sigma: initial (or fixed) standard deviation, a float or a ``(n_visible,)`` tensor.
+        learn_sigma: learn ``log_sigma`` by gradient descent when True.
+        weight_std: standard deviation of the initial weights.
+        dtype, device: parameter factory arguments.
+
+    References:
+        Cho, Ilin & Raiko (2011), Improved learning of Gaussian-Bernoulli restricted Boltzmann
+        machines, ICANN; Hinton (2010), section 13.2; Welling, Rosen-Zvi & Hinton (2005).
+    """
+
+    log_sigma: Tensor
+
+    def __init__(
+        self,
+        n_visible: int,
+        n_hidden: int,
+        sigma: float | Tensor = 1.0,
+        learn_sigma: bool = False,
+        weight_std: float = 0.01,
+        dtype: torch.dtype | None = None,
+        device: torch.device | str | None = None,
+    ) -> None:
+        super().__init__(n_visible, n_hidden, weight_std=weight_std, dtype=dtype, device=device)
+        sigma_t = torch.as_tensor(sigma, dtype=self.W.dtype, device=self.W.device)
+        if torch.any(sigma_t <= 0):
+            raise ValueError("sigma must be positive")
+        log_sigma = torch.log(sigma_t).expand(n_visible).clone()
+        self.learn_sigma = bool(learn_sigma)
+        if self.learn_sigma:
+            self.log_sigma = nn.Parameter(log_sigma)
+        else:
+            self.register_buffer("log_sigma", log_sigma)
+
+    @property
+    def sigma(self) -> Tensor:
+        """Visible standard deviations, ``(n_visible,)``."""
+        return self.log_sigma.exp()
+
+    @property
+    def variance(self) -> Tensor:
+        r""":math:`\sigma^2 = e^{2 \log\sigma}`, ``(n_visible,)``."""
+        return torch.exp(2.0 * self.log_sigma)
+
+    def _visible_energy(self, v: Tensor) -> Tensor:
+        # U(v) = sum_i (v_i - b_i)^2 / (2 sigma_i^2); the inverse variance exp(-2 log sigma) avoids a division.
+        return 0.5 * ((v - self.b).pow(2) * torch.exp(-2.0 * self.log_sigma)).sum(-1)
+
+    def _visible_statistic(self, v: Tensor) -> Tensor:
+        # s(v) = v / sigma^2
+        return v * torch.exp(-2.0 * self.log_sigma)
+
+    def mean_visibles(self, h: Tensor) -> Tensor:
+        r""":math:`E[v \mid h] = b + W h`: ``(..., n_hidden) -> (..., n_visible)``."""
+        h = self._as_param_dtype(h)
+        return h @ self.W.T + self.b
+
+    def sample_visibles(self, h: Tensor, generator: torch.Generator | None = None) -> Tensor:
+        r"""Draw :math:`v \sim \mathcal{N}(b + W h, \operatorname{diag}\sigma^2)`: ``(..., n_visible)``.
+
+        Reparameterised (``mean + sigma * eps``), so it is differentiable in the parameters.
+        """
+        mean = self.mean_visibles(h)
+        eps = torch.randn(mean.shape, generator=generator, dtype=mean.dtype, device=mean.device)
+        return mean + self.sigma * eps
+
+    def free_energy_hidden(self, h: Tensor) -> Tensor:
+        r"""Free energy with the (continuous) visibles integrated out.
+
+        Completing the square in each :math:`v_i` gives, with :math:`m = W h`,
+
+        .. math::
+
+            F(h) = -\log \int e^{-E(v, h)}\, dv
+                 = -c^\top h - \sum_i \Big[\frac{b_i m_i + m_i^2/2}{\sigma_i^2} + \tfrac12\log(2\pi\sigma_i^2)\Big].
+
+        Args:
+            h: ``(..., n_hidden)``.
+
+        Returns:
+            ``(...)``.
+        """
+        h = self._as_param_dtype(h)
+        m = h @ self.W.T
+        inv_var = torch.exp(-2.0 * self.log_sigma)
+        # log(2 pi sigma^2) = log(2 pi) + 2 log sigma: stays finite for tiny sigma.
+        log_norm = 0.5 * (_LOG_2PI + 2.0 * self.log_sigma)
+        return -(h @ self.c) - ((self.b * m + 0.5 * m.pow(2)) * inv_var + log_norm).sum(-1)
+
+    @torch.no_grad()
+    def init_visible_bias_from_data(self, x: Tensor, init_sigma: bool = False, min_sigma: float = 1e-3) -> None:
+        r"""Set :math:`b` to the data mean (the visible marginal with zero weights is then
+        :math:`\mathcal{N}(\bar x, \sigma^2)`); with ``init_sigma`` also set :math:`\sigma` to the
+        per-unit data standard deviation, clamped below at ``min_sigma``.
+
+        Args:
+            x: data ``(N, n_visible)``.
+            init_sigma: also initialise ``log_sigma``.
+            min_sigma: lower clamp for the standard deviation.
+        """
+        x = self._as_param_dtype(x).reshape(-1, self.n_visible)
+        self.b.copy_(x.mean(0))
+        if init_sigma:
+            std = x.std(0, correction=1 if x.shape[0] > 1 else 0).clamp_min(min_sigma)
+            self.log_sigma.copy_(torch.log(std))
+
+    def extra_repr(self) -> str:
+        return super().extra_repr() + f", learn_sigma={self.learn_sigma}"

@@ -1,0 +1,42 @@
+"""Shared test set-up: the data root, offline W&B, and a helper that runs the ``lightning_gm`` command."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED_DATA = ROOT.parent / "shared" / "data"
+
+# Tests and CI read the datasets from ../shared/data unless LIGHTNING_GM_DATA already points elsewhere.
+if "LIGHTNING_GM_DATA" not in os.environ and SHARED_DATA.is_dir():
+    os.environ["LIGHTNING_GM_DATA"] = str(SHARED_DATA)
+# W&B never reaches a server from the tests; most tests do not need a W&B run at all.
+os.environ.setdefault("WANDB_MODE", "disabled")
+os.environ.setdefault("WANDB_SILENT", "true")
+
+
+def has_mnist() -> bool:
+    root = Path(os.environ.get("LIGHTNING_GM_DATA", ""))
+    return (root / "MNIST" / "raw" / "train-images-idx3-ubyte.gz").is_file()
+
+
+needs_mnist = pytest.mark.skipif(not has_mnist(), reason="MNIST files not found under $LIGHTNING_GM_DATA")
+
+
+@pytest.fixture
+def run_cli(tmp_path, monkeypatch):
+    """Run ``lightning_gm <args>`` in-process inside ``tmp_path``; returns (exit code, run folder finder)."""
+    from lightning_gm.cli import main
+
+    monkeypatch.chdir(tmp_path)
+
+    def run(*args: str) -> int:
+        try:
+            return main(list(args))
+        except SystemExit as exc:  # jsonargparse exits on bad configs
+            return int(exc.code or 0)
+
+    return run

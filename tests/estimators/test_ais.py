@@ -1,0 +1,256 @@
+"""Tests of :mod:`lightning_gm.estimators.ais` against exact log-partition functions."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from lightning_gm.estimators.ais import (
+    AISResult,
+    AnnealingPath,
+    RBMAnnealingPath,
+    ais_log_partition,
+    base_rate_log_odds,
+    betas_schedule,
+    default_betas,
+    rbm_log_likelihood,
+    run_ais,
+    summarize_log_weights,
+)
+from lightning_gm.estimators.partition import enumerate_binary, log_partition_enumerate, sample_rbm_exact
+from lightning_gm.nn.rbm import BernoulliRBM
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _single_thread():
+    """Run single-threaded: these are tiny matmuls, for which intra-op threads only add overhead and, on a
+    loaded 2-core machine, make each BLAS call wait for a descheduled worker (1000x slowdowns seen)."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
+# ----------------------------------------------------------------------------- schedules
+def test_default_betas_is_the_literature_schedule() -> None:
+    b = default_betas()
+    assert b.shape == (14501,) and b.dtype == torch.float64
+    assert b[0] == 0.0 and b[-1] == 1.0
+    d = b.diff()
+    assert torch.all(d > 0)
+    torch.testing.assert_close(d[:500], torch.full((500,), 1e-3, dtype=torch.float64))
+    torch.testing.assert_close(d[500:4500], torch.full((4000,), 1e-4, dtype=torch.float64))
+    torch.testing.assert_close(d[4500:], torch.full((10000,), 1e-5, dtype=torch.float64))
+    assert float(b[500]) == pytest.approx(0.5) and float(b[4500]) == pytest.approx(0.9)
+
+
+@pytest.mark.parametrize("n", [3, 10, 1000, 3001])
+def test_betas_schedule_has_requested_number_of_steps(n: int) -> None:
+    b = betas_schedule(n)
+    assert b.shape == (n + 1,) and b[0] == 0.0 and b[-1] == 1.0 and torch.all(b.diff() > 0)
+
+
+# ----------------------------------------------------------------------------- exact special cases
+def test_path_endpoints_match_base_and_target() -> None:
+    rbm = BernoulliRBM(6, 4, dtype=torch.float64)
+    with torch.no_grad():
+        rbm.W.normal_(generator=torch.Generator().manual_seed(0))
+        rbm.c.fill_(0.3)
+    b_base = torch.linspace(-1, 1, 6, dtype=torch.float64)
+    path = RBMAnnealingPath(rbm, b_base)
+    v = enumerate_binary(6)
+    # beta = 1: the target's -F(v); beta = 0: base-rate model with H free hidden units
+    torch.testing.assert_close(path.log_unnormalized(v, 1.0), -rbm.free_energy(v).detach())
+    torch.testing.assert_close(path.log_unnormalized(v, 0.0), v @ b_base + 4 * math.log(2.0))
+    assert path.log_z_base() == pytest.approx(float(torch.logsumexp(path.log_unnormalized(v, 0.0), 0)))
+    expected_ratio = path.log_unnormalized(v, 0.7) - path.log_unnormalized(v, 0.3)
+    torch.testing.assert_close(path.log_ratio(v, 0.3, 0.7), expected_ratio)
+
+
+def test_ais_is_exact_when_weights_do_not_depend_on_the_chain() -> None:
+    # W = 0 and b_A = b: log f_beta(v) = b'v + sum_j softplus(beta c_j), so every run has the same weight
+    # sum_j softplus(c_j) - H log 2 and AIS must return log Z exactly, whatever the schedule.
+    rbm = BernoulliRBM(5, 3, weight_std=0.0, dtype=torch.float64)
+    with torch.no_grad():
+        rbm.b.copy_(torch.tensor([-1.0, 0.5, 2.0, 0.0, -3.0]))
+        rbm.c.copy_(torch.tensor([1.5, -2.0, 0.7]))
+    g = torch.Generator().manual_seed(0)
+    res = ais_log_partition(rbm, n_runs=7, betas=20, base_visible_bias=rbm.b.detach(), generator=g)
+    exact = log_partition_enumerate(rbm)
+    assert res.log_z == pytest.approx(exact, abs=1e-12)
+    assert res.log_z_std_error == pytest.approx(0.0, abs=1e-12)
+    assert torch.allclose(res.log_weights, res.log_weights[0].expand(7), atol=1e-12)
+
+
+def test_summary_statistics_match_direct_computation() -> None:
+    lw = torch.tensor([0.1, -0.3, 0.25, 0.0, -1.0], dtype=torch.float64)
+    w = lw.exp()
+    res = summarize_log_weights(lw, log_z_base=2.0)
+    se = (w.std() / w.mean() / math.sqrt(5)).item()
+    assert res.log_z == pytest.approx(2.0 + math.log(w.mean().item()))
+    assert res.log_z_std_error == pytest.approx(se)
+    lo, hi = res.log_z_interval
+    half = 3 * w.std().item() / math.sqrt(5)
+    assert lo == pytest.approx(2.0 + math.log(w.mean().item() - half))
+    assert hi == pytest.approx(2.0 + math.log(w.mean().item() + half))
+    assert res.effective_sample_size == pytest.approx((w.sum() ** 2 / (w**2).sum()).item())
+    # the reverse estimate inverts the mean weight
+    rev = summarize_log_weights(lw, log_z_base=2.0, reverse=True)
+    assert rev.log_z == pytest.approx(2.0 - math.log(w.mean().item()))
+    assert rev.log_z_interval[0] == pytest.approx(2.0 - math.log(w.mean().item() + half))
+    # huge spread: the lower end of the forward interval is -inf, and large log-weights do not overflow
+    wild = summarize_log_weights(torch.tensor([1000.0, 0.0, 0.0], dtype=torch.float64), 0.0)
+    assert wild.log_z_interval[0] == -math.inf and math.isfinite(wild.log_z)
+    assert wild.log_z == pytest.approx(1000.0 - math.log(3.0))
+
+
+class GaussianScalePath(AnnealingPath[torch.Tensor]):
+    """f_beta(x) = exp(-lambda_beta x^2 / 2), lambda_beta = (1 - beta) + beta / s^2, with exact-sampling transitions."""
+
+    def __init__(self, s: float) -> None:
+        self.s = s
+
+    def _precision(self, beta: float) -> float:
+        return (1.0 - beta) + beta / self.s**2
+
+    def log_z_base(self) -> float:
+        return 0.5 * math.log(2 * math.pi)
+
+    def sample_base(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
+        return torch.randn(n, generator=generator, dtype=torch.float64)
+
+    def log_unnormalized(self, state: torch.Tensor, beta: float) -> torch.Tensor:
+        return -0.5 * self._precision(beta) * state**2
+
+    def transition(self, state: torch.Tensor, beta: float, generator: torch.Generator | None = None) -> torch.Tensor:
+        return torch.randn(state.shape, generator=generator, dtype=torch.float64) / math.sqrt(self._precision(beta))
+
+
+@pytest.mark.parametrize("s", [0.5, 2.0])
+def test_run_ais_is_generic_over_paths(s: float) -> None:
+    path = GaussianScalePath(s)
+    g = torch.Generator().manual_seed(1)
+    lw = run_ais(path, torch.linspace(0, 1, 201, dtype=torch.float64), path.sample_base(2000, g), g)
+    res = summarize_log_weights(lw, path.log_z_base())
+    exact = 0.5 * math.log(2 * math.pi) + math.log(s)
+    assert abs(res.log_z - exact) < 4 * res.log_z_std_error + 1e-3
+    assert res.log_z_interval[0] <= exact <= res.log_z_interval[1]
+
+
+def test_progress_hook_reports_steps() -> None:
+    calls: list[tuple[int, int]] = []
+    ais_log_partition(
+        BernoulliRBM(4, 3), n_runs=3, betas=250, progress=lambda k, n: calls.append((k, n)), progress_every=100
+    )
+    assert calls == [(100, 250), (200, 250), (250, 250)]
+
+
+def test_invalid_arguments() -> None:
+    rbm = BernoulliRBM(4, 3)
+    with pytest.raises(ValueError, match="start at 0"):
+        ais_log_partition(rbm, betas=torch.linspace(0.1, 1, 10))
+    with pytest.raises(ValueError, match="non-decreasing"):
+        ais_log_partition(rbm, betas=[0.0, 0.6, 0.4, 1.0])
+    with pytest.raises(ValueError, match="initial_visibles"):
+        ais_log_partition(rbm, betas=10, reverse=True)
+
+
+# ----------------------------------------------------------------------------- trained RBM
+@pytest.fixture(scope="module")
+def trained() -> dict:
+    """A 64x20 RBM trained with 600 PCD-1 steps on binarised 8x8 digits, and its exact log Z."""
+    from sklearn.datasets import load_digits
+
+    x = torch.tensor(load_digits().data / 16.0 > 0.5, dtype=torch.float32)
+    torch.manual_seed(0)
+    g = torch.Generator().manual_seed(0)
+    rbm = BernoulliRBM(64, 20)
+    rbm.init_visible_bias_from_data(x)
+    opt = torch.optim.SGD(rbm.parameters(), lr=0.1, momentum=0.5)
+    chains = torch.bernoulli(torch.full((100, 64), 0.5), generator=g)
+    for _ in range(600):
+        batch = x[torch.randint(0, len(x), (100,), generator=g)]
+        chains = rbm.gibbs_vhv(chains, 1, generator=g).v
+        opt.zero_grad()
+        rbm.cd_loss(batch, chains).backward()
+        opt.step()
+    log_z = log_partition_enumerate(rbm)
+    return {"rbm": rbm, "x": x, "log_z": log_z, "base": base_rate_log_odds(x)}
+
+
+def test_trained_model_is_non_trivial(trained: dict) -> None:
+    rbm, x, log_z = trained["rbm"], trained["x"], trained["log_z"]
+    assert rbm.W.detach().abs().max() > 1.0  # weights far from their 0.01 initialisation
+    ll = rbm_log_likelihood(rbm, x, log_z).detach().double()
+    assert ll.shape == (len(x),) and torch.all(ll < 0)
+    # better than the base-rate (independent pixels) model by a clear margin
+    base = trained["base"]
+    base_ll = (x.double() @ base - F.softplus(base).sum()).mean()
+    assert ll.mean() > base_ll + 2.0
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_forward_ais_matches_exact_log_partition(trained: dict, seed: int) -> None:
+    res = ais_log_partition(
+        trained["rbm"],
+        n_runs=100,
+        betas=3000,
+        base_visible_bias=trained["base"],
+        generator=torch.Generator().manual_seed(seed),
+    )
+    exact = trained["log_z"]
+    assert isinstance(res, AISResult) and not res.reverse and res.n_steps == 3000
+    assert res.log_weights.shape == (100,) and res.log_weights.dtype == torch.float64
+    assert res.log_z_base == pytest.approx(float(F.softplus(trained["base"]).sum()) + 20 * math.log(2.0))
+    assert abs(res.log_z - exact) < 0.1
+    assert res.log_z_interval[0] <= exact <= res.log_z_interval[1]
+    assert 0 < res.log_z_std_error < 0.1 and res.effective_sample_size > 50
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_reverse_ais_from_exact_samples_matches_exact_log_partition(trained: dict, seed: int) -> None:
+    g = torch.Generator().manual_seed(seed)
+    v, _ = sample_rbm_exact(trained["rbm"], 100, generator=g)
+    res = ais_log_partition(
+        trained["rbm"], betas=3000, base_visible_bias=trained["base"], generator=g, reverse=True, initial_visibles=v
+    )
+    exact = trained["log_z"]
+    assert res.reverse and res.log_weights.shape == (100,)
+    assert abs(res.log_z - exact) < 0.1
+    assert res.log_z_interval[0] <= exact <= res.log_z_interval[1]
+
+
+def test_uniform_base_on_small_random_rbm() -> None:
+    g = torch.Generator().manual_seed(4)
+    rbm = BernoulliRBM(12, 8, dtype=torch.float64)
+    with torch.no_grad():
+        rbm.W.copy_(torch.randn(12, 8, generator=g, dtype=torch.float64))
+        rbm.b.copy_(torch.randn(12, generator=g, dtype=torch.float64))
+        rbm.c.copy_(torch.randn(8, generator=g, dtype=torch.float64))
+    res = ais_log_partition(rbm, n_runs=200, betas=2000, generator=g)
+    exact = log_partition_enumerate(rbm)
+    assert res.log_z_base == pytest.approx(12 * math.log(2.0) + 8 * math.log(2.0))
+    assert abs(res.log_z - exact) < 0.1
+    assert res.log_z_interval[0] <= exact <= res.log_z_interval[1]
+
+
+def test_rbm_log_likelihood_normalises() -> None:
+    g = torch.Generator().manual_seed(2)
+    rbm = BernoulliRBM(6, 4, dtype=torch.float64)
+    with torch.no_grad():
+        rbm.W.copy_(torch.randn(6, 4, generator=g, dtype=torch.float64))
+    v = enumerate_binary(6)
+    ll = rbm_log_likelihood(rbm, v, log_partition_enumerate(rbm)).detach()
+    assert float(torch.logsumexp(ll, 0)) == pytest.approx(0.0, abs=1e-12)
+
+
+@pytest.mark.slow
+def test_literature_schedule_is_tight(trained: dict) -> None:
+    res = ais_log_partition(
+        trained["rbm"], n_runs=100, base_visible_bias=trained["base"], generator=torch.Generator().manual_seed(3)
+    )
+    assert res.n_steps == 14500
+    assert abs(res.log_z - trained["log_z"]) < 0.05 and res.log_z_std_error < 0.02
