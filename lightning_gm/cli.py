@@ -28,9 +28,13 @@ from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from lightning.pytorch.loggers import WandbLogger
 
 from lightning_gm.callbacks import DivergenceGuard, RNGStateCheckpoint, RunSummary
+from lightning_gm.callbacks.pruning import OptunaPruning
+from lightning_gm.dashboard import main as compare_main
 from lightning_gm.data.modules import GenerativeDataModule
-from lightning_gm.errors import LightningGMError
+from lightning_gm.errors import ConfigError, LightningGMError
 from lightning_gm.models.base import GenerativeModel
+from lightning_gm.sweep import PRUNED_EXIT_CODE, TRIAL_ENV
+from lightning_gm.sweep import main as sweep_main
 
 __all__ = ["GenerativeCLI", "main", "EXTRA_COMMANDS"]
 
@@ -79,6 +83,8 @@ class GenerativeCLI(LightningCLI):
     """LightningCLI in omegaconf mode, subclass mode for ``model`` and ``data``, with run folders."""
 
     def __init__(self, args: Any = None, run: bool = True) -> None:
+        self.exit_code = 0
+        self.pruning: Optional[OptunaPruning] = None
         super().__init__(
             model_class=GenerativeModel,
             datamodule_class=GenerativeDataModule,
@@ -98,9 +104,21 @@ class GenerativeCLI(LightningCLI):
         parser.add_argument("--run_name", type=Optional[str], default=None,
                             help="Name of this run's folder; default: a timestamp.")
         parser.add_argument("--runs_dir", type=str, default="runs", help="Root folder of all runs.")
+        parser.add_argument("--tags", type=list[str], default=[],
+                            help="Tags of the run (W&B tags and summary.json).")
         parser.add_argument("--test_after_fit", type=bool, default=True,
                             help="After fit, evaluate the best checkpoint on the test set (test/nll).")
         parser.link_arguments("data.shape", "model.init_args.data_shape", apply_on="instantiate")
+
+    def instantiate_classes(self) -> None:
+        """Build model, data and trainer; a value a class rejects becomes one ConfigError message."""
+        try:
+            super().instantiate_classes()
+        except LightningGMError:
+            raise
+        except (ValueError, TypeError) as exc:
+            detail = "\n".join(ln for ln in condense_error(str(exc)).splitlines() if not ln.strip().startswith("Given value"))
+            raise ConfigError(f"the configuration could not be built:\n{detail.strip()}") from exc
 
     def _parse_ckpt_path(self) -> None:
         """Lightning lets a checkpoint's saved hyperparameters override the command line; with a
@@ -154,6 +172,7 @@ class GenerativeCLI(LightningCLI):
                 args.name = cfg.run_name
                 args.group = args.get("group") or cfg.experiment
                 args.job_type = self.subcommand
+                args.tags = sorted(set(args.get("tags") or []) | set(cfg.tags or []))
                 if _wandb_needs_offline():
                     args.offline = True
             for k, v in _LOGGER_DIRS.get(kind, {}).items():
@@ -163,7 +182,12 @@ class GenerativeCLI(LightningCLI):
 
     def instantiate_trainer(self, **kwargs: Any):  # type: ignore[override]
         cfg = self._section()
-        platform = [DivergenceGuard(), RNGStateCheckpoint(), RunSummary(str(self.run_dir), cfg.experiment, cfg.run_name)]
+        platform = [DivergenceGuard(), RNGStateCheckpoint(),
+                    RunSummary(str(self.run_dir), cfg.experiment, cfg.run_name, tags=list(cfg.tags or []))]
+        trial = os.environ.get(TRIAL_ENV)
+        self.pruning = OptunaPruning.from_env(trial) if trial and self.subcommand == "fit" else None
+        if self.pruning is not None:
+            platform.append(self.pruning)
         configured = self._get(self.config_init, "trainer", default={}).get("callbacks") or []
         if not any(isinstance(c, ModelCheckpoint) for c in configured):
             platform.append(
@@ -182,7 +206,12 @@ class GenerativeCLI(LightningCLI):
 
     # --- after the subcommand --------------------------------------------------------------------
     def after_fit(self) -> None:
-        if self._section().test_after_fit and not self.trainer.interrupted:
+        if self.pruning is not None and self.pruning.pruned:
+            self.exit_code = PRUNED_EXIT_CODE
+            for cb in self.trainer.callbacks:
+                if isinstance(cb, RunSummary):
+                    cb.mark(self.trainer, self.model, status="pruned")
+        elif self._section().test_after_fit and not self.trainer.interrupted:
             ckpt = "best" if getattr(self.trainer.checkpoint_callback, "best_model_path", "") else None
             self.trainer.test(self.model, datamodule=self.datamodule, ckpt_path=ckpt)
         self._finish_wandb()
@@ -202,7 +231,7 @@ class GenerativeCLI(LightningCLI):
 
 
 #: our own subcommands beside Lightning's, ``name -> fn(argv) -> exit code`` (sweep, compare, ...)
-EXTRA_COMMANDS: dict[str, Callable[[list[str]], int]] = {}
+EXTRA_COMMANDS: dict[str, Callable[[list[str]], int]] = {"sweep": sweep_main, "compare": compare_main}
 
 
 def main(argv: Optional[list[str]] = None) -> int:
@@ -211,8 +240,8 @@ def main(argv: Optional[list[str]] = None) -> int:
     try:
         if args and args[0] in EXTRA_COMMANDS:
             return EXTRA_COMMANDS[args[0]](args[1:])
-        GenerativeCLI(args=argv)  # None: LightningCLI reads sys.argv itself
-        return 0
+        cli = GenerativeCLI(args=argv)  # None: LightningCLI reads sys.argv itself
+        return cli.exit_code
     except LightningGMError as exc:
         print(f"lightning_gm: error: {exc}", file=sys.stderr)
         return 1

@@ -16,6 +16,12 @@ if "LIGHTNING_GM_DATA" not in os.environ and SHARED_DATA.is_dir():
 # W&B never reaches a server from the tests; most tests do not need a W&B run at all.
 os.environ.setdefault("WANDB_MODE", "disabled")
 os.environ.setdefault("WANDB_SILENT", "true")
+# The suite's models are small and several processes run at once (DDP tests, sweep workers) on a
+# 2-core machine: one thread each avoids oversubscription, which slows small matmuls 100-fold.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+import torch  # noqa: E402
+
+torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
 
 
 def has_mnist() -> bool:

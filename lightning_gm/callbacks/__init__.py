@@ -1,8 +1,13 @@
 """Lightning callbacks that glue estimators and pictures into the loop."""
 
+from lightning_gm.callbacks.density import DensityPictures
 from lightning_gm.callbacks.guard import DivergenceGuard
+from lightning_gm.callbacks.iwae import IWAEEvaluation
+from lightning_gm.callbacks.latent import LatentPictures
 from lightning_gm.callbacks.pictures import SamplePictures
 from lightning_gm.callbacks.state import RNGStateCheckpoint
 from lightning_gm.callbacks.summary import RunSummary
+from lightning_gm.callbacks.ais import AISEvaluation
+from lightning_gm.callbacks.rbm import RBMPictures
 
-__all__ = ["DivergenceGuard", "SamplePictures", "RNGStateCheckpoint", "RunSummary"]
+__all__ = ["DivergenceGuard", "SamplePictures", "RNGStateCheckpoint", "RunSummary", "DensityPictures", "IWAEEvaluation", "LatentPictures", "AISEvaluation", "RBMPictures"]

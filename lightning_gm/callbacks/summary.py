@@ -56,9 +56,10 @@ class RunSummary(pl.Callback):
         run_name: the run's name.
     """
 
-    def __init__(self, run_dir: str, experiment: str = "", run_name: str = "") -> None:
+    def __init__(self, run_dir: str, experiment: str = "", run_name: str = "", tags: Optional[list[str]] = None) -> None:
         self.run_dir = Path(run_dir)
         self.experiment, self.run_name = experiment, run_name
+        self.tags = list(tags or [])
         self._start: Optional[float] = None
 
     @property
@@ -75,6 +76,7 @@ class RunSummary(pl.Callback):
         summary.update(
             experiment=self.experiment,
             run_name=self.run_name,
+            tags=self.tags,
             run_dir=str(self.run_dir),
             model=f"{type(pl_module).__module__}.{type(pl_module).__qualname__}",
             family=getattr(pl_module, "family", "generative"),
@@ -105,6 +107,8 @@ class RunSummary(pl.Callback):
         for logger in trainer.loggers:
             if isinstance(logger, WandbLogger):
                 flat = {f"summary/{k}": v for k, v in summary.items() if isinstance(v, (str, int, float))}
+                flat.update({f"summary/data.{k}": v for k, v in summary.get("data", {}).items()
+                             if isinstance(v, (str, int, float, bool))})
                 flat.update({k: v for k, v in summary.get("test", {}).items()})
                 if summary.get("estimator"):
                     flat["test/estimator"] = summary["estimator"]
@@ -122,6 +126,10 @@ class RunSummary(pl.Callback):
 
     def on_test_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._update(trainer, pl_module, "test", status="tested")
+
+    def mark(self, trainer: pl.Trainer, pl_module: pl.LightningModule, **fields: Any) -> None:
+        """Record extra fields (e.g. ``status="pruned"``) in the summary."""
+        self._update(trainer, pl_module, "mark", **fields)
 
     def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException) -> None:
         status = "interrupted" if isinstance(exception, KeyboardInterrupt) else "failed"

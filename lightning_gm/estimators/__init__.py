@@ -3,6 +3,7 @@
 from lightning_gm.estimators.ais import (
     AISResult,
     AnnealingPath,
+    GaussianRBMAnnealingPath,
     ProgressFn,
     RBMAnnealingPath,
     ais_log_partition,
@@ -33,6 +34,7 @@ __all__ = [
     "AnnealingPath",
     "ProgressFn",
     "RBMAnnealingPath",
+    "GaussianRBMAnnealingPath",
     "ais_log_partition",
     "base_rate_log_odds",
     "betas_schedule",

@@ -42,11 +42,12 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from lightning_gm.nn.rbm import BernoulliRBM, RBMBase
+from lightning_gm.nn.rbm import BernoulliRBM, GaussianBernoulliRBM, RBMBase
 
 __all__ = [
     "AnnealingPath",
     "RBMAnnealingPath",
+    "GaussianRBMAnnealingPath",
     "AISResult",
     "ProgressFn",
     "default_betas",
@@ -231,19 +232,100 @@ class RBMAnnealingPath(AnnealingPath[Tensor]):
             + F.softplus(beta * self._hidden_input(v)).sum(-1)
         )
 
+    def _cached_hidden_input(self, v: Tensor) -> Tensor:
+        # run_ais calls log_ratio(x_k) and then transition(x_k) on the same tensor: keep its hidden
+        # pre-activations (one of the three matrix products of a step) for the second call.
+        cache = getattr(self, "_cache", None)
+        if cache is not None and cache[0] is v:
+            return cache[1]
+        x = self._hidden_input(v)
+        self._cache = (v, x)
+        return x
+
     def log_ratio(self, state: Tensor, beta_from: float, beta_to: float) -> Tensor:
         # f_to / f_from in one pass: the linear terms combine to (beta_to - beta_from) (b - b_A)'v and
         # the hidden pre-activations are computed once.
         v = state.to(self.W.dtype)
-        x = self._hidden_input(v)
+        x = self._cached_hidden_input(v)
         linear = (beta_to - beta_from) * (v @ (self.b - self.b_base))
         return linear + (F.softplus(beta_to * x) - F.softplus(beta_from * x)).sum(-1)
 
     def transition(self, state: Tensor, beta: float, generator: torch.Generator | None = None) -> Tensor:
         v = state.to(self.W.dtype)
-        h = torch.bernoulli(torch.sigmoid(beta * self._hidden_input(v)), generator=generator)
+        h = torch.bernoulli(torch.sigmoid(beta * self._cached_hidden_input(v)), generator=generator)
         logits = (1.0 - beta) * self.b_base + beta * (h @ self.W.T + self.b)
         return torch.bernoulli(torch.sigmoid(logits), generator=generator)
+
+
+class GaussianRBMAnnealingPath(AnnealingPath[Tensor]):
+    r"""AIS path from a base Gaussian to a Gaussian-Bernoulli RBM (:class:`~lightning_gm.nn.rbm.GaussianBernoulliRBM`).
+
+    With the target's :math:`U(v) = \sum_i (v_i - b_i)^2 / 2\sigma_i^2`, the base
+    :math:`U_A(v) = \sum_i (v_i - a_i)^2 / 2\sigma_i^2` (same :math:`\sigma`, mean :math:`a`) and
+    :math:`x(v) = c + W^\top (v / \sigma^2)`, the intermediate distributions are
+
+    .. math::
+
+        \log f_\beta(v) = -(1-\beta)\, U_A(v) - \beta\, U(v)
+                          + \sum_j \operatorname{softplus}\big(\beta\, x_j(v)\big),
+
+    the marginals of :math:`p_\beta(v, h) \propto e^{-(1-\beta) U_A(v) - \beta U(v) + \beta\, h^\top x(v)}`.
+    :math:`\log Z_0 = \sum_i \tfrac12\log(2\pi\sigma_i^2) + H\log 2`. Completing the square, the Gibbs
+    transition is :math:`h_j \sim \sigma(\beta x_j(v))`, then
+    :math:`v \sim \mathcal N\big((1-\beta) a + \beta (b + W h),\ \operatorname{diag}\sigma^2\big)`.
+    Float64 on a detached copy of the parameters.
+
+    Args:
+        rbm: the target Gaussian-Bernoulli RBM.
+        base_mean: :math:`a`, ``(n_visible,)``; default the target's visible bias ``b``.
+
+    References:
+        Neal (2001); Salakhutdinov & Murray (2008); Cho, Ilin & Raiko (2011) (the energy).
+    """
+
+    def __init__(self, rbm: GaussianBernoulliRBM, base_mean: Tensor | None = None) -> None:
+        if not isinstance(rbm, GaussianBernoulliRBM):
+            raise TypeError(f"GaussianRBMAnnealingPath needs a GaussianBernoulliRBM, got {type(rbm).__name__}")
+        f64 = {"dtype": torch.float64, "device": rbm.W.device}
+        self.W = rbm.W.detach().to(**f64)
+        self.b = rbm.b.detach().to(**f64)
+        self.c = rbm.c.detach().to(**f64)
+        self.log_sigma = rbm.log_sigma.detach().to(**f64)
+        self.inv_var = torch.exp(-2.0 * self.log_sigma)
+        self.a = self.b.clone() if base_mean is None else torch.as_tensor(base_mean).detach().to(**f64).reshape(-1)
+        if self.a.shape != self.b.shape:
+            raise ValueError(f"base_mean must have shape {tuple(self.b.shape)}, got {tuple(self.a.shape)}")
+
+    def log_z_base(self) -> float:
+        return float((0.5 * math.log(2.0 * math.pi) + self.log_sigma).sum()) + self.W.shape[1] * math.log(2.0)
+
+    def sample_base(self, n: int, generator: torch.Generator | None = None) -> Tensor:
+        eps = torch.randn((n, self.a.shape[0]), generator=generator, dtype=self.a.dtype, device=self.a.device)
+        return self.a + eps * torch.exp(self.log_sigma)
+
+    def _quadratics(self, v: Tensor) -> tuple[Tensor, Tensor]:
+        return (0.5 * (v - self.a).pow(2) * self.inv_var).sum(-1), (0.5 * (v - self.b).pow(2) * self.inv_var).sum(-1)
+
+    def _hidden_input(self, v: Tensor) -> Tensor:
+        return (v * self.inv_var) @ self.W + self.c
+
+    def log_unnormalized(self, state: Tensor, beta: float) -> Tensor:
+        v = state.to(self.W.dtype)
+        u_a, u = self._quadratics(v)
+        return -(1.0 - beta) * u_a - beta * u + F.softplus(beta * self._hidden_input(v)).sum(-1)
+
+    def log_ratio(self, state: Tensor, beta_from: float, beta_to: float) -> Tensor:
+        v = state.to(self.W.dtype)
+        u_a, u = self._quadratics(v)
+        x = self._hidden_input(v)
+        return (beta_to - beta_from) * (u_a - u) + (F.softplus(beta_to * x) - F.softplus(beta_from * x)).sum(-1)
+
+    def transition(self, state: Tensor, beta: float, generator: torch.Generator | None = None) -> Tensor:
+        v = state.to(self.W.dtype)
+        h = torch.bernoulli(torch.sigmoid(beta * self._hidden_input(v)), generator=generator)
+        mean = (1.0 - beta) * self.a + beta * (self.b + h @ self.W.T)
+        eps = torch.randn(mean.shape, generator=generator, dtype=mean.dtype, device=mean.device)
+        return mean + eps * torch.exp(self.log_sigma)
 
 
 # ---------------------------------------------------------------------------------------- core loop
@@ -389,7 +471,7 @@ def base_rate_log_odds(data: Tensor, eps: float = 1e-3) -> Tensor:
 
 
 def ais_log_partition(
-    rbm: BernoulliRBM,
+    rbm: BernoulliRBM | GaussianBernoulliRBM,
     n_runs: int = 100,
     betas: Tensor | Sequence[float] | int | None = None,
     base_visible_bias: Tensor | None = None,
@@ -399,7 +481,8 @@ def ais_log_partition(
     reverse: bool = False,
     initial_visibles: Tensor | None = None,
 ) -> AISResult:
-    r"""Estimate :math:`\log Z` of a Bernoulli RBM by AIS from a base-rate model (:class:`RBMAnnealingPath`).
+    r"""Estimate :math:`\log Z` of an RBM by AIS from a base-rate model (:class:`RBMAnnealingPath`; for a
+    Gaussian-Bernoulli RBM, :class:`GaussianRBMAnnealingPath` from a Gaussian with the same :math:`\sigma`).
 
     Forward (default): ``n_runs`` chains start from exact base samples and anneal
     :math:`\beta: 0 \to 1`; :math:`E[\log\hat Z] \le \log Z` (log-likelihoods come out optimistic).
@@ -411,11 +494,12 @@ def ais_log_partition(
     conservative). Bracketing :math:`\log Z` between both is the usual sanity check.
 
     Args:
-        rbm: the target model.
+        rbm: the target model (Bernoulli or Gaussian-Bernoulli).
         n_runs: number of forward chains (ignored in reverse mode: one chain per initial visible).
         betas: ``None`` for :func:`default_betas` (14,500 steps), an ``int`` number of steps for
             :func:`betas_schedule`, or an explicit increasing sequence from 0 to 1.
         base_visible_bias: base-rate biases :math:`b_A` (default zeros: uniform); see :func:`base_rate_log_odds`.
+            For a Gaussian-Bernoulli RBM: the base Gaussian's mean (default the model's ``b``).
         generator: random generator.
         progress: optional ``progress(step, total)`` hook (e.g. to drive a progress bar).
         progress_every: call ``progress`` every this many steps.
@@ -425,12 +509,16 @@ def ais_log_partition(
     Returns:
         :class:`AISResult`.
     """
-    path = RBMAnnealingPath(rbm, base_visible_bias)
+    path: AnnealingPath[Tensor]
+    if isinstance(rbm, GaussianBernoulliRBM):
+        path = GaussianRBMAnnealingPath(rbm, base_visible_bias)
+    else:
+        path = RBMAnnealingPath(rbm, base_visible_bias)
     beta_list = _as_beta_list(betas)
     if reverse:
         if initial_visibles is None:
             raise ValueError("reverse AIS needs initial_visibles: samples of the RBM (e.g. persistent chains)")
-        state = initial_visibles.detach().to(dtype=torch.float64, device=path.W.device).reshape(-1, rbm.n_visible)
+        state = initial_visibles.detach().to(dtype=torch.float64, device=rbm.W.device).reshape(-1, rbm.n_visible)
         beta_list = beta_list[::-1]
     else:
         if n_runs < 1:

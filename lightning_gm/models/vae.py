@@ -1,33 +1,54 @@
-r"""The variational autoencoder (Kingma & Welling 2014), trained on the reparameterised ELBO.
+r"""Variational autoencoders (Kingma & Welling 2014) and importance-weighted autoencoders (Burda et al. 2016),
+with one or several stochastic layers, injected priors, flows in the posterior and any decoder likelihood.
+
+Training maximises the reparameterised ``k``-sample bound (``train_k = 1``: the ELBO; ``> 1``: the IWAE bound)
 
 .. math::
 
-    \mathcal L(x) = \mathbb E_{q(z|x)}[\log p(x|z)] - \mathrm{KL}(q(z|x)\,\|\,p(z)) \le \log p(x)
+    \mathcal L_k(x) = \mathbb E\left[\log \frac1k \sum_{j=1}^k w_j\right], \qquad
+    \log w = \log p(x \mid z) + \beta\,\big(\log p(z) - \log q(z \mid x)\big), \quad z_j \sim q(z \mid x),
 
-with a diagonal Gaussian encoder :math:`q(z|x) = \mathcal N(\mu(x), \operatorname{diag}\sigma^2(x))`,
-prior :math:`p(z) = \mathcal N(0, I)` (so the KL is analytic) and a decoder likelihood injected from
-the config. The test log-likelihood is the ``k``-sample importance-weighted bound (Burda et al.
-2016), ``k = 5000`` by default.
+where :math:`\beta` is the KL weight (warm-up from 0 over ``kl_warmup_epochs``; 1 = the true bound).
+For ``k = 1`` the KL term :math:`\mathrm{KL}(q \| p) = \mathbb E_q[\log q - \log p]` is analytic when the
+prior allows (standard normal, no flow) and a one-sample estimate otherwise; with free bits
+:math:`\lambda` it is replaced by :math:`\sum_j \max(\lambda, \overline{\mathrm{KL}}_j)` (per latent
+dimension when analytic, else per stochastic layer; the bar is the batch mean).
 
-References: Kingma & Welling (2014), Auto-Encoding Variational Bayes; Burda, Grosse & Salakhutdinov
-(2016), Importance Weighted Autoencoders (the default 784-200-200-50 architecture).
+A flow in the posterior (:mod:`lightning_gm.nn.posterior`) changes :math:`\log q` by its log-det:
+:math:`\log q_K(z_K|x) = \log q_0(z_0|x) - \sum_k \log|\det \partial z_k / \partial z_{k-1}|`.
+
+Test: :class:`~lightning_gm.callbacks.iwae.IWAEEvaluation` with ``k = test_k`` (5000), deterministic given
+``eval_seed``, sharded over DDP processes; ``test/nll``, ``test/iw_elbo``, ``test/active_units``.
+
+References: Kingma & Welling (2014), Auto-Encoding Variational Bayes; Burda, Grosse & Salakhutdinov (2016),
+Importance Weighted Autoencoders (784-200-200-50 and 784-[200-200]-100-[100-100]-50 architectures);
+Sønderby et al. (2016), Ladder VAEs (warm-up); Kingma et al. (2016), IAF (free bits); Tomczak & Welling
+(2018), VampPrior; Rezende & Mohamed (2015), Normalizing Flows.
 """
 
 from __future__ import annotations
 
-from typing import Optional, Sequence
+from typing import Any, Callable, NamedTuple, Optional, Sequence
 
 import torch
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
-from torch import Tensor
+from torch import Tensor, nn
 
-from lightning_gm.estimators.importance import importance_weighted_log_prob
+from lightning_gm.errors import ConfigError
+from lightning_gm.estimators.importance import importance_weighted_log_prob, log_mean_exp
 from lightning_gm.models.base import GenerativeModel, _adam
-from lightning_gm.nn.distributions import kl_normal_std_normal, log_normal_diag, log_standard_normal, reparameterize
+from lightning_gm.nn.distributions import kl_normal_std_normal, log_normal_diag
 from lightning_gm.nn.likelihoods import BernoulliLikelihood, Likelihood
 from lightning_gm.nn.mlp import MLP
+from lightning_gm.nn.posterior import PosteriorFlow
+from lightning_gm.nn.priors import Prior, StandardNormal
 
-__all__ = ["VAE", "kl_warmup_weight"]
+__all__ = ["VAE", "HierarchicalVAE", "LatentVariableModel", "Latents", "kl_warmup_weight", "standard_normal_noise"]
+
+#: ``(in_features, out_features) -> network`` on flat vectors
+NetFactory = Callable[[int, int], nn.Module]
+#: ``(latent_dim, context_features) -> posterior flow``
+FlowFactory = Callable[[int, int], PosteriorFlow]
 
 
 def kl_warmup_weight(beta: float, warmup_epochs: int, step: int, steps_per_epoch: int | float) -> float:
@@ -38,20 +59,44 @@ def kl_warmup_weight(beta: float, warmup_epochs: int, step: int, steps_per_epoch
     return beta * min(1.0, step / (warmup_epochs * max(1, steps_per_epoch)))
 
 
-class VAE(GenerativeModel):
-    """Gaussian-encoder VAE with an MLP encoder and decoder.
+def standard_normal_noise(n: int, like: Tensor, dim: int,
+                          generators: Optional[Sequence[torch.Generator]] = None) -> Tensor:
+    """``(n, B, dim)`` standard normal noise for a batch ``like`` (``(B, ...)``); example ``b`` draws from
+    ``generators[b]`` when given (deterministic per example), else from the global generator."""
+    if generators is None:
+        return torch.randn(n, like.shape[0], dim, dtype=like.dtype, device=like.device)
+    if len(generators) != like.shape[0]:
+        raise ValueError(f"{len(generators)} generators for a batch of {like.shape[0]} examples")
+    return torch.stack(
+        [torch.randn(n, dim, generator=g, dtype=like.dtype, device=like.device) for g in generators], dim=1
+    )
+
+
+class Latents(NamedTuple):
+    """A draw from the approximate posterior, per stochastic layer, nearest to ``x`` first."""
+
+    z: list[Tensor]  #: samples, each ``(n, B, L_l)``
+    log_q: list[Tensor]  #: ``log q(z_l | parent)``, each ``(n, B)``
+    analytic_kl: Optional[Tensor] = None  #: closed-form KL per dimension ``(B, L)`` when it exists
+
+
+class LatentVariableModel(GenerativeModel):
+    """Shared machinery of the VAE family: the ``k``-sample objective, KL weight and free bits, the
+    importance-weighted estimates, the seeded test evaluation. A subclass implements
+    :meth:`posterior`, :meth:`log_prior_terms`, :meth:`log_likelihood`, :meth:`decode_mean` and
+    :meth:`posterior_means`.
 
     Args:
         data_shape: shape of one example (linked from the data).
-        latent_dim: dimension of ``z``.
-        hidden: hidden layer widths of the encoder; the decoder mirrors them.
-        activation: hidden activation (``tanh`` as in Burda et al.).
-        likelihood: decoder observation model (default Bernoulli, for binary data).
-        beta: weight of the KL term (1 = the ELBO).
+        likelihood: decoder observation model (default Bernoulli).
+        beta: weight of the KL term (1 = the bound).
         kl_warmup_epochs: anneal the KL weight linearly from 0 to ``beta`` over this many epochs.
+        free_bits: minimum KL (nats) per latent dimension / layer before it is penalised (0 = off; ``train_k = 1``).
+        train_k: importance samples of the training objective (1 = VAE, > 1 = IWAE).
         val_k: importance samples for ``val/nll`` each validation (0 = skip).
-        test_k: importance samples for ``test/nll``.
+        test_k: importance samples per test example for ``test/nll``.
         chunk_size: importance samples drawn at once (bounds memory for large ``k``).
+        eval_seed: seed of the test evaluation (example ``i`` uses a generator seeded by ``(eval_seed, i)``).
         optimizer: optimiser factory (default Adam, lr 1e-3).
         lr_scheduler: optional scheduler factory.
     """
@@ -63,73 +108,115 @@ class VAE(GenerativeModel):
     def __init__(
         self,
         data_shape: Sequence[int] = (784,),
-        latent_dim: int = 50,
-        hidden: Sequence[int] = (200, 200),
-        activation: str = "tanh",
         likelihood: Optional[Likelihood] = None,
         beta: float = 1.0,
         kl_warmup_epochs: int = 0,
+        free_bits: float = 0.0,
+        train_k: int = 1,
         val_k: int = 0,
         test_k: int = 5000,
         chunk_size: int = 500,
+        eval_seed: int = 0,
         optimizer: OptimizerCallable = _adam,
         lr_scheduler: Optional[LRSchedulerCallable] = None,
     ) -> None:
         super().__init__(data_shape, optimizer, lr_scheduler)
-        self.save_hyperparameters(ignore=["likelihood", "optimizer", "lr_scheduler"])
-        self.latent_dim = latent_dim
+        if train_k < 1:
+            raise ConfigError(f"model.init_args.train_k must be >= 1, got {train_k}")
+        if free_bits < 0:
+            raise ConfigError(f"model.init_args.free_bits must be >= 0, got {free_bits}")
+        if free_bits > 0 and train_k > 1:
+            raise ConfigError(
+                f"model.init_args.free_bits={free_bits} needs the single-sample ELBO (train_k=1), got train_k={train_k}"
+            )
+        if test_k < 1 or chunk_size < 1:
+            raise ConfigError(f"model.init_args.test_k and chunk_size must be >= 1, got {test_k} and {chunk_size}")
         self.likelihood = likelihood if likelihood is not None else BernoulliLikelihood()
-        self.encoder = MLP([self.data_dim, *hidden, 2 * latent_dim], activation)
-        self.decoder = MLP([latent_dim, *reversed(list(hidden)), self.likelihood.num_params(self.data_dim)], activation)
-        self.beta, self.kl_warmup_epochs = beta, kl_warmup_epochs
-        self.val_k, self.test_k, self.chunk_size = val_k, test_k, chunk_size
+        self.beta, self.kl_warmup_epochs, self.free_bits = beta, kl_warmup_epochs, free_bits
+        self.train_k, self.val_k, self.test_k = train_k, val_k, test_k
+        self.chunk_size, self.eval_seed = chunk_size, eval_seed
 
-    # --- the model ----------------------------------------------------------------------------------
-    def encode(self, x: Tensor) -> tuple[Tensor, Tensor]:
-        """``q(z|x)`` parameters ``(mu, log_var)``, each ``(B, latent_dim)``."""
-        return self.encoder(x.flatten(1)).chunk(2, dim=-1)
+    # --- what a member of the family implements ------------------------------------------------------
+    def posterior(self, flat: Tensor, n: int, generators: Optional[Sequence[torch.Generator]] = None) -> Latents:
+        """``n`` reparameterised draws from ``q(z | x)`` for a batch of flat ``x`` ``(B, D)``."""
+        raise NotImplementedError
 
-    def decode(self, z: Tensor) -> Tensor:
-        """Likelihood parameters of ``p(x|z)``, shape ``(..., num_params)``."""
-        return self.decoder(z)
+    def log_prior_terms(self, z: list[Tensor]) -> list[Tensor]:
+        """``log p(z_l | z_{l+1})`` per layer (the top layer: the prior), each ``(n, B)``."""
+        raise NotImplementedError
 
+    def log_likelihood(self, flat: Tensor, z: list[Tensor]) -> Tensor:
+        """``log p(x | z_1)``, ``(n, B)``."""
+        raise NotImplementedError
+
+    def decode_mean(self, z_top: Tensor) -> Tensor:
+        """``E[x | z]`` of top-layer latents ``(B, L_top)`` (intermediate layers at their means): ``(B, D)``."""
+        raise NotImplementedError
+
+    def posterior_means(self, x: Tensor, generators: Optional[Sequence[torch.Generator]] = None) -> list[Tensor]:
+        """``E_q[z_l]`` per layer for a batch, each ``(B, L_l)`` (Monte Carlo where not closed-form)."""
+        raise NotImplementedError
+
+    def encode_mean(self, x: Tensor) -> Tensor:
+        """A point in the top latent space for ``x`` (for interpolations): ``(B, L_top)``."""
+        return self.posterior_means(x)[-1]
+
+    @property
+    def top_latent_dim(self) -> int:
+        raise NotImplementedError
+
+    # --- the objective -------------------------------------------------------------------------------
     def kl_weight(self) -> float:
         """KL weight of the current training step (``beta`` outside training)."""
-        if not self.training or self.kl_warmup_epochs <= 0:
+        if not self.training or self.kl_warmup_epochs <= 0 or self._trainer is None:
             return self.beta
         return kl_warmup_weight(self.beta, self.kl_warmup_epochs, self.global_step, self.trainer.num_training_batches)
 
+    def _penalty(self, kl_columns: Tensor) -> Tensor:
+        """Batch-mean KL penalty from per-column KLs ``(B, C)``, with free bits per column."""
+        if self.free_bits > 0:
+            return kl_columns.mean(0).clamp(min=self.free_bits).sum()
+        return kl_columns.sum(-1).mean()
+
     def loss_terms(self, x: Tensor, stage: str) -> dict[str, Tensor]:
         flat = x.flatten(1)
-        mu, log_var = self.encode(flat)
-        z = reparameterize(mu, log_var)
-        rec = self.likelihood.log_prob(flat, self.decode(z))
-        kl = kl_normal_std_normal(mu, log_var)
-        elbo = rec - kl
+        k = self.train_k if stage == "train" else 1
+        lat = self.posterior(flat, k)
+        rec = self.log_likelihood(flat, lat.z)  # (k, B)
+        layer_kl = [lq - lp for lq, lp in zip(lat.log_q, self.log_prior_terms(lat.z))]  # each (k, B)
+        kl_mc = torch.stack(layer_kl, -1).sum(-1)  # (k, B)
         weight = self.kl_weight()
-        terms = {
-            "loss": -(rec - weight * kl).mean(),
-            "elbo": elbo.mean(),
-            "reconstruction": rec.mean(),
-            "kl": kl.mean(),
-        }
+        terms: dict[str, Tensor] = {}
+        if k == 1:
+            rec1 = rec[0]
+            columns = lat.analytic_kl if lat.analytic_kl is not None else torch.stack([t[0] for t in layer_kl], -1)
+            kl = columns.sum(-1)
+            terms["loss"] = -(rec1.mean() - weight * self._penalty(columns))
+            terms.update(elbo=(rec1 - kl).mean(), reconstruction=rec1.mean(), kl=kl.mean())
+        else:
+            terms["loss"] = -log_mean_exp(rec - weight * kl_mc, 0).mean()
+            terms.update(
+                elbo=(rec - kl_mc).mean(), reconstruction=rec.mean(), kl=kl_mc.mean(),
+                iw_bound=log_mean_exp(rec - kl_mc, 0).mean(),
+            )
+        if len(layer_kl) > 1:
+            terms.update({f"kl_{i + 1}": t.mean() for i, t in enumerate(layer_kl)})
         if stage == "train" and self.kl_warmup_epochs > 0:
             terms["kl_weight"] = torch.tensor(weight)
         if stage == "val" and self.val_k > 0:
             terms["nll"] = -self.iw_log_prob(x, self.val_k).mean()
         return terms
 
-    def log_weights(self, x: Tensor, n: int) -> Tensor:
-        """``log p(x, z) - log q(z|x)`` for ``n`` samples per example: ``(n, B)``."""
+    # --- importance weights -------------------------------------------------------------------------
+    def log_weights(self, x: Tensor, n: int, generators: Optional[Sequence[torch.Generator]] = None) -> Tensor:
+        """``log p(x, z) - log q(z | x)`` for ``n`` samples per example: ``(n, B)``."""
         flat = x.flatten(1)
-        mu, log_var = self.encode(flat)
-        z = reparameterize(mu, log_var, n)  # (n, B, latent)
-        return (
-            self.likelihood.log_prob(flat, self.decode(z)) + log_standard_normal(z) - log_normal_diag(z, mu, log_var)
-        )
+        lat = self.posterior(flat, n, generators)
+        log_p = torch.stack(self.log_prior_terms(lat.z), -1).sum(-1)
+        return self.log_likelihood(flat, lat.z) + log_p - torch.stack(lat.log_q, -1).sum(-1)
 
     def iw_log_prob(self, x: Tensor, k: int) -> Tensor:
-        """The ``k``-sample importance-weighted bound of ``log p(x)``, ``(B,)``."""
+        """The ``k``-sample importance-weighted bound of ``log p(x)``, ``(B,)`` (global RNG)."""
         return importance_weighted_log_prob(self.log_weights, x, k, self.chunk_size).log_prob.to(x.dtype)
 
     # --- the shared interface -----------------------------------------------------------------------
@@ -140,13 +227,285 @@ class VAE(GenerativeModel):
     def log_prob(self, x: Tensor) -> Tensor:
         return self.iw_log_prob(x, self.test_k)
 
+    def configure_callbacks(self) -> list[Any]:
+        """The seeded, sharded test evaluation (``test_k``, ``chunk_size``, ``eval_seed``)."""
+        from lightning_gm.callbacks.iwae import IWAEEvaluation
+
+        return [IWAEEvaluation(k=self.test_k, chunk_size=self.chunk_size, seed=self.eval_seed)]
+
+    def test_step(self, batch: Any, batch_idx: int) -> None:
+        # the bound terms per batch; test/nll comes from IWAEEvaluation at the end of the epoch
+        self._common_step(batch, "test")
+
+    def on_test_epoch_end(self) -> None:
+        pass
+
     @torch.no_grad()
     def sample(self, n: int) -> Tensor:
-        z = torch.randn(n, self.latent_dim, device=self.device)
-        return self.likelihood.mean(self.decode(z)).view(n, *self.data_shape)
+        z = self.prior_top.sample(n, device=self.device).to(self.dtype)
+        return self.decode_mean(z).view(n, *self.data_shape)
 
     @torch.no_grad()
     def reconstruct(self, x: Tensor) -> Tensor:
-        """Decoder mean at the posterior mean: ``(B, *data_shape)``."""
-        mu, _ = self.encode(x.flatten(1))
-        return self.likelihood.mean(self.decode(mu)).view(x.shape)
+        """Decoder mean at the (top-layer) posterior mean: ``(B, *data_shape)``."""
+        return self.decode_mean(self.encode_mean(x)).view(x.shape)
+
+    @property
+    def prior_top(self) -> Prior:
+        raise NotImplementedError
+
+
+def _mlp_factory(hidden: Sequence[int], activation: str) -> NetFactory:
+    return lambda i, o: MLP([i, *hidden, o], activation)
+
+
+class VAE(LatentVariableModel):
+    r"""One stochastic layer: Gaussian encoder (optionally followed by a flow), injected prior and likelihood.
+
+    .. math::
+
+        q(z_0 \mid x) = \mathcal N(\mu(x), \operatorname{diag} e^{v(x)}), \quad z = f_K \circ \dots \circ f_1(z_0; h(x)),
+        \qquad p(x, z) = p(z)\, p(x \mid z)
+
+    The encoder network outputs ``(mu, log_var, h)`` (``2 L + context_features`` numbers), the decoder the
+    likelihood's parameters.
+
+    Args:
+        data_shape: shape of one example (linked from the data).
+        latent_dim: dimension of ``z``.
+        hidden: hidden widths of the default MLP encoder; the default decoder mirrors them.
+        activation: hidden activation of the default MLPs (``tanh`` as in Burda et al.).
+        likelihood: decoder observation model (default Bernoulli).
+        prior: ``p(z)`` (default standard normal; e.g. :class:`~lightning_gm.nn.priors.VampPrior`).
+        encoder: factory ``(D, 2 L + context_features) -> network`` replacing the MLP (e.g. ConvEncoder).
+        decoder: factory ``(L, num_params) -> network`` replacing the MLP (e.g. ConvDecoder).
+        posterior_flow: factory ``(L, context_features) -> PosteriorFlow`` (planar, IAF); none by default.
+        context_features: size of the encoder's context ``h`` for a conditional flow (IAF).
+        posterior_mean_samples: samples of the Monte Carlo ``E_q[z]`` with a flow (active units).
+        beta: weight of the KL term.
+        kl_warmup_epochs: KL warm-up length in epochs.
+        free_bits: free bits per latent dimension (analytic KL) or for the whole KL (with a flow / other prior).
+        train_k: importance samples of the training objective (1 = VAE, > 1 = IWAE).
+        val_k: importance samples for ``val/nll`` (0 = skip).
+        test_k: importance samples for ``test/nll``.
+        chunk_size: importance samples drawn at once.
+        eval_seed: seed of the test evaluation.
+        optimizer: optimiser factory (default Adam, lr 1e-3).
+        lr_scheduler: optional scheduler factory.
+    """
+
+    def __init__(
+        self,
+        data_shape: Sequence[int] = (784,),
+        latent_dim: int = 50,
+        hidden: Sequence[int] = (200, 200),
+        activation: str = "tanh",
+        likelihood: Optional[Likelihood] = None,
+        prior: Optional[Prior] = None,
+        encoder: Optional[NetFactory] = None,
+        decoder: Optional[NetFactory] = None,
+        posterior_flow: Optional[FlowFactory] = None,
+        context_features: int = 0,
+        posterior_mean_samples: int = 100,
+        beta: float = 1.0,
+        kl_warmup_epochs: int = 0,
+        free_bits: float = 0.0,
+        train_k: int = 1,
+        val_k: int = 0,
+        test_k: int = 5000,
+        chunk_size: int = 500,
+        eval_seed: int = 0,
+        optimizer: OptimizerCallable = _adam,
+        lr_scheduler: Optional[LRSchedulerCallable] = None,
+    ) -> None:
+        super().__init__(data_shape, likelihood, beta, kl_warmup_epochs, free_bits, train_k, val_k, test_k,
+                         chunk_size, eval_seed, optimizer, lr_scheduler)
+        self.save_hyperparameters(ignore=["likelihood", "prior", "encoder", "decoder", "posterior_flow",
+                                          "optimizer", "lr_scheduler"])
+        if latent_dim < 1:
+            raise ConfigError(f"model.init_args.latent_dim must be >= 1, got {latent_dim}")
+        self.latent_dim, self.context_features = latent_dim, context_features
+        self.posterior_mean_samples = posterior_mean_samples
+        enc = encoder or _mlp_factory(hidden, activation)
+        dec = decoder or _mlp_factory(list(reversed(list(hidden))), activation)
+        self.encoder = enc(self.data_dim, 2 * latent_dim + context_features)
+        self.decoder = dec(latent_dim, self.likelihood.num_params(self.data_dim))
+        self.flow = posterior_flow(latent_dim, context_features) if posterior_flow is not None else None
+        self.prior = prior if prior is not None else StandardNormal()
+        self.prior.build(latent_dim)
+        self.prior.bind(self.encode, self.data_shape)
+
+    # --- the model ----------------------------------------------------------------------------------
+    def _encode_all(self, flat: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        out = self.encoder(flat)
+        L = self.latent_dim
+        return out[..., :L], out[..., L : 2 * L], out[..., 2 * L :]
+
+    def encode(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        """``q(z_0|x)`` parameters ``(mu, log_var)``, each ``(B, latent_dim)``."""
+        mu, log_var, _ = self._encode_all(x.flatten(1))
+        return mu, log_var
+
+    def decode(self, z: Tensor) -> Tensor:
+        """Likelihood parameters of ``p(x|z)``, shape ``(..., num_params)``."""
+        return self.decoder(z)
+
+    @property
+    def prior_top(self) -> Prior:
+        return self.prior
+
+    @property
+    def top_latent_dim(self) -> int:
+        return self.latent_dim
+
+    def posterior(self, flat: Tensor, n: int, generators: Optional[Sequence[torch.Generator]] = None) -> Latents:
+        mu, log_var, h = self._encode_all(flat)
+        z0 = mu + torch.exp(0.5 * log_var) * standard_normal_noise(n, flat, self.latent_dim, generators)
+        log_q = log_normal_diag(z0, mu, log_var)
+        analytic = None
+        if self.flow is not None:
+            z, ladj = self.flow(z0, h if self.context_features else None)
+            log_q = log_q - ladj
+        else:
+            z = z0
+            if self.prior.analytic_kl:
+                analytic = 0.5 * (mu**2 + torch.exp(log_var) - 1.0 - log_var)
+        return Latents([z], [log_q], analytic)
+
+    def log_prior_terms(self, z: list[Tensor]) -> list[Tensor]:
+        return [self.prior.log_prob(z[0])]
+
+    def log_likelihood(self, flat: Tensor, z: list[Tensor]) -> Tensor:
+        return self.likelihood.log_prob(flat, self.decode(z[0]))
+
+    def decode_mean(self, z_top: Tensor) -> Tensor:
+        return self.likelihood.mean(self.decode(z_top))
+
+    @torch.no_grad()
+    def posterior_means(self, x: Tensor, generators: Optional[Sequence[torch.Generator]] = None) -> list[Tensor]:
+        flat = x.flatten(1)
+        if self.flow is None:
+            return [self.encode(flat)[0]]
+        return [self.posterior(flat, self.posterior_mean_samples, generators).z[0].mean(0)]
+
+    def kl_analytic(self, x: Tensor) -> Tensor:
+        """Closed-form ``KL(q(z|x) || N(0, I))`` per example (standard-normal prior, no flow)."""
+        return kl_normal_std_normal(*self.encode(x))
+
+
+class HierarchicalVAE(LatentVariableModel):
+    r"""Several stochastic layers (Burda et al.'s two-layer 784-[200-200]-100-[100-100]-50 by default).
+
+    .. math::
+
+        q(z_1, \dots, z_S \mid x) = q(z_1 \mid x) \prod_{s>1} q(z_s \mid z_{s-1}), \qquad
+        p(x, z) = p(z_S) \prod_{s<S} p(z_s \mid z_{s+1})\; p(x \mid z_1),
+
+    every conditional a diagonal Gaussian from an MLP (``hidden[s]`` between layer ``s-1`` and ``s``,
+    mirrored in the generative direction), the top prior injected.
+
+    Args:
+        data_shape: shape of one example (linked from the data).
+        latent_dims: sizes of the stochastic layers, nearest to ``x`` first.
+        hidden: deterministic hidden widths before each stochastic layer (one list per layer).
+        activation: hidden activation.
+        likelihood: decoder observation model (default Bernoulli).
+        prior: ``p(z_S)`` of the top layer (default standard normal; priors that need the encoder are refused).
+        posterior_mean_samples: samples of the Monte Carlo ``E_q[z_s]`` for ``s > 1`` (active units).
+        beta: weight of the KL terms.
+        kl_warmup_epochs: KL warm-up length in epochs.
+        free_bits: free bits per stochastic layer.
+        train_k: importance samples of the training objective (1 = VAE, > 1 = IWAE).
+        val_k: importance samples for ``val/nll`` (0 = skip).
+        test_k: importance samples for ``test/nll``.
+        chunk_size: importance samples drawn at once.
+        eval_seed: seed of the test evaluation.
+        optimizer: optimiser factory (default Adam, lr 1e-3).
+        lr_scheduler: optional scheduler factory.
+    """
+
+    def __init__(
+        self,
+        data_shape: Sequence[int] = (784,),
+        latent_dims: Sequence[int] = (100, 50),
+        hidden: Sequence[Sequence[int]] = ((200, 200), (100, 100)),
+        activation: str = "tanh",
+        likelihood: Optional[Likelihood] = None,
+        prior: Optional[Prior] = None,
+        posterior_mean_samples: int = 100,
+        beta: float = 1.0,
+        kl_warmup_epochs: int = 0,
+        free_bits: float = 0.0,
+        train_k: int = 1,
+        val_k: int = 0,
+        test_k: int = 5000,
+        chunk_size: int = 500,
+        eval_seed: int = 0,
+        optimizer: OptimizerCallable = _adam,
+        lr_scheduler: Optional[LRSchedulerCallable] = None,
+    ) -> None:
+        super().__init__(data_shape, likelihood, beta, kl_warmup_epochs, free_bits, train_k, val_k, test_k,
+                         chunk_size, eval_seed, optimizer, lr_scheduler)
+        self.save_hyperparameters(ignore=["likelihood", "prior", "optimizer", "lr_scheduler"])
+        dims = [int(d) for d in latent_dims]
+        if len(dims) < 1 or min(dims) < 1:
+            raise ConfigError(f"model.init_args.latent_dims must be positive sizes, got {list(latent_dims)}")
+        if len(hidden) != len(dims):
+            raise ConfigError(
+                f"model.init_args.hidden needs one list of widths per stochastic layer ({len(dims)}), got {len(hidden)}"
+            )
+        self.latent_dims, self.posterior_mean_samples = dims, posterior_mean_samples
+        ins = [self.data_dim, *dims[:-1]]
+        self.encoders = nn.ModuleList(MLP([i, *h, 2 * d], activation) for i, h, d in zip(ins, hidden, dims))
+        # p(z_s | z_{s+1}) for s < S, then p(x | z_1)
+        self.conditionals = nn.ModuleList(
+            MLP([dims[s + 1], *reversed(list(hidden[s + 1])), 2 * dims[s]], activation) for s in range(len(dims) - 1)
+        )
+        self.decoder = MLP([dims[0], *reversed(list(hidden[0])), self.likelihood.num_params(self.data_dim)], activation)
+        self.prior = prior if prior is not None else StandardNormal()
+        if self.prior.needs_encoder:
+            raise ConfigError(f"{type(self.prior).__name__} needs a one-layer VAE's encoder; use it with models.VAE")
+        self.prior.build(dims[-1])
+
+    @property
+    def prior_top(self) -> Prior:
+        return self.prior
+
+    @property
+    def top_latent_dim(self) -> int:
+        return self.latent_dims[-1]
+
+    def posterior(self, flat: Tensor, n: int, generators: Optional[Sequence[torch.Generator]] = None) -> Latents:
+        zs, log_qs = [], []
+        h: Tensor = flat
+        for enc, d in zip(self.encoders, self.latent_dims):
+            mu, log_var = enc(h).chunk(2, dim=-1)
+            z = mu + torch.exp(0.5 * log_var) * standard_normal_noise(n, flat, d, generators)  # one z_s per z_{s-1}
+            zs.append(z)
+            log_qs.append(log_normal_diag(z, mu, log_var))
+            h = z
+        return Latents(zs, log_qs)
+
+    def log_prior_terms(self, z: list[Tensor]) -> list[Tensor]:
+        terms = []
+        for s, cond in enumerate(self.conditionals):
+            mu, log_var = cond(z[s + 1]).chunk(2, dim=-1)
+            terms.append(log_normal_diag(z[s], mu, log_var))
+        terms.append(self.prior.log_prob(z[-1]))
+        return terms
+
+    def log_likelihood(self, flat: Tensor, z: list[Tensor]) -> Tensor:
+        return self.likelihood.log_prob(flat, self.decoder(z[0]))
+
+    def decode_mean(self, z_top: Tensor) -> Tensor:
+        z = z_top
+        for cond in reversed(self.conditionals):
+            z = cond(z).chunk(2, dim=-1)[0]
+        return self.likelihood.mean(self.decoder(z))
+
+    @torch.no_grad()
+    def posterior_means(self, x: Tensor, generators: Optional[Sequence[torch.Generator]] = None) -> list[Tensor]:
+        flat = x.flatten(1)
+        first = self.encoders[0](flat).chunk(2, dim=-1)[0]
+        lat = self.posterior(flat, self.posterior_mean_samples, generators)
+        return [first, *[z.mean(0) for z in lat.z[1:]]]

@@ -96,3 +96,154 @@ def test_kl_warmup_weight():
     for step, expected in ((0, 0.0), (5, 0.125), (10, 0.25), (20, 0.5), (40, 0.5)):
         assert kl_warmup_weight(0.5, 2, step, 10) == pytest.approx(expected)
     assert kl_warmup_weight(0.7, 0, 3, 10) == 0.7
+
+
+# --- the VAE family (issue 6) ------------------------------------------------------------------------------
+from lightning_gm.estimators.seeded import active_units, example_generator, seeded_importance_weighted  # noqa: E402
+from lightning_gm.estimators.importance import log_mean_exp  # noqa: E402
+from lightning_gm.models import HierarchicalVAE  # noqa: E402
+from lightning_gm.nn import IAFPosterior, PlanarPosterior  # noqa: E402
+from lightning_gm.errors import ConfigError  # noqa: E402
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(old)
+
+
+def _linear_gaussian_chain(sigma: float = 0.5):
+    """z2 ~ N(0, 1), z1 | z2 ~ N(A z2 + a, diag d), x | z1 ~ N(W z1 + b, s^2 I) with A = (alpha, 0) and W
+    orthogonal columns, so p(x) = N(W a + b, W (A A' + diag d) W' + s^2 I) and the true posteriors p(z1|x)
+    and p(z2|z1) are diagonal Gaussians linear in their inputs: a 2-layer VAE can hold them exactly."""
+    torch.manual_seed(2)
+    D, (L1, L2) = 5, (2, 1)
+    vae = HierarchicalVAE(data_shape=(D,), latent_dims=(L1, L2), hidden=((), ()),
+                          likelihood=GaussianLikelihood(learn_variance=False, sigma=sigma)).double()
+    f64 = dict(dtype=torch.float64)
+    q, _ = torch.linalg.qr(torch.randn(D, L1, **f64))
+    W, b = q * torch.tensor([1.5, 0.8], **f64), torch.randn(D, **f64)
+    alpha, a, d = 1.2, torch.tensor([0.3, -0.5], **f64), torch.tensor([0.4, 0.9], **f64)
+    cov1 = torch.diag(d + torch.tensor([alpha**2, 0.0], **f64))  # Cov(z1), diagonal
+    with torch.no_grad():
+        vae.decoder[0].weight.copy_(W), vae.decoder[0].bias.copy_(b)
+        cond = vae.conditionals[0][0]  # z2 -> (mu1, log_var1)
+        cond.weight.zero_(), cond.weight[0, 0].fill_(alpha)
+        cond.bias.copy_(torch.cat([a, d.log()]))
+        # q(z1 | x) = p(z1 | x): precision P = Cov(z1)^-1 + W'W / s^2 (diagonal)
+        P = torch.linalg.inv(cov1) + W.T @ W / sigma**2
+        S = torch.linalg.inv(P)
+        e1 = vae.encoders[0][0]
+        e1.weight.zero_(), e1.weight[:L1].copy_(S @ W.T / sigma**2)
+        e1.bias.copy_(torch.cat([S @ (torch.linalg.inv(cov1) @ a - W.T @ b / sigma**2), torch.diagonal(S).log()]))
+        # q(z2 | z1) = p(z2 | z1): precision 1 + alpha^2 / d0
+        p2 = 1 + alpha**2 / d[0]
+        e2 = vae.encoders[1][0]
+        e2.weight.zero_(), e2.weight[0, 0].fill_(alpha / d[0] / p2)
+        e2.bias.copy_(torch.tensor([-alpha * a[0] / d[0] / p2, -math.log(p2)], **f64))
+    marginal = torch.distributions.MultivariateNormal(W @ a + b, W @ cov1 @ W.T + sigma**2 * torch.eye(D, **f64))
+    x = marginal.sample((128,))
+    return vae, x, marginal.log_prob(x)
+
+
+def test_two_layer_exact_posterior_makes_every_weight_equal_log_px():
+    vae, x, exact = _linear_gaussian_chain()
+    lw = vae.log_weights(x, 6)
+    assert torch.allclose(lw, exact.expand(6, -1), atol=1e-9)
+
+
+def test_two_layer_iw_bound_rises_with_k_towards_exact_log_px():
+    vae, x, exact = _linear_gaussian_chain()
+    with torch.no_grad():
+        vae.encoders[0][0].bias[:2] += 0.5  # a worse q(z1|x)
+        vae.encoders[1][0].bias[1:] += 1.0  # a too-wide q(z2|z1)
+    gaps = [(exact - vae.iw_log_prob(x, k)).mean().item() for k in (1, 10, 5000)]
+    assert gaps[0] > gaps[1] > gaps[2] > -0.01 and gaps[0] > 0.3, gaps
+    assert gaps[2] < 0.02, gaps
+
+
+@pytest.mark.parametrize("model", ["vae", "hierarchical"])
+@pytest.mark.parametrize("k", [1, 7])
+def test_training_objective_is_the_k_sample_bound(model, k):
+    vae, x, _ = _linear_gaussian_vae() if model == "vae" else _linear_gaussian_chain()
+    vae.train_k = k
+    with torch.no_grad():
+        for p in vae.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    torch.manual_seed(3)
+    loss = vae.loss_terms(x, "train")["loss"]
+    torch.manual_seed(3)
+    lw = vae.log_weights(x, k)
+    if k == 1 and model == "vae":  # analytic KL: the expectation of the same estimator
+        torch.manual_seed(3)
+        z = vae.posterior(x, 1).z[0]
+        rec = vae.likelihood.log_prob(x, vae.decode(z))[0]
+        torch.testing.assert_close(loss, -(rec - vae.kl_analytic(x)).mean())
+    else:
+        torch.testing.assert_close(loss, -log_mean_exp(lw, 0).mean())
+
+
+def test_free_bits_floor_each_dimension():
+    vae, x, _ = _linear_gaussian_vae()
+    vae.free_bits = 50.0  # above every per-dimension KL: the KL term is a constant L * lambda
+    torch.manual_seed(0)
+    t = vae.loss_terms(x, "train")
+    torch.testing.assert_close(t["loss"], -(t["reconstruction"] - 2 * 50.0))
+    with pytest.raises(ConfigError, match="free_bits"):
+        VAE(data_shape=(4,), free_bits=1.0, train_k=5)
+
+
+@pytest.mark.parametrize("flow", ["planar", "iaf"])
+def test_flow_log_det_enters_log_q(flow):
+    torch.manual_seed(0)
+    ctx = 3 if flow == "iaf" else 0
+    factory = (lambda l, c: PlanarPosterior(l, c, 3)) if flow == "planar" else (lambda l, c: IAFPosterior(l, c, 2, (12,)))
+    vae = VAE(data_shape=(6,), latent_dim=3, hidden=(8,), posterior_flow=factory, context_features=ctx).double()
+    with torch.no_grad():
+        for p in vae.flow.parameters():
+            p.add_(0.3 * torch.randn_like(p))
+    x = torch.rand(4, 6, dtype=torch.float64).bernoulli()
+    lat = vae.posterior(x, 1, [example_generator(0, i) for i in range(4)])
+    mu, log_var, h = vae._encode_all(x)
+    gens = [example_generator(0, i) for i in range(4)]
+    z0 = mu + torch.exp(0.5 * log_var) * torch.stack([torch.randn(1, 3, generator=g, dtype=torch.float64) for g in gens], 1)
+    for b in range(4):
+        jac = torch.autograd.functional.jacobian(lambda z: vae.flow(z[None], h[b : b + 1] if ctx else None)[0][0], z0[0, b])
+        expected = log_normal_diag(z0[0, b], mu[b], log_var[b]) - torch.linalg.slogdet(jac)[1]
+        torch.testing.assert_close(lat.log_q[0][0, b], expected, rtol=0, atol=1e-9)
+    assert lat.analytic_kl is None  # with a flow the KL is estimated
+
+
+@pytest.mark.parametrize("model", ["vae", "hierarchical"])
+def test_seeded_evaluation_depends_only_on_seed_and_index(model):
+    vae, x, _ = _linear_gaussian_vae() if model == "vae" else _linear_gaussian_chain()
+    with torch.no_grad():
+        for p in vae.parameters():
+            p.add_(0.1 * torch.randn_like(p))
+    x = x[:12]
+    whole, _ = seeded_importance_weighted(vae.log_weights, x, range(12), 300, chunk_size=64, seed=4)
+    perm = torch.randperm(12)
+    again, _ = seeded_importance_weighted(vae.log_weights, x[perm], perm.tolist(), 300, chunk_size=64, seed=4)
+    assert torch.equal(again.log_prob, whole.log_prob[perm]) and torch.equal(again.elbo, whole.elbo[perm])
+    other, _ = seeded_importance_weighted(vae.log_weights, x, range(12), 300, chunk_size=64, seed=5)
+    assert not torch.equal(other.log_prob, whole.log_prob)
+
+
+def test_active_units_counts_posterior_means_that_vary():
+    torch.manual_seed(0)
+    means = torch.stack([torch.randn(1000), 0.05 * torch.randn(1000), 0.2 * torch.randn(1000), torch.zeros(1000)], 1)
+    n, activity = active_units(means)  # variances about 1, 0.0025, 0.04, 0
+    assert n == 2 and activity[1] < 1e-2 < activity[2]
+    vae, x, _ = _linear_gaussian_vae()
+    with torch.no_grad():
+        vae.encoder[0].weight[1].zero_()  # the second latent's mean no longer depends on x
+    assert active_units(vae.posterior_means(x)[0])[0] == 1
+
+
+def test_hierarchical_refuses_a_prior_that_needs_an_encoder():
+    from lightning_gm.nn import VampPrior
+
+    with pytest.raises(ConfigError, match="VampPrior"):
+        HierarchicalVAE(data_shape=(4,), latent_dims=(3, 2), hidden=((4,), (4,)), prior=VampPrior(3))

@@ -9,7 +9,16 @@ References:
     Papamakarios et al., "Normalizing Flows for Probabilistic Modeling and Inference", JMLR 2021.
 """
 
-from lightning_gm.nn.flows.architectures import MAF, Flatten, Glow, MultiScaleRealNVP, PlanarStack, RadialStack, RealNVP
+from lightning_gm.nn.flows.architectures import (
+    MAF,
+    Flatten,
+    Glow,
+    MultiScaleRealNVP,
+    PlanarStack,
+    RadialStack,
+    RealNVP,
+    SplitConditioner,
+)
 from lightning_gm.nn.flows.autoregressive import InverseAutoregressiveFlow, MaskedAutoregressiveFlow, maf_flow
 from lightning_gm.nn.flows.base import (
     SCALE_FUNCTIONS,
@@ -79,6 +88,7 @@ __all__ = [
     "glow_multiscale",
     "realnvp_multiscale",
     "Flatten",
+    "SplitConditioner",
     "RealNVP",
     "MAF",
     "MultiScaleRealNVP",

@@ -28,7 +28,8 @@ from __future__ import annotations
 import math
 from typing import List, Optional, Sequence, Tuple
 
-from torch import Tensor
+import torch
+from torch import Tensor, nn
 
 from lightning_gm.nn.flows.autoregressive import MaskedAutoregressiveFlow
 from lightning_gm.nn.flows.base import FlowLayer, FlowSequence
@@ -37,7 +38,7 @@ from lightning_gm.nn.flows.elementwise import ActNorm, PlanarFlow, RadialFlow
 from lightning_gm.nn.flows.multiscale import MultiScaleFlow, glow_multiscale, realnvp_multiscale
 from lightning_gm.nn.flows.permutation import RandomPermutation, ReversePermutation
 
-__all__ = ["Flatten", "RealNVP", "MAF", "MultiScaleRealNVP", "Glow", "PlanarStack", "RadialStack"]
+__all__ = ["Flatten", "SplitConditioner", "RealNVP", "MAF", "MultiScaleRealNVP", "Glow", "PlanarStack", "RadialStack"]
 
 
 class Flatten(FlowLayer):
@@ -67,6 +68,46 @@ class Flatten(FlowLayer):
         return self.shape
 
 
+class SplitConditioner(nn.Module):
+    r"""Coupling conditioner for vectors that reads only the conditioning entries of a mask.
+
+    With conditioning indices :math:`a = \{i : b_i = 1\}` and transformed ones :math:`c = \{i : b_i = 0\}`,
+    an MLP maps :math:`x_a \in \mathbb R^{|a|}` to :math:`(\tilde s_c, t_c) \in \mathbb R^{2|c|}`, written
+    into a ``(B, 2D)`` output (zeros at :math:`a`) in the layout
+    :class:`~lightning_gm.nn.flows.coupling.AffineCoupling` expects. Same function class as an MLP on
+    the masked full vector, with about half the first- and last-layer weights (as in RealNVP's
+    and zuko's couplings).
+
+    Args:
+        mask: ``(D,)`` binary mask (1 = conditioning).
+        hidden_features: MLP width.
+        num_hidden_layers: MLP hidden layers.
+
+    References:
+        Dinh, Sohl-Dickstein & Bengio, "Density estimation using Real NVP", ICLR 2017.
+    """
+
+    idx_in: Tensor
+    idx_out: Tensor
+
+    def __init__(self, mask: Tensor, hidden_features: int = 64, num_hidden_layers: int = 2) -> None:
+        super().__init__()
+        mask = torch.as_tensor(mask).flatten().bool()
+        self.features = int(mask.numel())
+        self.register_buffer("idx_in", mask.nonzero().flatten())
+        self.register_buffer("idx_out", (~mask).nonzero().flatten())
+        if self.idx_in.numel() == 0 or self.idx_out.numel() == 0:
+            raise ValueError("the mask must condition on some entries and transform others")
+        self.net = mlp_conditioner(self.idx_in.numel(), 2 * self.idx_out.numel(), hidden_features, num_hidden_layers)
+
+    def forward(self, h: Tensor) -> Tensor:
+        """``(B, D)`` masked input -> ``(B, 2D)`` = ``[raw log-scale, shift]``, zero at conditioning entries."""
+        out = self.net(h.index_select(1, self.idx_in)).view(h.shape[0], 2, -1)
+        full = h.new_zeros(h.shape[0], 2, self.features)
+        full[:, :, self.idx_out] = out
+        return full.view(h.shape[0], 2 * self.features)
+
+
 def _vector_prefix(shape: Sequence[int]) -> Tuple[List[FlowLayer], int]:
     """``([Flatten(shape)] if shape is not a vector else [], D)``."""
     shape = tuple(int(s) for s in shape)
@@ -82,7 +123,8 @@ class RealNVP(FlowSequence):
         z = x \odot e^{\log s(x_b)} + t(x_b)\ \text{on the unmasked half}, \qquad
         \log\left|\det \tfrac{\partial z}{\partial x}\right| = \textstyle\sum_i \log s_i ,
 
-    the masked half :math:`x_b` alternating between layers; :math:`\log s = c\tanh(\tilde s / c)`
+    the masked half :math:`x_b` alternating between layers, read by a :class:`SplitConditioner`
+    MLP; :math:`\log s = c\tanh(\tilde s / c)`
     by default (a soft clamp that keeps the scales stable). Images are flattened first.
 
     Args:
@@ -114,8 +156,9 @@ class RealNVP(FlowSequence):
         for i in range(num_layers):
             if actnorm:
                 layers.append(ActNorm(dim))
-            cond = mlp_conditioner(dim, 2 * dim, hidden_features, num_hidden_layers)
-            layers.append(AffineCoupling(alternating_mask(dim, i % 2), cond, scale=scale, clamp=clamp))
+            mask = alternating_mask(dim, i % 2)
+            cond = SplitConditioner(mask, hidden_features, num_hidden_layers)
+            layers.append(AffineCoupling(mask, cond, scale=scale, clamp=clamp))
         super().__init__(layers)
 
 

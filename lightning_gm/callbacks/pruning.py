@@ -1,0 +1,60 @@
+"""Report a validation metric to an Optuna trial each epoch and stop the run when the pruner says so.
+
+Used inside the trial processes that ``lightning_gm sweep`` launches: the CLI adds it when the
+environment variable ``LIGHTNING_GM_OPTUNA_TRIAL`` names the study and trial. Only rank 0 talks to
+the study; the decision is broadcast so every DDP process stops at the same epoch (Optuna's own
+Lightning callback does not support DDP).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from typing import Any
+
+import lightning.pytorch as pl
+
+__all__ = ["OptunaPruning"]
+
+
+class OptunaPruning(pl.Callback):
+    """Args:
+        storage: Optuna storage URL. study: study name. trial_id: the trial's storage id.
+        metric: the logged metric reported each validation epoch. pruner: the study's pruner spec.
+    """
+
+    def __init__(self, storage: str, study: str, trial_id: int, metric: str, pruner: dict[str, Any]) -> None:
+        self.storage, self.study_name, self.trial_id = storage, study, trial_id
+        self.metric, self.pruner_spec = metric, pruner
+        self.pruned = False
+        self._trial: Any = None
+
+    @classmethod
+    def from_env(cls, value: str) -> "OptunaPruning":
+        return cls(**json.loads(value))
+
+    def _get_trial(self) -> Any:
+        if self._trial is None:
+            import optuna
+
+            from lightning_gm.sweep import make_pruner
+
+            study = optuna.load_study(study_name=self.study_name, storage=self.storage,
+                                      pruner=make_pruner(self.pruner_spec))
+            self._trial = optuna.Trial(study, self.trial_id)
+        return self._trial
+
+    def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if trainer.sanity_checking:
+            return
+        prune = False
+        if trainer.is_global_zero:
+            value = trainer.callback_metrics.get(self.metric)
+            if value is not None and math.isfinite(float(value)):
+                trial = self._get_trial()
+                trial.report(float(value), step=trainer.current_epoch)
+                prune = bool(trial.should_prune())
+        prune = trainer.strategy.broadcast(prune, src=0)
+        if prune:
+            self.pruned = True
+            trainer.should_stop = True

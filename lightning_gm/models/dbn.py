@@ -1,0 +1,366 @@
+r"""Deep belief networks (Hinton, Osindero & Teh 2006): a greedy layer-wise stack of RBMs trained in one ``fit``.
+
+Layer ``l`` is the Bernoulli RBM :math:`(h_l, h_{l+1})` with :math:`h_0 = v`. The layer being trained is a
+*phase* derived from ``current_epoch`` and ``epochs_per_layer`` (so resuming from ``last.ckpt`` lands in
+the right layer) and logged as ``train/layer``. RBM ``l`` is trained by CD-k/PCD on the upward pass of the
+data through the layers below: the factorial posteriors :math:`q(h_{l} \mid h_{l-1}) = \sigma(c + W^\top h_{l-1})`,
+passed up as probabilities (``propagate="mean"``, Hinton & Salakhutdinov's code, lower variance) or
+as binary samples (``propagate="sample"``, exactly the aggregated posterior that the bound below scores).
+
+The generative model is the top RBM over :math:`(h_{L-1}, h_L)` and directed sigmoid layers below:
+
+.. math::
+
+    p(v, h_1, \dots, h_{L-1}) = p_{\text{top}}(h_{L-1}) \prod_{l=1}^{L-1} p(h_{l-1} \mid h_l), \qquad
+    p(h_{l-1} \mid h_l) = \prod_i \sigma\big((2h_{l-1,i} - 1)(b_{i} + W_{i:} h_l)\big),
+
+with :math:`p_{\text{top}}(h) = e^{-F_{\text{top}}(h)} / Z_{\text{top}}`. Sampling: Gibbs in the top RBM, then one
+downward pass. Test log-likelihood: the variational lower bound of Salakhutdinov & Murray (2008) with the
+upward posteriors as :math:`q`,
+
+.. math::
+
+    \log p(v) \ge \mathbb E_{q}\Big[\log p(v, h_{1:L-1}) - \log q(h_{1:L-1} \mid v)\Big],
+    \qquad q(h_{1:L-1} \mid v) = \prod_{l=1}^{L-1} q(h_l \mid h_{l-1}),
+
+estimated with ``bound_samples`` samples as an importance-weighted bound
+:math:`\log \frac1S \sum_s w_s` (a lower bound in expectation, at least as tight as the plain one), and
+:math:`\log Z_{\text{top}}` exact (estimator ``bound``) or from AIS (estimator ``ais+bound``). A
+single-layer DBN is an RBM: estimator ``exact`` / ``ais``.
+
+Under DDP, layers that are not being trained receive no gradient, so use
+``--trainer.strategy=ddp_find_unused_parameters_true``.
+
+References:
+    Hinton, Osindero & Teh (2006), A fast learning algorithm for deep belief nets;
+    Hinton & Salakhutdinov (2006), Reducing the dimensionality of data with neural networks;
+    Salakhutdinov & Murray (2008), On the quantitative analysis of deep belief networks, ICML.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from typing import Any, Literal, Optional, Sequence
+
+import torch
+import torch.nn.functional as F
+from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
+from lightning.pytorch.utilities import rank_zero_warn
+from torch import Tensor, nn
+
+from lightning_gm.errors import ConfigError
+from lightning_gm.estimators.ais import base_rate_log_odds
+from lightning_gm.models.base import GenerativeModel
+from lightning_gm.models.rbm import PartitionMixin, _first, _Seeded, _sgd, cd_step
+from lightning_gm.nn.rbm import BernoulliRBM, RBMBase
+
+__all__ = ["DBN", "bernoulli_log_prob"]
+
+
+def bernoulli_log_prob(x: Tensor, logits: Tensor) -> Tensor:
+    r""":math:`\sum_i x_i \log\sigma(a_i) + (1 - x_i)\log\sigma(-a_i) = \sum_i x_i a_i - \operatorname{softplus}(a_i)`,
+    summed over the last dimension (overflow-safe)."""
+    return (x * logits - F.softplus(logits)).sum(-1)
+
+
+class DBN(PartitionMixin, GenerativeModel):
+    r"""Deep belief network: greedy layer-wise RBMs (family ``dbn``), test bound ``ais+bound``.
+
+    Args:
+        data_shape: shape of one example (linked from the data); binary (or [0, 1]) data.
+        hidden: hidden layer sizes, bottom to top (784-500-500-2000 is ``[500, 500, 2000]``).
+        epochs_per_layer: epochs of greedy training of each layer (same length as ``hidden``). Set
+            ``trainer.max_epochs`` to their sum; extra epochs keep training the top layer.
+        k: Gibbs sweeps per CD/PCD update.
+        persistent: PCD for every layer (else CD-k).
+        num_chains: persistent chains per layer and process.
+        propagate: ``mean`` (probabilities) or ``sample`` (binary states) as the data of the next layer.
+        weight_std, weight_cost: initial weight scale and L2 cost on the weights (as :class:`~lightning_gm.models.RBM`).
+        initial_momentum: momentum of the first ``momentum_warmup_epochs`` epochs of every layer.
+        momentum_warmup_epochs: see ``initial_momentum``.
+        init_visible_bias: at the start of each layer's phase, set its visible biases to the log-odds of its
+            training input (also the AIS base-rate model of the top layer).
+        sample_steps: Gibbs sweeps in the top RBM behind :meth:`sample`.
+        bound_samples: posterior samples ``S`` per test example of the importance-weighted bound.
+        ais_runs, ais_steps, ais_seed: AIS for the top RBM's :math:`\log Z` (literature: 100 x 14,500).
+        exact_max_units: enumerate the top RBM exactly when its smaller layer has at most this many units.
+        optimizer: optimiser factory (default SGD, lr 0.1, momentum 0.9).
+        lr_scheduler: optional scheduler factory.
+
+    References:
+        Hinton, Osindero & Teh (2006); Salakhutdinov & Murray (2008).
+    """
+
+    family = "dbn"
+    #: greedy training has no validation objective comparable across layers: the checkpoint tested is
+    #: the last one (``val/stack_progress`` = epochs done, only ever increases)
+    monitor = "val/stack_progress"
+    monitor_mode = "max"
+
+    def __init__(
+        self,
+        data_shape: Sequence[int] = (784,),
+        hidden: Sequence[int] = (500, 500, 2000),
+        epochs_per_layer: Sequence[int] = (10, 10, 10),
+        k: int = 1,
+        persistent: bool = False,
+        num_chains: int = 100,
+        propagate: Literal["mean", "sample"] = "mean",
+        weight_std: float = 0.01,
+        weight_cost: float = 2e-4,
+        initial_momentum: float = 0.5,
+        momentum_warmup_epochs: int = 5,
+        init_visible_bias: bool = True,
+        sample_steps: int = 1000,
+        bound_samples: int = 10,
+        ais_runs: int = 100,
+        ais_steps: int = 14500,
+        ais_seed: int = 0,
+        exact_max_units: int = 20,
+        optimizer: OptimizerCallable = _sgd,
+        lr_scheduler: Optional[LRSchedulerCallable] = None,
+    ) -> None:
+        super().__init__(data_shape, optimizer, lr_scheduler)
+        self.save_hyperparameters(ignore=["optimizer", "lr_scheduler"])
+        hidden, epochs_per_layer = [int(h) for h in hidden], [int(e) for e in epochs_per_layer]
+        if not hidden or any(h < 1 for h in hidden):
+            raise ConfigError(f"model.init_args.hidden must be a non-empty list of positive sizes, got {hidden}")
+        if len(epochs_per_layer) != len(hidden) or any(e < 1 for e in epochs_per_layer):
+            raise ConfigError(
+                f"model.init_args.epochs_per_layer needs one positive number per hidden layer ({len(hidden)}), "
+                f"got {epochs_per_layer}"
+            )
+        if propagate not in ("mean", "sample"):
+            raise ConfigError(f"model.init_args.propagate must be 'mean' or 'sample', got {propagate!r}")
+        if k < 1 or num_chains < 1 or bound_samples < 1:
+            raise ConfigError(f"model.init_args: k, num_chains and bound_samples must be >= 1, got {k}, {num_chains}, {bound_samples}")
+        self.sizes = [self.data_dim, *hidden]
+        self.epochs_per_layer = epochs_per_layer
+        self.k, self.persistent, self.num_chains, self.propagate = k, persistent, num_chains, propagate
+        self.weight_cost, self.initial_momentum, self.momentum_warmup_epochs = weight_cost, initial_momentum, momentum_warmup_epochs
+        self.init_visible_bias, self.sample_steps, self.bound_samples = init_visible_bias, sample_steps, bound_samples
+        self.ais_runs, self.ais_steps, self.ais_seed, self.exact_max_units = ais_runs, ais_steps, ais_seed, exact_max_units
+        self.rbms = nn.ModuleList(
+            BernoulliRBM(n_v, n_h, weight_std=weight_std) for n_v, n_h in zip(self.sizes[:-1], self.sizes[1:])
+        )
+        for l, n_v in enumerate(self.sizes[:-1]):
+            self.register_buffer(f"chains_{l}", torch.zeros(num_chains if persistent else 0, n_v))
+            self.register_buffer(f"base_log_odds_{l}", torch.zeros(n_v))
+        self.register_buffer("chains_ready", torch.zeros(len(hidden), dtype=torch.bool))
+        self._ddp_params_and_buffers_to_ignore = [f"chains_{l}" for l in range(len(hidden))]
+        self._log_partition = None
+        self._log_partition_key = None
+        self._generator: Optional[torch.Generator] = None
+        self._initialised_layer = -1
+
+    # ------------------------------------------------------------------ structure
+    @property
+    def num_layers(self) -> int:
+        return len(self.rbms)
+
+    def layer_at(self, epoch: int) -> int:
+        """The layer trained at ``epoch`` (0-based): the phase of the greedy schedule."""
+        for layer, end in enumerate(itertools.accumulate(self.epochs_per_layer)):
+            if epoch < end:
+                return layer
+        return self.num_layers - 1
+
+    def phase_start(self, layer: int) -> int:
+        """First epoch of ``layer``'s phase."""
+        return sum(self.epochs_per_layer[:layer])
+
+    @property
+    def current_layer(self) -> int:
+        return self.layer_at(self.current_epoch)
+
+    def _chains(self, layer: int) -> Tensor:
+        return getattr(self, f"chains_{layer}")
+
+    @property
+    def generator(self) -> torch.Generator:
+        """This process's random stream for the Gibbs chains (seeded from the global seed and the rank)."""
+        if self._generator is None:
+            rank = self.trainer.global_rank if self._trainer is not None else 0
+            self._generator = torch.Generator(device=self.device)
+            self._generator.manual_seed((torch.initial_seed() * 1_000_003 + 7919 * (rank + 1)) % (2**63))
+        return self._generator
+
+    # ------------------------------------------------------------------ upward pass
+    @torch.no_grad()
+    def up(self, x: Tensor, layer: int, mode: Optional[str] = None, generator: Optional[torch.Generator] = None) -> Tensor:
+        """The input of RBM ``layer``: ``x`` propagated through the RBMs below (means or samples)."""
+        h = x.reshape(x.shape[0], -1).to(self.rbms[0].W.dtype)
+        for rbm in self.rbms[:layer]:
+            p = rbm.mean_hiddens(h)
+            h = p if (mode or self.propagate) == "mean" else torch.bernoulli(p, generator=generator)
+        return h
+
+    # ------------------------------------------------------------------ training
+    def on_fit_start(self) -> None:
+        if self.trainer.max_epochs is not None and 0 < self.trainer.max_epochs < sum(self.epochs_per_layer):
+            rank_zero_warn(
+                f"DBN: trainer.max_epochs={self.trainer.max_epochs} < sum(epochs_per_layer)={sum(self.epochs_per_layer)}: "
+                f"the top layers will not be trained"
+            )
+
+    def _init_layer(self, layer: int) -> None:
+        """Visible biases of RBM ``layer`` (and its AIS base) from the log-odds of its training input.
+        Every process reads the whole training set with the same fixed seed, and rank 0's values are
+        broadcast, so all processes agree."""
+        dm = getattr(self.trainer, "datamodule", None)
+        if dm is None:
+            rank_zero_warn("DBN: no DataModule, so no visible-bias initialisation")
+            return
+        total = torch.zeros(self.sizes[layer], dtype=torch.float64, device=self.device)
+        count = 0
+        with _Seeded(12345 + layer):
+            for batch in dm.train_dataloader():
+                h = self.up(_first(batch).to(self.device), layer)
+                total += h.double().sum(0)
+                count += h.shape[0]
+        log_odds = base_rate_log_odds((total / max(count, 1)).unsqueeze(0)).to(self.device)
+        log_odds = self.trainer.strategy.broadcast(log_odds, src=0)
+        getattr(self, f"base_log_odds_{layer}").copy_(log_odds.to(self.rbms[layer].b))
+        if self.init_visible_bias:
+            with torch.no_grad():
+                self.rbms[layer].b.copy_(log_odds.to(self.rbms[layer].b))
+
+    def on_train_epoch_start(self) -> None:
+        layer = self.current_layer
+        if self.current_epoch == self.phase_start(layer) and self._initialised_layer != layer:
+            self._init_layer(layer)
+        self._initialised_layer = layer
+        if self.momentum_warmup_epochs > 0:
+            warm = self.current_epoch - self.phase_start(layer) < self.momentum_warmup_epochs
+            for opt in self.trainer.optimizers:
+                for group in opt.param_groups:
+                    if "momentum" in group:
+                        group.setdefault("final_momentum", group["momentum"])
+                        group["momentum"] = self.initial_momentum if warm else group["final_momentum"]
+                    if self.current_epoch == self.phase_start(layer):
+                        for p in group["params"]:  # a new layer starts with no momentum from the old one
+                            opt.state.pop(p, None)
+
+    def loss_terms(self, x: Tensor, stage: str) -> dict[str, Tensor]:
+        layer = self.current_layer
+        rbm = self.rbms[layer]
+        v = self.up(x, layer, generator=self.generator if stage == "train" else None)
+        with torch.no_grad():
+            recon = rbm.reconstruction_error(v)
+        layer_t = torch.tensor(float(layer))
+        if stage != "train":
+            terms = {"loss": rbm.free_energy(v).mean(), "recon_error": recon, "layer": layer_t}
+            if stage == "val":
+                terms["stack_progress"] = torch.tensor(float(self.current_epoch + 1))
+            return terms
+        chains = None
+        if self.persistent:
+            chains = self._chains(layer)
+            if not bool(self.chains_ready[layer]):
+                with torch.no_grad():
+                    h0 = torch.zeros(self.num_chains, rbm.n_hidden, device=self.device, dtype=rbm.W.dtype)
+                    chains.copy_(rbm.sample_visibles(h0, generator=self.generator))
+                    self.chains_ready[layer] = True
+        v_model = cd_step(rbm, v, self.k, chains, self.generator)
+        loss = rbm.cd_loss(v, v_model)
+        if self.weight_cost > 0:
+            loss = loss + 0.5 * self.weight_cost * rbm.W.pow(2).sum()
+        return {"loss": loss, "recon_error": recon, "layer": layer_t}
+
+    # ------------------------------------------------------------------ checkpoints
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        if self._trainer is not None and self.trainer.world_size > 1:
+            checkpoint["pcd_chains_per_rank"] = {
+                l: self.all_gather(self._chains(l)).detach().cpu() for l in range(self.num_layers)
+            }
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        per_rank = checkpoint.get("pcd_chains_per_rank")
+        if per_rank is not None and self._trainer is not None:
+            rank, world = self.trainer.global_rank, self.trainer.world_size
+            for l, chains in per_rank.items():
+                if chains.shape[0] == world:
+                    checkpoint["state_dict"][f"chains_{l}"] = chains[rank].clone()
+        self._log_partition = None
+
+    # ------------------------------------------------------------------ generation
+    @torch.no_grad()
+    def sample(self, n: int, steps: Optional[int] = None) -> Tensor:
+        """Gibbs sampling in the top RBM (``steps`` sweeps from its visible marginals at ``h = 0``), then a
+        downward pass of samples, with the conditional means of the last (data) layer."""
+        top = self.rbms[-1]
+        h0 = torch.zeros(n, top.n_hidden, device=self.device, dtype=top.W.dtype)
+        h = top.gibbs_vhv(top.sample_visibles(h0), steps or self.sample_steps).v
+        for l in range(self.num_layers - 2, -1, -1):
+            h = self.rbms[l].mean_visibles(h) if l == 0 else self.rbms[l].sample_visibles(h)
+        if self.num_layers == 1:
+            h = top.mean_visibles(top.sample_hiddens(h))
+        return h.reshape(n, *self.data_shape)
+
+    @torch.no_grad()
+    def pictures(self, n: int = 64) -> dict[str, Tensor]:
+        """First-layer filters (columns of ``W_0``, min-max scaled), for :class:`~lightning_gm.callbacks.RBMPictures`."""
+        w = self.rbms[0].W.detach().T[:100]
+        lo, hi = w.min(1, keepdim=True).values, w.max(1, keepdim=True).values
+        return {"filters": ((w - lo) / (hi - lo).clamp_min(1e-12)).float().cpu()}
+
+    # ------------------------------------------------------------------ the bound
+    def _partition_rbm(self) -> RBMBase:
+        return self.rbms[-1]
+
+    def _ais_base(self) -> Optional[Tensor]:
+        return getattr(self, f"base_log_odds_{self.num_layers - 1}")
+
+    @property
+    def estimator(self) -> str:
+        z = self.partition_estimator
+        return z if self.num_layers == 1 else ("bound" if z == "exact" else "ais+bound")
+
+    @torch.no_grad()
+    def sample_posterior(self, x: Tensor, n: int, generator: Optional[torch.Generator] = None) -> list[Tensor]:
+        """``n`` samples of :math:`q(h_1, \\dots, h_{L-1} \\mid v)`: a list of ``(n, B, size_l)`` tensors."""
+        h = x.reshape(x.shape[0], -1).to(self.rbms[0].W.dtype).expand(n, -1, -1)
+        out = []
+        for rbm in self.rbms[:-1]:
+            h = torch.bernoulli(rbm.mean_hiddens(h), generator=generator)
+            out.append(h)
+        return out
+
+    def log_weights(self, x: Tensor, hs: Sequence[Tensor]) -> Tensor:
+        r""":math:`\log p(v, h_{1:L-1}) + \log Z_{\text{top}} - \log q(h_{1:L-1} \mid v)` for given posterior samples.
+
+        Args:
+            x: data ``(B, *data_shape)``.
+            hs: ``[h_1, ..., h_{L-1}]``, each ``(..., B, size_l)`` (a leading sample dimension broadcasts).
+
+        Returns:
+            ``(..., B)``; :math:`\log p(v) + \log Z` is :math:`\log E_q[e^{\text{this}}]` exactly.
+        """
+        if len(hs) != self.num_layers - 1:
+            raise ValueError(f"need {self.num_layers - 1} hidden layers of samples, got {len(hs)}")
+        v = x.reshape(x.shape[0], -1).to(self.rbms[0].W.dtype)
+        below = [v, *hs]  # v (B, D) broadcasts against the samples' leading dimensions
+        total = -self.rbms[-1].free_energy(below[-1])  # log p_top(h_{L-1}) + log Z
+        for l in range(self.num_layers - 1):
+            rbm, lower, upper = self.rbms[l], below[l], below[l + 1]
+            total = total + bernoulli_log_prob(lower, rbm.visible_logits(upper))  # log p(h_l | h_{l+1})
+            total = total - bernoulli_log_prob(upper, rbm.hidden_logits(lower))  # - log q(h_{l+1} | h_l)
+        return total
+
+    def log_prob_unnormalized(self, x: Tensor) -> Tensor:
+        """The importance-weighted bound with ``bound_samples`` samples, plus :math:`\\log Z_{\\text{top}}`."""
+        if self.num_layers == 1:
+            return -self.rbms[0].free_energy(x.reshape(x.shape[0], -1))
+        lw = self.log_weights(x, self.sample_posterior(x, self.bound_samples))
+        return torch.logsumexp(lw, dim=0) - math.log(self.bound_samples)
+
+    # ------------------------------------------------------------------ test
+    def on_test_start(self) -> None:
+        self.ensure_log_partition()
+
+    def on_test_epoch_end(self) -> None:
+        lp = self.ensure_log_partition()
+        for key, value in self._log_partition_metrics().items():
+            self.log(f"test/{key}", float(value), sync_dist=False)
+        super().on_test_epoch_end()

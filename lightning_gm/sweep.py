@@ -1,0 +1,575 @@
+"""``lightning_gm sweep``: Optuna studies over any experiment config, from one process to many workers.
+
+A sweep file names a base config and a search space over its dotted keys::
+
+    base_config: conf/vae_digits.yaml      # any experiment config (relative to the sweep file or cwd)
+    study_name: vae_digits
+    metric: val/elbo
+    direction: maximize
+    n_trials: 20                           # trials in the study, shared by every worker
+    timeout: null                          # seconds this worker keeps starting trials
+    sampler: {name: tpe, seed: 0}          # tpe | random
+    pruner: {name: median, n_startup_trials: 3, n_warmup_steps: 1}   # median | hyperband | none
+    storage: null                          # default sqlite:///<runs_dir>/sweeps/<study>.db; any RDB URL
+    runs_dir: runs
+    overrides: {trainer.max_epochs: 5}     # fixed for every trial
+    enqueue:                               # optional points to try first (part of n_trials)
+      - {model.init_args.latent_dim: 8}
+    space:
+      model.init_args.latent_dim: {type: int, low: 2, high: 32, log: true}
+      model.init_args.optimizer.init_args.lr: {type: float, low: 1.0e-4, high: 1.0e-2, log: true}
+      model.init_args.activation: {type: categorical, choices: [tanh, relu]}
+      model.init_args.num_layers:          # conditional: only sampled when the condition holds
+        {type: int, low: 2, high: 8, when: {model.class_path: lightning_gm.models.Flow}}
+
+Each trial is a full ``lightning_gm fit`` in its own process (so crashes, NaNs, out-of-memory kills and
+DDP re-launches stay inside the trial), in ``<runs_dir>/<study>/trial-NNNN/``, W&B-grouped by study and
+tagged with the trial number. The trial process reports ``metric`` after every validation epoch to the
+study and stops early when the pruner says so. The study's budget of ``n_trials`` is enqueued once,
+when the study is created, and workers pop trials from that queue atomically, so several workers on
+several machines (PostgreSQL storage) run exactly ``n_trials`` trials between them. Trials have a
+heartbeat: a worker killed mid-trial leaves its trial marked failed by the next living worker,
+which re-queues it with the same parameters and runs it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import shutil
+import subprocess
+import sys
+import threading
+import time
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional
+
+import yaml
+
+from lightning_gm.errors import ConfigError
+
+__all__ = ["Param", "SweepSpec", "load_sweep", "run_sweep", "main", "TRIAL_ENV", "PRUNED_EXIT_CODE"]
+
+#: environment variable through which a trial process learns its study and trial
+TRIAL_ENV = "LIGHTNING_GM_OPTUNA_TRIAL"
+#: exit code of a trial process that the pruner stopped
+PRUNED_EXIT_CODE = 3
+_ENQUEUED_ATTR = "lightning_gm:n_trials_enqueued"
+_TYPES = ("float", "int", "categorical")
+
+
+@dataclass
+class Param:
+    """One dimension of the search space, over the dotted config key ``key``."""
+
+    key: str
+    type: str
+    low: Optional[float] = None
+    high: Optional[float] = None
+    log: bool = False
+    step: Optional[float] = None
+    choices: Optional[list[Any]] = None
+    when: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def parse(cls, key: str, spec: Any, where: str) -> "Param":
+        if not isinstance(spec, dict):
+            raise ConfigError(f"{where}: space.{key} must be a mapping with a 'type', got {spec!r}")
+        unknown = set(spec) - {"type", "low", "high", "log", "step", "choices", "when"}
+        if unknown:
+            raise ConfigError(f"{where}: space.{key} has unknown field(s) {sorted(unknown)}")
+        kind = spec.get("type")
+        if kind not in _TYPES:
+            raise ConfigError(f"{where}: space.{key}.type must be one of {list(_TYPES)}, got {kind!r}")
+        p = cls(key=key, type=kind, low=spec.get("low"), high=spec.get("high"), log=bool(spec.get("log", False)),
+                step=spec.get("step"), choices=spec.get("choices"), when=dict(spec.get("when") or {}))
+        if kind == "categorical":
+            if not isinstance(p.choices, list) or not p.choices:
+                raise ConfigError(f"{where}: space.{key} is categorical but its 'choices' list is empty or missing")
+        else:
+            if p.low is None or p.high is None:
+                raise ConfigError(f"{where}: space.{key} ({kind}) needs both 'low' and 'high'")
+            if p.low > p.high:
+                raise ConfigError(f"{where}: space.{key} has low > high ({p.low} > {p.high})")
+            if p.log and p.low <= 0:
+                raise ConfigError(f"{where}: space.{key} is log-scaled so 'low' must be > 0, got {p.low}")
+            if kind == "int" and (int(p.low) != p.low or int(p.high) != p.high):
+                raise ConfigError(f"{where}: space.{key} is an int range but low/high are not integers")
+        return p
+
+    def suggest(self, trial: Any) -> Any:
+        if self.type == "float":
+            return trial.suggest_float(self.key, float(self.low), float(self.high), log=self.log, step=self.step)
+        if self.type == "int":
+            return trial.suggest_int(self.key, int(self.low), int(self.high), log=self.log, step=int(self.step or 1))
+        return trial.suggest_categorical(self.key, self.choices)
+
+
+@dataclass
+class SweepSpec:
+    """A parsed sweep file (see the module docstring for the format)."""
+
+    path: Path
+    base_config: Path
+    study_name: str
+    metric: str
+    direction: str
+    space: list[Param]
+    n_trials: int = 10
+    timeout: Optional[float] = None
+    sampler: dict[str, Any] = field(default_factory=lambda: {"name": "tpe", "seed": 0})
+    pruner: dict[str, Any] = field(default_factory=lambda: {"name": "median"})
+    storage: Optional[str] = None
+    runs_dir: str = "runs"
+    overrides: dict[str, Any] = field(default_factory=dict)
+    heartbeat_interval: int = 10
+    grace_period: int = 30
+    max_retry: int = 2
+    enqueue: list[dict[str, Any]] = field(default_factory=list)
+
+    @property
+    def storage_url(self) -> str:
+        if self.storage:
+            return self.storage
+        folder = Path(self.runs_dir) / "sweeps"
+        folder.mkdir(parents=True, exist_ok=True)
+        return f"sqlite:///{folder / (self.study_name + '.db')}"
+
+    @property
+    def out_dir(self) -> Path:
+        return Path(self.runs_dir) / "sweeps" / self.study_name
+
+
+_SWEEP_KEYS = {
+    "base_config", "study_name", "metric", "direction", "space", "n_trials", "timeout", "sampler", "pruner",
+    "storage", "runs_dir", "overrides", "heartbeat_interval", "grace_period", "max_retry", "enqueue",
+}
+
+
+def _resolve_base(base: str, sweep_path: Path) -> Path:
+    for candidate in (Path(base), sweep_path.parent / base, sweep_path.parent.parent / base):
+        if candidate.is_file():
+            return candidate.resolve()
+    raise ConfigError(f"{sweep_path}: base_config {base!r} not found (looked relative to the current folder "
+                      f"and to {sweep_path.parent})")
+
+
+def _flatten(cfg: Any, prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    if isinstance(cfg, dict):
+        for k, v in cfg.items():
+            key = f"{prefix}.{k}" if prefix else str(k)
+            out[key] = v
+            out.update(_flatten(v, key))
+    return out
+
+
+def resolved_base_config(base: Path) -> dict[str, Any]:
+    """The full resolved base config (as ``fit --print_config`` prints it)."""
+    import contextlib
+    import io
+
+    from lightning_gm.cli import main as cli_main
+
+    buf = io.StringIO()
+    with contextlib.redirect_stdout(buf), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        try:
+            cli_main(["fit", "--config", str(base), "--print_config"])
+        except SystemExit as exc:
+            if exc.code not in (0, None):
+                raise ConfigError(f"base_config {base} does not parse: run `lightning_gm fit --config {base} "
+                                  "--print_config` to see why") from exc
+    return yaml.safe_load(buf.getvalue())
+
+
+def load_sweep(path: str | os.PathLike, storage: Optional[str] = None, check_keys: bool = True) -> SweepSpec:
+    """Parse and validate a sweep file; ``storage`` overrides the file's storage."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"sweep file {path} not found")
+    raw = yaml.safe_load(path.read_text()) or {}
+    where = str(path)
+    unknown = set(raw) - _SWEEP_KEYS
+    if unknown:
+        raise ConfigError(f"{where}: unknown key(s) {sorted(unknown)}; expected some of {sorted(_SWEEP_KEYS)}")
+    for key in ("base_config", "metric", "space"):
+        if key not in raw:
+            raise ConfigError(f"{where}: '{key}' is required")
+    direction = str(raw.get("direction", "minimize")).lower()
+    if direction in ("max", "maximise"):
+        direction = "maximize"
+    if direction in ("min", "minimise"):
+        direction = "minimize"
+    if direction not in ("minimize", "maximize"):
+        raise ConfigError(f"{where}: direction must be minimize or maximize, got {raw.get('direction')!r}")
+    if not isinstance(raw["space"], dict) or not raw["space"]:
+        raise ConfigError(f"{where}: 'space' must be a non-empty mapping of dotted config keys")
+    space = [Param.parse(k, v, where) for k, v in raw["space"].items()]
+    for i, p in enumerate(space):
+        later = [c for c in p.when if c in {q.key for q in space[i:]}]
+        if later:
+            raise ConfigError(f"{where}: space.{p.key}.when names {later[0]!r}, which must come before it in 'space'")
+    base = _resolve_base(str(raw["base_config"]), path)
+    spec = SweepSpec(
+        path=path, base_config=base, study_name=str(raw.get("study_name") or path.stem), metric=str(raw["metric"]),
+        direction=direction, space=space, n_trials=int(raw.get("n_trials", 10)), timeout=raw.get("timeout"),
+        sampler=dict(raw.get("sampler") or {"name": "tpe", "seed": 0}),
+        pruner=dict(raw.get("pruner") or {"name": "median"}), storage=storage or raw.get("storage"),
+        runs_dir=str(raw.get("runs_dir", "runs")), overrides=dict(raw.get("overrides") or {}),
+        heartbeat_interval=int(raw.get("heartbeat_interval", 10)), grace_period=int(raw.get("grace_period", 30)),
+        max_retry=int(raw.get("max_retry", 2)), enqueue=list(raw.get("enqueue") or []),
+    )
+    keys = {p.key for p in space}
+    for i, point in enumerate(spec.enqueue):
+        bad = set(point) - keys if isinstance(point, dict) else {"(not a mapping)"}
+        if bad:
+            raise ConfigError(f"{where}: enqueue[{i}] sets {sorted(bad)}, which are not in 'space'")
+    if len(spec.enqueue) > spec.n_trials:
+        raise ConfigError(f"{where}: enqueue lists {len(spec.enqueue)} points but n_trials is {spec.n_trials}")
+    if spec.n_trials < 1:
+        raise ConfigError(f"{where}: n_trials must be >= 1, got {spec.n_trials}")
+    make_sampler(spec.sampler, where)
+    make_pruner(spec.pruner, where)
+    if check_keys:
+        known = _flatten(resolved_base_config(base))
+        names = {p.key for p in space}
+        for p in space:
+            for cond in p.when:
+                if cond not in known and cond not in names:
+                    raise ConfigError(f"{where}: space.{p.key}.when refers to unknown config key {cond!r}")
+            if not p.when and p.key not in known:
+                close = [k for k in known if k.rsplit(".", 1)[-1] == p.key.rsplit(".", 1)[-1]][:3]
+                hint = f"; did you mean {' or '.join(close)}?" if close else ""
+                raise ConfigError(f"{where}: space key {p.key!r} is not a key of the base config {base}{hint}")
+        for key in spec.overrides:
+            if key not in known:
+                raise ConfigError(f"{where}: overrides key {key!r} is not a key of the base config {base}")
+    return spec
+
+
+def make_sampler(spec: dict[str, Any], where: str = "sweep") -> Any:
+    import optuna
+
+    name = str(spec.get("name", "tpe")).lower()
+    kwargs = {k: v for k, v in spec.items() if k != "name"}
+    samplers = {"tpe": optuna.samplers.TPESampler, "random": optuna.samplers.RandomSampler}
+    if name not in samplers:
+        raise ConfigError(f"{where}: sampler.name must be one of {sorted(samplers)}, got {name!r}")
+    try:
+        return samplers[name](**kwargs)
+    except TypeError as exc:
+        raise ConfigError(f"{where}: sampler {name}: {exc}") from exc
+
+
+def make_pruner(spec: dict[str, Any], where: str = "sweep") -> Any:
+    import optuna
+
+    name = str(spec.get("name", "median")).lower()
+    kwargs = {k: v for k, v in spec.items() if k != "name"}
+    pruners = {"median": optuna.pruners.MedianPruner, "hyperband": optuna.pruners.HyperbandPruner,
+               "none": optuna.pruners.NopPruner}
+    if name not in pruners:
+        raise ConfigError(f"{where}: pruner.name must be one of {sorted(pruners)}, got {name!r}")
+    try:
+        return pruners[name](**kwargs)
+    except TypeError as exc:
+        raise ConfigError(f"{where}: pruner {name}: {exc}") from exc
+
+
+def _format(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (list, dict)):
+        return json.dumps(value)
+    return str(value)
+
+
+def _override(key: str, value: Any) -> str:
+    # `model.class_path` is chosen as `--model=<class path>`
+    if key.endswith(".class_path"):
+        key = key[: -len(".class_path")]
+    return f"--{key}={_format(value)}"
+
+
+def _storage(spec: SweepSpec, attempts: int = 5) -> Any:
+    """The study's RDB storage. Workers that start together may race to create its tables (PostgreSQL
+    reports a unique violation for one of them): that attempt is retried after the other has finished."""
+    from sqlalchemy.exc import SQLAlchemyError
+
+    for attempt in range(attempts):
+        try:
+            return _rdb_storage(spec)
+        except SQLAlchemyError:
+            if attempt == attempts - 1:
+                raise
+            time.sleep(1.0 + attempt)
+
+
+def _rdb_storage(spec: SweepSpec) -> Any:
+    from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
+
+    return RDBStorage(
+        spec.storage_url,
+        heartbeat_interval=spec.heartbeat_interval,
+        grace_period=spec.grace_period,
+        heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=spec.max_retry),
+        engine_kwargs=None if spec.storage_url.startswith("sqlite") else {"pool_pre_ping": True},
+    )
+
+
+def open_study(spec: SweepSpec, wait: float = 60.0) -> Any:
+    """Create the study and enqueue its budget, or load it (and wait until its creator enqueued)."""
+    import optuna
+
+    storage = _storage(spec)
+    sampler, pruner = make_sampler(spec.sampler), make_pruner(spec.pruner)
+    try:
+        study = optuna.create_study(study_name=spec.study_name, storage=storage, direction=spec.direction,
+                                    sampler=sampler, pruner=pruner)
+        for i in range(spec.n_trials):  # the budget: user-chosen points first, then sampler-chosen ones
+            study.enqueue_trial(spec.enqueue[i] if i < len(spec.enqueue) else {}, skip_if_exists=False)
+        study.set_user_attr(_ENQUEUED_ATTR, spec.n_trials)
+        return study
+    except optuna.exceptions.DuplicatedStudyError:
+        pass
+    study = optuna.load_study(study_name=spec.study_name, storage=storage, sampler=sampler, pruner=pruner)
+    if study.direction.name.lower() != spec.direction:
+        raise ConfigError(f"study {spec.study_name!r} in {spec.storage_url} exists with direction "
+                          f"{study.direction.name.lower()}, the sweep file says {spec.direction}")
+    deadline = time.time() + wait
+    while _ENQUEUED_ATTR not in study.user_attrs and time.time() < deadline:
+        time.sleep(0.5)
+    enqueued = int(study.user_attrs.get(_ENQUEUED_ATTR, 0))
+    if spec.n_trials > enqueued:  # a resumed study with a larger budget: top it up
+        for _ in range(spec.n_trials - enqueued):
+            study.enqueue_trial({}, skip_if_exists=False)
+        study.set_user_attr(_ENQUEUED_ATTR, spec.n_trials)
+    return study
+
+
+def _pop_trial(study: Any) -> Any:
+    """Atomically claim one queued trial, or ``None`` when the budget is used up.
+
+    ``Study.ask`` would create a fresh trial when the queue is empty, which lets concurrent workers run
+    more trials than the budget; claiming only queued trials keeps the total exact.
+    """
+    import optuna
+
+    study._thread_local.cached_all_trials = None
+    trial_id = study._pop_waiting_trial_id()
+    return None if trial_id is None else optuna.Trial(study, trial_id)
+
+
+class _Heartbeat:
+    """Record the trial's heartbeat while its process runs (Optuna's stale-trial detection)."""
+
+    def __init__(self, storage: Any, trial_id: int, interval: int) -> None:
+        self.storage, self.trial_id, self.interval = storage, trial_id, interval
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval):
+            self.storage.record_heartbeat(self.trial_id)
+
+    def __enter__(self) -> "_Heartbeat":
+        self.storage.record_heartbeat(self.trial_id)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
+def _condition_holds(p: Param, values: dict[str, Any], base: dict[str, Any]) -> bool:
+    return all(values.get(k, base.get(k)) == v for k, v in p.when.items())
+
+
+def _best_value(run_dir: Path, metric: str, direction: str) -> float:
+    import csv
+
+    path = run_dir / "metrics.csv"
+    if not path.is_file():
+        raise RuntimeError(f"the trial wrote no {path}")
+    rows = list(csv.DictReader(open(path)))
+    values = [float(r[metric]) for r in rows if r.get(metric) not in (None, "")]
+    if not values:
+        cols = sorted({k for r in rows for k, v in r.items() if v})
+        raise RuntimeError(f"metric {metric!r} was never logged; logged metrics: {cols}")
+    finite = [v for v in values if math.isfinite(v)]
+    if not finite:
+        raise RuntimeError(f"metric {metric!r} was never finite")
+    return max(finite) if direction == "maximize" else min(finite)
+
+
+def _failure_reason(run_dir: Path, code: int, stderr: str) -> str:
+    summary = run_dir / "summary.json"
+    if summary.is_file():
+        try:
+            err = json.loads(summary.read_text()).get("error")
+            if err:
+                return err
+        except json.JSONDecodeError:
+            pass
+    if code < 0:
+        return f"killed by signal {-code}" + (" (out of memory?)" if -code == 9 else "")
+    lines = [ln for ln in stderr.strip().splitlines() if ln.strip()]
+    ours = [i for i, ln in enumerate(lines) if ln.startswith("lightning_gm: error:")]
+    if ours:
+        return " ".join(ln.strip() for ln in lines[ours[-1]:])[:2000]
+    errs = [ln for ln in lines if "error" in ln.lower() or "Error" in ln]
+    return (errs or lines or [f"exit code {code}"])[-1][:2000]
+
+
+def run_trial(spec: SweepSpec, study: Any, trial: Any, base_flat: dict[str, Any], log: Any = print) -> None:
+    """Sample the trial's values, run its ``fit`` in a subprocess and tell the study how it ended."""
+    from optuna.trial import TrialState
+
+    values: dict[str, Any] = {}
+    for p in spec.space:
+        if _condition_holds(p, values, base_flat):
+            values[p.key] = p.suggest(trial)
+    run_name = f"trial-{trial.number:04d}"
+    run_dir = Path(spec.runs_dir) / spec.study_name / run_name
+    if run_dir.exists():  # a retried trial starts clean
+        shutil.rmtree(run_dir)
+    args = [sys.executable, "-m", "lightning_gm", "fit", "--config", str(spec.base_config)]
+    args += [_override(k, v) for k, v in spec.overrides.items()]
+    args += [_override(k, v) for k, v in values.items()]
+    args += [f"--experiment={spec.study_name}", f"--run_name={run_name}", f"--runs_dir={spec.runs_dir}",
+             f"--tags=[\"sweep:{spec.study_name}\", \"trial:{trial.number}\"]", "--test_after_fit=false",
+             "--trainer.enable_progress_bar=false"]
+    env = dict(os.environ)
+    env[TRIAL_ENV] = json.dumps({
+        "storage": spec.storage_url, "study": spec.study_name, "trial_id": trial._trial_id,
+        "metric": spec.metric, "pruner": spec.pruner,
+    })
+    trial.set_user_attr("run_dir", str(run_dir))
+    trial.set_user_attr("command", " ".join(args))
+    log(f"[sweep {spec.study_name}] trial {trial.number}: {values}")
+    with _Heartbeat(study._storage, trial._trial_id, spec.heartbeat_interval):
+        proc = subprocess.run(args, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    if proc.returncode == PRUNED_EXIT_CODE:
+        study.tell(trial, state=TrialState.PRUNED)
+        log(f"[sweep {spec.study_name}] trial {trial.number}: pruned")
+        return
+    if proc.returncode == 0:
+        try:
+            value = _best_value(run_dir, spec.metric, spec.direction)
+        except RuntimeError as exc:
+            trial.set_user_attr("fail_reason", str(exc))
+            study.tell(trial, state=TrialState.FAIL)
+            log(f"[sweep {spec.study_name}] trial {trial.number}: failed: {exc}")
+            return
+        study.tell(trial, value)
+        log(f"[sweep {spec.study_name}] trial {trial.number}: {spec.metric} = {value:.6g}")
+        return
+    reason = _failure_reason(run_dir, proc.returncode, proc.stderr)
+    trial.set_user_attr("fail_reason", reason)
+    study.tell(trial, state=TrialState.FAIL)
+    log(f"[sweep {spec.study_name}] trial {trial.number}: failed: {reason}")
+
+
+def run_sweep(spec: SweepSpec, log: Any = print) -> dict[str, Any]:
+    """Run trials of the study until its queue is empty (or this worker's ``timeout``), then report."""
+    import optuna
+    from optuna.storages import fail_stale_trials
+
+    warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
+    study = open_study(spec)
+    base_flat = _flatten(resolved_base_config(spec.base_config))
+    start = time.time()
+    while spec.timeout is None or time.time() - start < spec.timeout:
+        fail_stale_trials(study)  # trials of dead workers: failed, and re-queued by the retry callback
+        trial = _pop_trial(study)
+        if trial is None:
+            break
+        run_trial(spec, study, trial, base_flat, log)
+    return report(spec, study, log)
+
+
+def report(spec: SweepSpec, study: Any, log: Any = print) -> dict[str, Any]:
+    """The best trial, a ready-to-run config of it, importance and history plots, and a summary."""
+    from optuna.trial import TrialState
+
+    out = spec.out_dir
+    out.mkdir(parents=True, exist_ok=True)
+    trials = study.get_trials(deepcopy=False)
+    counts = {s.name.lower(): sum(t.state == s for t in trials) for s in TrialState}
+    summary: dict[str, Any] = {
+        "study": spec.study_name, "storage": spec.storage_url, "metric": spec.metric, "direction": spec.direction,
+        "trials": {k: v for k, v in counts.items() if v},
+        "failed": {t.number: t.user_attrs.get("fail_reason") for t in trials if t.state == TrialState.FAIL},
+    }
+    complete = [t for t in trials if t.state == TrialState.COMPLETE]
+    if complete:
+        best = study.best_trial
+        summary.update(best_trial=best.number, best_value=best.value, best_params=best.params,
+                       best_run_dir=best.user_attrs.get("run_dir"))
+        src = Path(best.user_attrs.get("run_dir", "")) / "config.yaml"
+        if src.is_file():
+            cfg = yaml.safe_load(src.read_text())
+            cfg["experiment"], cfg["run_name"] = f"{spec.study_name}_best", None
+            cfg["test_after_fit"] = True
+            best_cfg = out / "best.yaml"
+            header = (f"# Best trial {best.number} of study {spec.study_name}: {spec.metric} = {best.value}\n"
+                      f"# Reproduce with: lightning_gm fit --config {best_cfg}\n")
+            best_cfg.write_text(header + yaml.safe_dump(cfg, sort_keys=False))
+            summary["best_config"] = str(best_cfg)
+        summary["plots"] = _plots(study, out)
+        log(f"[sweep {spec.study_name}] best trial {best.number}: {spec.metric} = {best.value:.6g} "
+            f"with {best.params}")
+    tmp = out / ".summary.json.tmp"
+    tmp.write_text(json.dumps(summary, indent=2, default=str) + "\n")
+    os.replace(tmp, out / "summary.json")
+    log(f"[sweep {spec.study_name}] {summary['trials']}; report in {out}")
+    return summary
+
+
+def _plots(study: Any, out: Path) -> list[str]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from optuna.visualization import matplotlib as ovm
+
+    written = []
+    for name, fn in (("history", ovm.plot_optimization_history), ("importance", ovm.plot_param_importances)):
+        try:
+            ax = fn(study)
+            fig = (ax[0] if hasattr(ax, "__len__") else ax).figure
+            fig.set_size_inches(8, 5)
+            fig.tight_layout()
+            fig.savefig(out / f"{name}.png", dpi=100)
+            plt.close(fig)
+            written.append(str(out / f"{name}.png"))
+        except (ValueError, RuntimeError, ZeroDivisionError) as exc:  # e.g. importance needs 2+ trials
+            (out / f"{name}.txt").write_text(f"not drawn: {exc}\n")
+    return written
+
+
+def main(argv: list[str]) -> int:
+    """``lightning_gm sweep --config SWEEP.yaml [--storage URL] [--n_trials N] [--timeout S]``."""
+    parser = argparse.ArgumentParser(prog="lightning_gm sweep", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--config", "-c", required=True, help="the sweep file (YAML)")
+    parser.add_argument("--storage", default=None, help="Optuna storage URL (overrides the file's)")
+    parser.add_argument("--n_trials", type=int, default=None, help="study budget (overrides the file's)")
+    parser.add_argument("--timeout", type=float, default=None, help="seconds this worker starts new trials")
+    parser.add_argument("--check", action="store_true", help="only validate the sweep file and exit")
+    args = parser.parse_args(argv)
+    spec = load_sweep(args.config, storage=args.storage)
+    if args.n_trials is not None:
+        spec.n_trials = args.n_trials
+    if args.timeout is not None:
+        spec.timeout = args.timeout
+    if args.check:
+        print(f"{args.config}: OK ({len(spec.space)} parameters over {spec.base_config})")
+        return 0
+    run_sweep(spec)
+    return 0

@@ -1,0 +1,93 @@
+"""The AIS evaluation path (model + AISEvaluation callback) against the exact log Z of a trained RBM."""
+
+from __future__ import annotations
+
+import math
+
+import lightning.pytorch as pl
+import pytest
+import torch
+
+from lightning_gm.callbacks import AISEvaluation
+from lightning_gm.data import DigitsDataModule
+from lightning_gm.estimators.ais import base_rate_log_odds
+from lightning_gm.estimators.partition import log_partition_enumerate
+from lightning_gm.models import RBM
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _single_thread():
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """A 64-20 RBM trained by CD-1 on binarised 8x8 digits, tested through the callback with AIS."""
+    root = tmp_path_factory.mktemp("ais")
+    pl.seed_everything(0)
+    dm = DigitsDataModule(binarize="static", batch_size=50, eval_batch_size=300)
+    model = RBM(data_shape=dm.shape, n_hidden=20, persistent=False, sample_steps=10, exact_max_units=0,
+                ais_runs=100, ais_steps=3000, momentum_warmup_epochs=1,
+                optimizer=lambda p: torch.optim.SGD(p, lr=0.1, momentum=0.9))
+    callback = AISEvaluation(every_n_epochs=15, val_runs=20, val_steps=500, progress=False)
+    trainer = pl.Trainer(max_epochs=30, accelerator="cpu", devices=1, logger=False, enable_progress_bar=False,
+                         enable_model_summary=False, enable_checkpointing=False, default_root_dir=str(root),
+                         callbacks=[callback])
+    trainer.fit(model, dm)
+    val_metrics = dict(trainer.callback_metrics)
+    results = trainer.test(model, dm, verbose=False)[0]
+    exact = log_partition_enumerate(model.rbm)  # 2^20 hidden configurations, once
+    return {"model": model, "dm": dm, "results": results, "callback": callback, "val": val_metrics, "exact": exact}
+
+
+def test_model_is_trained_far_from_the_base_rate(trained) -> None:
+    """The trained RBM beats the independent-pixel base-rate model (the AIS start) by many nats."""
+    model, dm = trained["model"], trained["dm"]
+    exact = trained["exact"]
+    x = dm.splits["test"][0].double()
+    b_a = base_rate_log_odds(dm.splits["train"][0])
+    base_nll = float(-(x @ b_a - torch.nn.functional.softplus(b_a).sum()).mean())
+    with torch.no_grad():
+        rbm_nll = float(model.rbm.free_energy(x).mean()) + exact
+    assert rbm_nll < base_nll - 2.0, (rbm_nll, base_nll)
+
+
+def test_test_nll_is_the_ais_number_within_a_tenth_of_a_nat(trained) -> None:
+    model, dm, res = trained["model"], trained["dm"], trained["results"]
+    exact = trained["exact"]
+    assert model.estimator == "ais"
+    assert abs(res["test/logZ"] - exact) < 0.1
+    assert res["test/logZ_lower"] <= res["test/logZ"] <= res["test/logZ_upper"]
+    assert res["test/logZ_lower"] - 0.05 <= exact <= res["test/logZ_upper"] + 0.05
+    with torch.no_grad():
+        exact_nll = float(model.rbm.free_energy(dm.splits["test"][0]).mean()) + exact
+    assert res["test/nll"] == pytest.approx(exact_nll, abs=0.1)
+    assert res["test/nll_lower"] <= res["test/nll"] <= res["test/nll_upper"]
+
+
+def test_callback_stores_the_numbers_behind_test_nll(trained) -> None:
+    res, cb = trained["results"], trained["callback"]
+    saved = torch.load(cb.last_path, weights_only=True)
+    assert saved["estimator"] == "ais" and saved["n_runs"] == 100 and saved["n_steps"] == 3000
+    assert saved["log_weights"].shape == (100,) and saved["log_prob_unnormalized"].shape == (300,)
+    nll = float(-(saved["log_prob_unnormalized"] - saved["log_z"]).mean())
+    assert nll == pytest.approx(res["test/nll"], abs=1e-3)
+
+
+def test_validation_ais_every_n_epochs(trained) -> None:
+    model, dm, val = trained["model"], trained["dm"], trained["val"]
+    assert "val/nll_ais" in val and "val/logZ" in val
+    # the cheap schedule still lands near the end-of-training value (same parameters: last epoch was AIS'd)
+    exact = trained["exact"]
+    assert abs(float(val["val/logZ"]) - exact) < 1.0
+
+
+def test_callback_refuses_models_without_log_partition() -> None:
+    from lightning_gm.errors import ConfigError
+    from lightning_gm.models import VAE
+
+    with pytest.raises(ConfigError, match="RBM-family"):
+        AISEvaluation._check(VAE(data_shape=(4,)))
