@@ -22,9 +22,10 @@ import time
 from pathlib import Path
 from typing import Any, Callable, NoReturn, Optional
 
+import yaml
 from jsonargparse import Namespace
 from lightning.pytorch.callbacks import ModelCheckpoint
-from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
+from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
 from lightning.pytorch.loggers import WandbLogger
 
 from lightning_gm.callbacks import DivergenceGuard, RNGStateCheckpoint, RunSummary
@@ -79,6 +80,16 @@ class GenerativeArgumentParser(LightningArgumentParser):
         return super().error(condense_error(message), ex)
 
 
+class SaveResolvedConfig(SaveConfigCallback):
+    """Save ``config.yaml`` into the run folder (Lightning's behaviour) and log the whole resolved
+    config (trainer, model, data, run keys) as the run's config in every logger (W&B, CSV's hparams)."""
+
+    def save_config(self, trainer: Any, pl_module: Any, stage: str) -> None:
+        resolved = yaml.safe_load(self.parser.dump(self.config, skip_none=False))
+        for logger in trainer.loggers:
+            logger.log_hyperparams(resolved)
+
+
 class GenerativeCLI(LightningCLI):
     """LightningCLI in omegaconf mode, subclass mode for ``model`` and ``data``, with run folders."""
 
@@ -91,6 +102,7 @@ class GenerativeCLI(LightningCLI):
             subclass_mode_model=True,
             subclass_mode_data=True,
             parser_kwargs={"parser_mode": "omegaconf", "prog": "lightning_gm"},
+            save_config_callback=SaveResolvedConfig,
             save_config_kwargs={"overwrite": True},
             auto_configure_optimizers=False,
             parser_class=GenerativeArgumentParser,

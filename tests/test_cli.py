@@ -219,6 +219,9 @@ def test_wandb_runs_offline_and_reads_back(run_cli, tmp_path, monkeypatch):
     shown = {ln.split()[0]: ln.split()[-1] for ln in out.stdout.splitlines() if len(ln.split()) >= 2}
     assert float(shown["test/nll"]) == pytest.approx(summary["test"]["test/nll"], rel=1e-6)
     assert shown["test/estimator"] == "iwae-200" and shown["summary/family"] == "vae"
+    # the whole resolved config is the run's config: trainer and data keys too, not only the model's
+    config_section = out.stdout.split("\nconfig\n", 1)[1]
+    assert "max_epochs" in config_section and "DigitsDataModule" in config_section
 
 
 def test_ddp_two_processes_write_one_run(tmp_path):
