@@ -169,7 +169,7 @@ class GenerativeCLI(LightningCLI):
     def _place_loggers(self, cfg: Namespace) -> None:
         loggers = cfg.trainer.logger
         if loggers is None or loggers is True:
-            loggers = [Namespace(class_path="lightning.pytorch.loggers.CSVLogger", init_args=Namespace())]
+            loggers = [Namespace(class_path="lightning_gm.loggers.CSVLogger", init_args=Namespace())]
         if loggers is False:
             return
         if not isinstance(loggers, list):

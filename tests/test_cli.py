@@ -108,6 +108,11 @@ def test_resume_continues_exactly_like_an_uninterrupted_run(run_cli, tmp_path):
         torch.testing.assert_close(a["model"][k], b["model"][k], rtol=0, atol=1e-6)
     for i in a["opt"]:
         torch.testing.assert_close(a["opt"][i]["exp_avg"], b["opt"][i]["exp_avg"], rtol=0, atol=1e-6)
+    # the resumed run's metrics.csv keeps the epoch before the interruption and matches the straight run
+    straight = _column(tmp_path / "runs/vae_digits/straight", "val/elbo")
+    resumed = _column(cut, "val/elbo")
+    assert len(straight) == len(resumed) == 3
+    assert resumed == pytest.approx(straight, abs=1e-5)
 
 
 def _env() -> dict:

@@ -51,3 +51,11 @@ __all__ = [
     "logsumexp_over_binary",
     "sample_rbm_exact",
 ]
+
+from lightning_gm.estimators.dbm import (  # noqa: E402
+    DBMAnnealingPath,
+    dbm_ais_log_partition,
+    dbm_log_partition_enumerate,
+)
+
+__all__ += ["DBMAnnealingPath", "dbm_ais_log_partition", "dbm_log_partition_enumerate"]

@@ -11,3 +11,7 @@ from lightning_gm.models.density_network import DensityNetwork
 from lightning_gm.models.autoregressive import NADE, MADEDensity
 
 __all__ = ["GenerativeModel", "VAE", "Flow", "HierarchicalVAE", "RBM", "GaussianRBM", "DBN", "PPCA", "FactorAnalysis", "LinearGaussianModel", "Autoencoder", "DensityNetwork", "NADE", "MADEDensity"]
+
+from lightning_gm.models.dbm import DBM  # noqa: E402
+
+__all__ += ["DBM"]

@@ -28,3 +28,7 @@ __all__ = [
     "MixtureOfGaussians",
     "VampPrior",
 ]
+
+from lightning_gm.nn.dbm import BinaryDBM  # noqa: E402
+
+__all__ += ["BinaryDBM"]

@@ -98,6 +98,10 @@ class BinaryDBM(nn.Module):
         """Number of hidden layers ``L``."""
         return len(self.sizes) - 1
 
+    def W(self, l: int) -> Tensor:
+        """:math:`W_l`, ``(sizes[l-1], sizes[l])``, for ``1 <= l <= L`` (``weights[l - 1]``)."""
+        return self.weights[l - 1]
+
     def offset(self, l: int) -> Tensor:
         """Centring offset :math:`o_l` (zeros unless ``centered``)."""
         return getattr(self, f"offset_{l}")
@@ -116,8 +120,8 @@ class BinaryDBM(nn.Module):
         """
         deltas = [new_offsets[l].to(self.offset(l)) - self.offset(l) for l in range(self.num_layers + 1)]
         for l in range(1, self.num_layers + 1):
-            self.biases[l].add_(deltas[l - 1] @ self.weights[l])
-            self.biases[l - 1].add_(self.weights[l] @ deltas[l])
+            self.biases[l].add_(deltas[l - 1] @ self.W(l))
+            self.biases[l - 1].add_(self.W(l) @ deltas[l])
         for l in range(self.num_layers + 1):
             self.offset(l).add_(deltas[l])
 
@@ -135,7 +139,7 @@ class BinaryDBM(nn.Module):
             e = e - self._cast(x) @ self.biases[l]
         for l in range(1, len(states)):
             lower, upper = self._c(self._cast(states[l - 1]), l - 1), self._c(self._cast(states[l]), l)
-            e = e - ((lower @ self.weights[l]) * upper).sum(-1)
+            e = e - ((lower @ self.W(l)) * upper).sum(-1)
         return e  # type: ignore[return-value]
 
     def layer_input(self, states: Sequence[Optional[Tensor]], l: int) -> Tensor:
@@ -145,9 +149,9 @@ class BinaryDBM(nn.Module):
         """
         a = self.biases[l]
         if l > 0:
-            a = a + self._c(self._cast(states[l - 1]), l - 1) @ self.weights[l]  # type: ignore[arg-type]
+            a = a + self._c(self._cast(states[l - 1]), l - 1) @ self.W(l)  # type: ignore[arg-type]
         if l < self.num_layers:
-            a = a + self._c(self._cast(states[l + 1]), l + 1) @ self.weights[l + 1].T  # type: ignore[arg-type]
+            a = a + self._c(self._cast(states[l + 1]), l + 1) @ self.W(l + 1).T  # type: ignore[arg-type]
         return a
 
     def log_marginal(self, states: Sequence[Optional[Tensor]], summed: Sequence[int]) -> Tensor:
@@ -179,7 +183,7 @@ class BinaryDBM(nn.Module):
                 out = out + self._cast(states[l]) @ self.biases[l]  # type: ignore[arg-type]
                 if l > 0 and (l - 1) not in s:
                     lower = self._c(self._cast(states[l - 1]), l - 1)  # type: ignore[arg-type]
-                    out = out + ((lower @ self.weights[l]) * self._c(self._cast(states[l]), l)).sum(-1)  # type: ignore[arg-type]
+                    out = out + ((lower @ self.W(l)) * self._c(self._cast(states[l]), l)).sum(-1)  # type: ignore[arg-type]
         return out  # type: ignore[return-value]
 
     # ------------------------------------------------------------------ sampling
@@ -211,7 +215,7 @@ class BinaryDBM(nn.Module):
         mus = [self._cast(v)]
         for l in range(1, self.num_layers + 1):
             factor = 2.0 if l < self.num_layers else 1.0
-            mus.append(torch.sigmoid(self.biases[l] + factor * (self._c(mus[-1], l - 1) @ self.weights[l])))
+            mus.append(torch.sigmoid(self.biases[l] + factor * (self._c(mus[-1], l - 1) @ self.W(l))))
         return mus
 
     def mean_field(self, v: Tensor, iterations: int = 10, tol: float = 1e-6,
@@ -238,7 +242,7 @@ class BinaryDBM(nn.Module):
                     change = torch.maximum(change, (new - mus[l]).abs().max())
                     mus[l] = new
             done += 1
-            if float(change) < tol:
+            if float(change.detach()) < tol:
                 break
         return mus, done
 

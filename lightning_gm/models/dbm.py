@@ -1,0 +1,481 @@
+r"""Deep Boltzmann machines (family ``dbm``): layer-wise pretraining, composition and joint training in one ``fit``.
+
+The model is the binary DBM of :class:`~lightning_gm.nn.dbm.BinaryDBM`,
+:math:`E = -\sum_l b_l^\top x_l - \sum_l x_{l-1}^\top W_l x_l` with :math:`x_0 = v`. One ``fit`` runs the
+recipe of Salakhutdinov & Hinton (2009, 2012) as *phases* derived from ``current_epoch`` (so a run resumed
+from ``last.ckpt`` continues in its phase), logged as ``train/phase`` (``0 .. L-1``: pretraining RBM
+``l + 1``; ``L``: joint training) with ``train/epochs_in_phase``:
+
+1. **Pretraining** of modified RBMs :math:`R_l` (weights :math:`R_l`, visible bias :math:`\beta_l`, hidden bias
+   :math:`\gamma_l`) by CD-k on the hidden probabilities of the RBM below:
+
+   * bottom (:math:`l = 1`), doubled bottom-up input: :math:`p(h \mid v) = \sigma(2R_1^\top v + \gamma_1)`,
+     :math:`p(v \mid h) = \sigma(R_1 h + \beta_1)`;
+   * top (:math:`l = L`), doubled top-down input: :math:`p(h \mid x) = \sigma(R_L^\top x + \gamma_L)`,
+     :math:`p(x \mid h) = \sigma(2R_L h + \beta_L)`;
+   * middle layers: ordinary RBMs (input doubled in both directions relative to the DBM weights :math:`R_l/2`);
+   * a 1-layer "DBM" is an ordinary RBM.
+
+2. **Composition** at the first joint epoch: :math:`W_1 = R_1`, :math:`W_L = R_L`, middle :math:`W_l = R_l / 2`
+   (halved); :math:`b_0 = \beta_1`, :math:`b_L = \gamma_L` and, for a layer shared by two RBMs, the mean of the
+   two biases, :math:`b_l = (\gamma_l + \beta_{l+1}) / 2` (each RBM's doubled input stood in for half the
+   DBM's input, bias included).
+
+3. **Joint training**: the gradient of the log-likelihood with a mean-field positive phase (``mf_iterations``
+   rounds at most, stop below ``mf_tol``, initialised by a doubled bottom-up pass) and a persistent-chain
+   negative phase (``num_chains`` chains, ``gibbs_steps`` odd/even sweeps per update), implemented as the
+   surrogate loss :math:`\frac1B\sum E(v, \mu) - \frac1M\sum E(\tilde x)` plus
+   :math:`\tfrac12\lambda\sum_l\|W_l\|^2`.
+
+``centered=True`` trains a centred DBM (Montavon & Mueller 2012) jointly from the first epoch (no
+pretraining): offsets are the data mean for :math:`v` and running averages (rate ``offset_rate``) of the
+data-side mean-field means for the hidden layers, moved with :meth:`~lightning_gm.nn.dbm.BinaryDBM.shift_offsets`
+so the distribution is unchanged by each move.
+
+Test: the mean-field lower bound minus :math:`\log Z`,
+
+.. math::
+
+    \log p(v) \ge -E(v, \mu) + \sum_l \mathcal H(\mu_l) - \log Z,
+
+with :math:`\log Z` computed once per test (``on_test_start``): exact by enumeration when the smaller
+of the odd/even layer sets has at most ``exact_max_units`` units (estimator ``exact+meanfield``), else
+by AIS with the visible and top layers summed out (``ais_runs`` chains, ``ais_steps`` steps, float64;
+estimator ``ais+meanfield``). Forward AIS under-estimates :math:`\log Z` on average, so the reported
+bound can be slightly optimistic.
+
+Under DDP the pretraining parameters of other phases get no gradient: use
+``--trainer.strategy=ddp_find_unused_parameters_true``.
+
+References:
+    Salakhutdinov & Hinton (2009), Deep Boltzmann machines, AISTATS;
+    Salakhutdinov & Hinton (2012), An efficient learning procedure for deep Boltzmann machines, Neural Computation 24;
+    Montavon & Mueller (2012), Deep Boltzmann machines and the centering trick;
+    Salakhutdinov & Murray (2008), On the quantitative analysis of deep belief networks, ICML.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Optional, Sequence
+
+import torch
+from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
+from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
+from torch import Tensor, nn
+
+from lightning_gm.errors import ConfigError
+from lightning_gm.estimators.ais import base_rate_log_odds
+from lightning_gm.estimators.dbm import dbm_ais_log_partition, dbm_log_partition_enumerate
+from lightning_gm.models.base import GenerativeModel
+from lightning_gm.nn.dbm import BinaryDBM
+
+__all__ = ["DBM"]
+
+
+def _sgd(params: Any) -> torch.optim.Optimizer:
+    # Salakhutdinov's DBM code: learning rate 0.05 on mean gradients, momentum 0.9.
+    return torch.optim.SGD(params, lr=0.05, momentum=0.9)
+
+
+def _first(batch: Any) -> Tensor:
+    return batch[0] if isinstance(batch, (tuple, list)) else batch
+
+
+class DBM(GenerativeModel):
+    r"""Deep Boltzmann machine with binary units (family ``dbm``, test estimator ``ais+meanfield``).
+
+    Args:
+        data_shape: shape of one example (linked from the data); binary (or [0, 1]) data.
+        hidden: hidden-layer sizes ``[H_1, ..., H_L]``.
+        epochs_per_layer: pretraining epochs of each modified RBM (length ``L``); all zeros = no pretraining.
+            Joint training runs from epoch ``sum(epochs_per_layer)`` to ``trainer.max_epochs``.
+        pretrain_cd_k: Gibbs steps of CD-k in pretraining.
+        mf_iterations: maximum mean-field rounds (positive phase, reconstructions and the test bound).
+        mf_tol: stop the mean-field updates once no mean changes by more than this.
+        num_chains: persistent chains (fantasy particles) of the negative phase.
+        gibbs_steps: odd/even Gibbs sweeps of the chains per parameter update.
+        weight_cost: L2 penalty :math:`\tfrac12\lambda\|W\|^2` on the weights (not the biases).
+        max_norm: if set, after each update rescale every hidden unit's incoming weight vector to norm <= this.
+        lr_decay: joint-phase learning rate :math:`s\,\epsilon_0 / (1 + \text{lr\_decay} \cdot t)`, ``t`` = joint epochs
+            done (0 = constant); pretraining uses the optimiser's :math:`\epsilon_0`.
+        joint_lr_scale: :math:`s`, the joint phase's learning rate relative to pretraining's (Salakhutdinov's code:
+            0.05 for the RBMs, 0.001 for joint training, so 0.02; joint training diverges at the pretraining rate).
+        centered: centred DBM (Montavon & Mueller 2012); requires no pretraining (``epochs_per_layer`` all 0).
+        offset_rate: running-average rate of the centring offsets.
+        weight_std: standard deviation of the initial weights.
+        sample_steps: Gibbs sweeps of fresh chains in :meth:`sample` when the persistent chains cannot be used.
+        ais_runs: AIS chains for :math:`\log Z` at test time.
+        ais_steps: AIS annealing steps (14500 = the literature schedule).
+        ais_seed: seed of the AIS chains (the estimate is reproducible).
+        exact_max_units: enumerate :math:`\log Z` exactly when the smaller odd/even layer set has at most this many units.
+        optimizer: optimiser factory (default SGD lr 0.05, momentum 0.9).
+        lr_scheduler: optional scheduler factory.
+    """
+
+    family = "dbm"
+    #: no validation objective is comparable across phases: the checkpoint tested is the last one
+    #: (``val/progress`` = epochs done, only ever increases)
+    monitor = "val/progress"
+    monitor_mode = "max"
+
+    def __init__(
+        self,
+        data_shape: Sequence[int] = (784,),
+        hidden: Sequence[int] = (500, 1000),
+        epochs_per_layer: Sequence[int] = (100, 200),
+        pretrain_cd_k: int = 1,
+        mf_iterations: int = 10,
+        mf_tol: float = 1e-6,
+        num_chains: int = 100,
+        gibbs_steps: int = 5,
+        weight_cost: float = 0.0002,
+        max_norm: Optional[float] = None,
+        lr_decay: float = 0.0,
+        joint_lr_scale: float = 0.02,
+        centered: bool = False,
+        offset_rate: float = 0.01,
+        weight_std: float = 0.01,
+        sample_steps: int = 1000,
+        ais_runs: int = 100,
+        ais_steps: int = 14500,
+        ais_seed: int = 0,
+        exact_max_units: int = 20,
+        optimizer: OptimizerCallable = _sgd,
+        lr_scheduler: Optional[LRSchedulerCallable] = None,
+    ) -> None:
+        super().__init__(data_shape=data_shape, optimizer=optimizer, lr_scheduler=lr_scheduler)
+        hidden = [int(h) for h in hidden]
+        if not hidden or any(h < 1 for h in hidden):
+            raise ConfigError(f"DBM: hidden must be a non-empty list of positive sizes, got {hidden}")
+        epochs_per_layer = [int(e) for e in epochs_per_layer]
+        if len(epochs_per_layer) != len(hidden) or any(e < 0 for e in epochs_per_layer):
+            raise ConfigError(
+                f"DBM: epochs_per_layer={epochs_per_layer} must have one non-negative entry per hidden layer (hidden={hidden})"
+            )
+        if centered and sum(epochs_per_layer) > 0:
+            raise ConfigError(
+                f"DBM: centered=true trains jointly without pretraining; set epochs_per_layer to zeros (got {epochs_per_layer})"
+            )
+        for name, value in (("pretrain_cd_k", pretrain_cd_k), ("mf_iterations", mf_iterations), ("num_chains", num_chains),
+                            ("gibbs_steps", gibbs_steps), ("ais_runs", ais_runs), ("sample_steps", sample_steps)):
+            if value < 1:
+                raise ConfigError(f"DBM: {name} must be >= 1, got {value}")
+        if ais_steps < 3:
+            raise ConfigError(f"DBM: ais_steps must be >= 3, got {ais_steps}")
+        if max_norm is not None and max_norm <= 0:
+            raise ConfigError(f"DBM: max_norm must be positive or null, got {max_norm}")
+        self.save_hyperparameters(ignore=["optimizer", "lr_scheduler"])
+        self.hidden, self.epochs_per_layer = hidden, epochs_per_layer
+        self.sizes = [self.data_dim, *hidden]
+        self.pretrain_cd_k, self.mf_iterations, self.mf_tol = pretrain_cd_k, mf_iterations, mf_tol
+        self.num_chains, self.gibbs_steps = num_chains, gibbs_steps
+        self.weight_cost, self.max_norm, self.lr_decay = weight_cost, max_norm, lr_decay
+        if joint_lr_scale <= 0:
+            raise ConfigError(f"DBM: joint_lr_scale must be positive, got {joint_lr_scale}")
+        self.joint_lr_scale = joint_lr_scale
+        self.centered, self.offset_rate = centered, offset_rate
+        self.sample_steps, self.ais_runs, self.ais_steps, self.ais_seed = sample_steps, ais_runs, ais_steps, ais_seed
+        self.exact_max_units = exact_max_units
+        self.dbm = BinaryDBM(self.sizes, weight_std=weight_std, centered=centered)
+        L = len(hidden)
+        # the modified RBMs of the pretraining phases (R_l, visible bias, hidden bias)
+        self.pre_W = nn.ParameterList(
+            [nn.Parameter(torch.randn(self.sizes[l - 1], self.sizes[l]) * weight_std) for l in range(1, L + 1)]
+        )
+        self.pre_b = nn.ParameterList([nn.Parameter(torch.zeros(self.sizes[l - 1])) for l in range(1, L + 1)])
+        self.pre_c = nn.ParameterList([nn.Parameter(torch.zeros(self.sizes[l])) for l in range(1, L + 1)])
+        for l, s in enumerate(self.sizes):
+            self.register_buffer(f"chains_{l}", torch.zeros(num_chains, s))
+        self.register_buffer("chains_ready", torch.tensor(False))
+        self.register_buffer("composed", torch.tensor(False))
+        self.register_buffer("base_log_odds", torch.zeros(self.data_dim, dtype=torch.float64))
+        self.register_buffer("base_ready", torch.tensor(False))
+        self._log_z: Optional[tuple[float, float]] = None
+        self._pending_offsets: Optional[list[Tensor]] = None
+
+    # ------------------------------------------------------------------ phases
+    @property
+    def num_layers(self) -> int:
+        return len(self.hidden)
+
+    @property
+    def joint_start(self) -> int:
+        """First epoch of joint training."""
+        return sum(self.epochs_per_layer)
+
+    def phase_at(self, epoch: int) -> int:
+        """Phase at ``epoch``: ``l`` (0-based) while pretraining RBM ``l + 1``, ``L`` in joint training."""
+        start = 0
+        for l, e in enumerate(self.epochs_per_layer):
+            if epoch < start + e:
+                return l
+            start += e
+        return self.num_layers
+
+    @property
+    def phase(self) -> int:
+        return self.phase_at(self.current_epoch) if self._trainer is not None else self.num_layers
+
+    def _up_factors(self, l: int) -> tuple[float, float]:
+        """(bottom-up, top-down) input multipliers of pretraining RBM ``l`` (1-based)."""
+        L = self.num_layers
+        if L == 1:
+            return 1.0, 1.0
+        if l == 1:
+            return 2.0, 1.0
+        if l == L:
+            return 1.0, 2.0
+        return 1.0, 1.0  # middle: an ordinary RBM with weights R_l = 2 W_l
+
+    # ------------------------------------------------------------------ pretraining
+    @torch.no_grad()
+    def pretrain_input(self, x: Tensor, l: int) -> Tensor:
+        """Input of pretraining RBM ``l`` (1-based): hidden probabilities of the RBMs below."""
+        h = x.reshape(x.shape[0], -1).to(self.pre_W[0].dtype)
+        for k in range(1, l):
+            up, _ = self._up_factors(k)
+            h = torch.sigmoid(up * (h @ self.pre_W[k - 1]) + self.pre_c[k - 1])
+        return h
+
+    def _pretrain_terms(self, x: Tensor, l: int, stage: str) -> dict[str, Tensor]:
+        W, b, c = self.pre_W[l - 1], self.pre_b[l - 1], self.pre_c[l - 1]
+        up, down = self._up_factors(l)
+        v = self.pretrain_input(x, l)
+        with torch.no_grad():
+            h_pos = torch.sigmoid(up * (v @ W) + c)
+            recon = torch.sigmoid(down * (h_pos @ W.T) + b)
+            recon_error = (v - recon).pow(2).sum(-1).mean()
+            h, v_neg, h_neg = h_pos, v, h_pos
+            for _ in range(self.pretrain_cd_k):
+                h = torch.bernoulli(h_neg)
+                v_neg = torch.sigmoid(down * (h @ W.T) + b)  # probabilities, as Salakhutdinov's code
+                h_neg = torch.sigmoid(up * (v_neg @ W) + c)
+        terms: dict[str, Tensor] = {"recon_error": recon_error}
+        if stage == "train":
+            # surrogate whose gradient is the CD-k update: <v h'>_data - <v h'>_model on W, and the biases.
+            def energy(vv: Tensor, hh: Tensor) -> Tensor:
+                return -((vv @ W) * hh).sum(-1) - vv @ b - hh @ c
+
+            loss = energy(v, h_pos).mean() - energy(v_neg, h_neg).mean()
+            if self.weight_cost > 0:
+                loss = loss + 0.5 * self.weight_cost * W.pow(2).sum()
+            terms["loss"] = loss
+        else:
+            terms["loss"] = recon_error
+        return terms
+
+    @torch.no_grad()
+    def compose(self) -> None:
+        r"""Compose the pretrained RBMs into the DBM: :math:`W_1 = R_1`, :math:`W_L = R_L`, middle :math:`R_l/2`;
+        :math:`b_0 = \beta_1`, :math:`b_L = \gamma_L`, shared layers :math:`(\gamma_l + \beta_{l+1})/2`."""
+        L = self.num_layers
+        for l in range(1, L + 1):
+            scale = 1.0 if (l == 1 or l == L) else 0.5
+            self.dbm.W(l).copy_(scale * self.pre_W[l - 1])
+        self.dbm.biases[0].copy_(self.pre_b[0])
+        self.dbm.biases[L].copy_(self.pre_c[L - 1])
+        for l in range(1, L):
+            self.dbm.biases[l].copy_(0.5 * (self.pre_c[l - 1] + self.pre_b[l]))
+        self.composed.fill_(True)
+
+    # ------------------------------------------------------------------ joint training
+    def chains(self) -> list[Tensor]:
+        """The persistent chains, one ``(num_chains, sizes[l])`` buffer per layer."""
+        return [getattr(self, f"chains_{l}") for l in range(self.num_layers + 1)]
+
+    @torch.no_grad()
+    def _init_chains(self) -> None:
+        v = torch.bernoulli(torch.sigmoid(self.dbm.biases[0]).expand(self.num_chains, -1))
+        states = [torch.bernoulli(m) for m in self.dbm.mean_field_init(v)]
+        states[0] = v
+        for buf, s in zip(self.chains(), states):
+            buf.copy_(s)
+        self.chains_ready.fill_(True)
+
+    def mean_field(self, x: Tensor) -> list[Tensor]:
+        """``[v, mu_1, ..., mu_L]`` for data ``x`` (no gradient)."""
+        with torch.no_grad():
+            return self.dbm.mean_field(x.reshape(x.shape[0], -1), self.mf_iterations, self.mf_tol)[0]
+
+    def _joint_terms(self, x: Tensor, stage: str) -> dict[str, Tensor]:
+        mus = self.mean_field(x)
+        with torch.no_grad():
+            v = mus[0]
+            recon = torch.sigmoid(self.dbm.layer_input(mus, 0))
+            recon_error = (v - recon).pow(2).sum(-1).mean()
+            bound_unnorm = self.dbm.mean_field_bound(mus).mean()
+        terms: dict[str, Tensor] = {"recon_error": recon_error, "meanfield_unnormalized": bound_unnorm}
+        if stage != "train":
+            terms["loss"] = recon_error
+            return terms
+        with torch.no_grad():
+            states = self.chains()
+            for _ in range(self.gibbs_steps):
+                states = self.dbm.gibbs_sweep(states)
+            for buf, s in zip(self.chains(), states):
+                buf.copy_(s)
+        loss = self.dbm.energy(mus).mean() - self.dbm.energy(states).mean()
+        if self.weight_cost > 0:
+            loss = loss + 0.5 * self.weight_cost * sum(W.pow(2).sum() for W in self.dbm.weights)
+        if self.centered:
+            self._pending_offsets = [m.mean(0).detach() for m in mus]
+        terms["loss"] = loss
+        return terms
+
+    def loss_terms(self, x: Tensor, stage: str) -> dict[str, Tensor]:
+        phase = self.phase if stage != "test" else self.num_layers
+        x = x.reshape(x.shape[0], -1).to(self.dbm.weights[0].dtype)
+        if phase < self.num_layers:
+            terms = self._pretrain_terms(x, phase + 1, stage)
+        else:
+            terms = self._joint_terms(x, stage)
+        terms["phase"] = torch.tensor(float(phase))
+        if stage == "train":  # epochs already done in the current phase (its progress)
+            start = sum(self.epochs_per_layer[:phase])
+            terms["epochs_in_phase"] = torch.tensor(float(self.current_epoch - start if self._trainer is not None else 0))
+        if stage == "val":
+            terms["progress"] = torch.tensor(float(self.current_epoch + 1))
+        return terms
+
+    # ------------------------------------------------------------------ hooks
+    @torch.no_grad()
+    def _data_mean(self) -> Optional[Tensor]:
+        dm = getattr(self.trainer, "datamodule", None)
+        if dm is None:
+            return None
+        total = torch.zeros(self.data_dim, dtype=torch.float64, device=self.device)
+        count = 0
+        for batch in dm.train_dataloader():
+            x = _first(batch).reshape(-1, self.data_dim).to(self.device)
+            total += x.double().sum(0)
+            count += x.shape[0]
+        return self.trainer.strategy.broadcast(total / max(count, 1), src=0)
+
+    def on_train_epoch_start(self) -> None:
+        if not bool(self.base_ready):
+            mean = self._data_mean()
+            if mean is not None:
+                self.base_log_odds.copy_(base_rate_log_odds(mean.unsqueeze(0)))
+                self.base_ready.fill_(True)
+                if self.joint_start > 0:  # the bottom RBM's visible biases start at the data's log-odds
+                    with torch.no_grad():
+                        self.pre_b[0].copy_(self.base_log_odds.to(self.pre_b[0]))
+        if self.phase == self.num_layers:
+            if not bool(self.composed):
+                if self.joint_start > 0:
+                    self.compose()
+                    rank_zero_info(f"DBM: composed the {self.num_layers} pretrained RBMs; joint training starts")
+                else:
+                    with torch.no_grad():
+                        self.dbm.biases[0].copy_(self.base_log_odds.to(self.dbm.biases[0]))
+                        if self.centered:
+                            v_mean = torch.sigmoid(self.base_log_odds).to(self.dbm.biases[0])
+                            self.dbm.set_offset(0, v_mean)
+                            for l in range(1, self.num_layers + 1):
+                                self.dbm.set_offset(l, torch.full_like(self.dbm.offset(l), 0.5))
+                    self.composed.fill_(True)
+            if not bool(self.chains_ready):
+                self._init_chains()
+            factor = self.joint_lr_scale / (1.0 + self.lr_decay * (self.current_epoch - self.joint_start))
+            for opt in self.trainer.optimizers:
+                for group in opt.param_groups:
+                    group.setdefault("dbm_initial_lr", group["lr"])
+                    group["lr"] = group["dbm_initial_lr"] * factor
+
+    def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
+        with torch.no_grad():
+            if self.max_norm is not None:
+                for W in [*self.dbm.weights, *self.pre_W]:
+                    norms = W.norm(dim=0, keepdim=True).clamp_min(1e-12)
+                    W.mul_(torch.clamp(self.max_norm / norms, max=1.0))
+            if self._pending_offsets is not None:
+                new = [(1 - self.offset_rate) * self.dbm.offset(l) + self.offset_rate * m
+                       for l, m in enumerate(self._pending_offsets)]
+                new[0] = self.dbm.offset(0)  # the visible offset stays at the data mean
+                self.dbm.shift_offsets(new)
+                self._pending_offsets = None
+
+    def on_fit_start(self) -> None:
+        if self.trainer.max_epochs is not None and 0 < self.trainer.max_epochs <= self.joint_start:
+            rank_zero_warn(
+                f"DBM: trainer.max_epochs={self.trainer.max_epochs} <= sum(epochs_per_layer)={self.joint_start}: "
+                "joint training never starts and the test bound is not that of a trained DBM"
+            )
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        self._log_z = None
+
+    # ------------------------------------------------------------------ generation
+    @torch.no_grad()
+    def sample(self, n: int, steps: Optional[int] = None) -> Tensor:
+        """Visible probabilities :math:`p(v \\mid h_1)` of the persistent chains (when ``n <= num_chains`` and
+        they exist), else of ``steps`` (default ``sample_steps``) odd/even sweeps of fresh chains."""
+        if bool(self.chains_ready) and n <= self.num_chains and steps is None:
+            states = [c[:n] for c in self.chains()]
+        else:
+            v = torch.bernoulli(torch.sigmoid(self.dbm.biases[0]).expand(n, -1))
+            states = [torch.bernoulli(m) for m in self.dbm.mean_field_init(v)]
+            states[0] = v
+            for _ in range(steps or self.sample_steps):
+                states = self.dbm.gibbs_sweep(states)
+        probs = torch.sigmoid(self.dbm.layer_input(states, 0))
+        return probs.reshape(n, *self.data_shape)
+
+    @torch.no_grad()
+    def reconstruct(self, x: Tensor) -> Tensor:
+        r"""Mean-field reconstruction :math:`\sigma(b_0 + W_1 \mu_1)`."""
+        mus = self.mean_field(x.reshape(x.shape[0], -1).to(self.dbm.weights[0].dtype))
+        return torch.sigmoid(self.dbm.layer_input(mus, 0)).reshape(x.shape[0], *self.data_shape)
+
+    # ------------------------------------------------------------------ evaluation
+    def _exact_possible(self) -> bool:
+        n = min(sum(self.sizes[1::2]), sum(self.sizes[0::2]))
+        return n <= self.exact_max_units
+
+    @property
+    def estimator(self) -> str:
+        return "exact+meanfield" if self._exact_possible() else "ais+meanfield"
+
+    def log_partition(self) -> tuple[float, float]:
+        r"""``(log Z, standard error)``: exact (error 0) when small enough, else AIS (float64, seeded by ``ais_seed``)."""
+        if self._exact_possible():
+            return dbm_log_partition_enumerate(self.dbm, max_units=self.exact_max_units), 0.0
+        generator = torch.Generator(device=self.device).manual_seed(int(self.ais_seed))
+        bar = None
+        try:
+            from tqdm.auto import tqdm
+
+            if self._trainer is None or self.trainer.is_global_zero:
+                bar = tqdm(total=self.ais_steps, desc="AIS log Z (DBM)", leave=False)
+        except ImportError:  # pragma: no cover - tqdm ships with Lightning
+            bar = None
+
+        def progress(step: int, total: int) -> None:
+            if bar is not None:
+                bar.n = step
+                bar.refresh()
+
+        try:
+            result = dbm_ais_log_partition(self.dbm, n_runs=self.ais_runs, betas=self.ais_steps,
+                                           base_visible_bias=self.base_log_odds, generator=generator,
+                                           progress=progress, progress_every=max(1, self.ais_steps // 100))
+        finally:
+            if bar is not None:
+                bar.close()
+        return result.log_z, result.log_z_std_error
+
+    def on_test_start(self) -> None:
+        self._log_z = self.log_partition()
+
+    def log_prob(self, x: Tensor) -> Tensor:
+        """Per-example mean-field lower bound minus :math:`\\log Z` (``(B,)``)."""
+        if self._log_z is None:
+            self._log_z = self.log_partition()
+        mus = self.mean_field(x.reshape(x.shape[0], -1).to(self.dbm.weights[0].dtype))
+        return self.dbm.mean_field_bound(mus) - self._log_z[0]
+
+    def on_test_epoch_end(self) -> None:
+        if self._log_z is not None:
+            self.log("test/logZ", float(self._log_z[0]), sync_dist=False)
+            self.log("test/logZ_stderr", float(self._log_z[1]), sync_dist=False)
+        super().on_test_epoch_end()

@@ -1,0 +1,117 @@
+"""DBM AIS (:mod:`lightning_gm.estimators.dbm`) against exact log Z by enumeration on tiny trained DBMs,
+and the annealing path's endpoints against their closed forms."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from lightning_gm.estimators.ais import base_rate_log_odds
+from lightning_gm.estimators.dbm import DBMAnnealingPath, dbm_ais_log_partition, dbm_log_partition_enumerate
+from lightning_gm.estimators.partition import enumerate_binary, logsumexp_over_binary
+from lightning_gm.nn.dbm import BinaryDBM
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _single_thread():
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
+def toy_data(n: int, d: int, seed: int) -> torch.Tensor:
+    """Noisy copies of three binary prototypes: structured data a DBM has something to learn from."""
+    g = torch.Generator().manual_seed(seed)
+    protos = torch.bernoulli(torch.full((3, d), 0.5), generator=g)
+    x = protos[torch.randint(0, 3, (n,), generator=g)]
+    flip = torch.bernoulli(torch.full_like(x, 0.1), generator=g)
+    return (x + flip) % 2
+
+
+def trained_dbm(sizes: list[int], steps: int = 300, seed: int = 0, centered: bool = False) -> tuple[BinaryDBM, torch.Tensor]:
+    """A few hundred steps of mean-field + PCD on toy data: non-trivial, data-shaped weights."""
+    torch.manual_seed(seed)
+    data = toy_data(500, sizes[0], seed)
+    d = BinaryDBM(sizes, weight_std=0.1, centered=centered)
+    with torch.no_grad():
+        d.biases[0].copy_(base_rate_log_odds(data).float())
+        if centered:
+            d.set_offset(0, data.mean(0))
+            for l in range(1, len(sizes)):
+                d.set_offset(l, torch.full((sizes[l],), 0.5))
+    opt = torch.optim.SGD(d.parameters(), lr=0.1, momentum=0.5)
+    chains = [torch.bernoulli(torch.full((100, s), 0.5)) for s in sizes]
+    for step in range(steps):
+        v = data[torch.randint(0, len(data), (50,))]
+        mus, _ = d.mean_field(v, iterations=10, tol=1e-5)
+        mus = [m.detach() for m in mus]
+        with torch.no_grad():
+            chains = d.gibbs_sweep(chains)
+        loss = d.energy(mus).mean() - d.energy(chains).mean()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    d.requires_grad_(False)
+    return d, data
+
+
+@pytest.fixture(scope="module")
+def models() -> dict:
+    return {tuple(s): trained_dbm(s) for s in ([8, 6, 4], [8, 5, 4, 3])}
+
+
+@pytest.mark.parametrize("sizes", [(8, 6, 4), (8, 5, 4, 3)])
+def test_path_endpoints_have_the_closed_form_partition_functions(models, sizes) -> None:
+    d, data = models[sizes]
+    path = DBMAnnealingPath(d, base_rate_log_odds(data))
+    n_kept = sum(d.sizes[l] for l in path.kept)
+
+    def log_f(beta: float):
+        def fn(x: torch.Tensor) -> torch.Tensor:
+            state: list = [None] * len(d.sizes)
+            start = 0
+            for l in path.kept:
+                state[l] = x[:, start : start + d.sizes[l]]
+                start += d.sizes[l]
+            return path.log_unnormalized(state, beta)
+        return fn
+
+    # beta = 0: the base model's Z_0; beta = 1: the DBM's Z
+    assert float(logsumexp_over_binary(n_kept, log_f(0.0))) == pytest.approx(path.log_z_base(), abs=1e-9)
+    assert float(logsumexp_over_binary(n_kept, log_f(1.0))) == pytest.approx(dbm_log_partition_enumerate(d), abs=1e-9)
+    assert path.summed == [0, d.num_layers]  # the visible and top layers are summed out
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+@pytest.mark.parametrize("sizes", [(8, 6, 4), (8, 5, 4, 3)])
+def test_ais_is_within_a_tenth_of_a_nat_of_exact_log_z(models, sizes, seed) -> None:
+    d, data = models[sizes]
+    exact = dbm_log_partition_enumerate(d)
+    assert float(d.W(1).abs().max()) > 0.5  # trained: non-trivial weights
+    assert abs(exact - sum(d.sizes) * math.log(2.0)) > 1.0  # and far from the uniform model's log Z
+    result = dbm_ais_log_partition(d, n_runs=100, betas=1000, base_visible_bias=base_rate_log_odds(data),
+                                   generator=torch.Generator().manual_seed(seed))
+    assert abs(result.log_z - exact) < 0.1
+    assert result.log_z_std_error < 0.1 and result.n_steps == 1000
+
+
+def test_ais_handles_a_centred_dbm() -> None:
+    d, data = trained_dbm([8, 6, 4], steps=150, seed=3, centered=True)
+    exact = dbm_log_partition_enumerate(d)
+    result = dbm_ais_log_partition(d, n_runs=100, betas=1000, base_visible_bias=base_rate_log_odds(data),
+                                   generator=torch.Generator().manual_seed(0))
+    assert abs(result.log_z - exact) < 0.1
+
+
+def test_bad_arguments_are_named() -> None:
+    d = BinaryDBM([4, 3, 2])
+    with pytest.raises(ValueError, match="n_runs"):
+        dbm_ais_log_partition(d, n_runs=0)
+    with pytest.raises(ValueError, match="base_visible_bias"):
+        DBMAnnealingPath(d, torch.zeros(5))
+    with pytest.raises(ValueError, match="max_units"):
+        dbm_log_partition_enumerate(BinaryDBM([30, 30, 30]), max_units=20)
+    assert enumerate_binary(0).shape == (1, 0)
