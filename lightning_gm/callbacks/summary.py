@@ -80,7 +80,8 @@ class RunSummary(pl.Callback):
             run_dir=str(self.run_dir),
             model=f"{type(pl_module).__module__}.{type(pl_module).__qualname__}",
             family=getattr(pl_module, "family", "generative"),
-            num_parameters=sum(p.numel() for p in pl_module.parameters()),
+            num_parameters=(pl_module.num_parameters() if hasattr(pl_module, "num_parameters")
+                            else sum(p.numel() for p in pl_module.parameters())),
             data=getattr(dm, "info", {}),
         )
         if stage == "fit":

@@ -111,7 +111,8 @@ def read_run(folder: Path, root: Path) -> RunRecord:
             rec.family = str(s.get("family") or "")
             rec.model = str(s.get("model") or "").rsplit(".", 1)[-1]
             rec.dataset = str(data.get("dataset") or "")
-            rec.binarize = str(data.get("binarize") or ("dequantized" if data.get("dequantize") else ""))
+            binarize = str(data.get("binarize") or "")
+            rec.binarize = "dequantized" if data.get("dequantize") and binarize in ("", "none") else binarize
             rec.test_nll = _num(test.get("test/nll"))
             rec.nll_stderr = _num(test.get("test/nll_stderr"))
             rec.bpd = _num(test.get("test/bpd"))

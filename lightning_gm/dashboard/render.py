@@ -47,8 +47,8 @@ def _cell(rec: RunRecord, key: str, fmt: str) -> str:
 
 
 def sort_runs(runs: Iterable[RunRecord]) -> list[RunRecord]:
-    """By dataset, then test NLL (best first; runs without one last)."""
-    return sorted(runs, key=lambda r: (r.dataset or "~", r.test_nll if r.test_nll is not None else math.inf,
+    """By dataset and binarisation (the numbers that compare), then test NLL (best first; none last)."""
+    return sorted(runs, key=lambda r: (r.dataset or "~", r.binarize, r.test_nll if r.test_nll is not None else math.inf,
                                        r.experiment, r.run_name))
 
 
@@ -138,6 +138,10 @@ def render_html(runs: list[RunRecord], title: str = "lightning_gm runs", metrics
     default_metric = next((m for m in ("val/loss", "val/nll", "val/elbo") if m in all_metrics),
                           all_metrics[0] if all_metrics else "")
     head = "".join(f"<th>{e(h)}</th>" for _, h, _ in COLUMNS) + "<th>curves</th><th>folder</th>"
+    # curves drawn at first: up to 8 runs on the same data as the first run that has curves
+    first = next((r for r in runs if r.curves), None)
+    same = [i for i, r in enumerate(runs) if r.curves and first and (r.dataset, r.binarize) == (first.dataset, first.binarize)]
+    shown = set(same[:8])
     rows = []
     for i, r in enumerate(runs):
         cells = []
@@ -146,7 +150,7 @@ def render_html(runs: list[RunRecord], title: str = "lightning_gm runs", metrics
             num = isinstance(value, (int, float)) and not isinstance(value, bool)
             attr = f' class="num" data-v="{value!r}"' if num else ""
             cells.append(f"<td{attr}>{e(_cell(r, key, fmt))}</td>")
-        checked = " checked" if i < 8 and r.curves else ""
+        checked = " checked" if i in shown else ""
         cells.append(f'<td><input type="checkbox" class="pick" value="{i}"{checked}></td>')
         cells.append(f'<td><a href="{e(_file_url(r.path))}">{e(r.path)}</a></td>')
         bad = ' class="bad"' if r.status.startswith(("corrupt", "incomplete", "failed")) else ""
