@@ -5,13 +5,13 @@ from __future__ import annotations
 import math
 import os
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import Any, Optional, Sequence
 
 import numpy as np
 import torch
 from torch import Tensor
 
-__all__ = ["as_images", "make_grid", "save_png", "save_scatter"]
+__all__ = ["as_images", "make_grid", "save_figure", "save_png", "save_scatter"]
 
 
 def as_images(x: Tensor, data_shape: Sequence[int]) -> Optional[Tensor]:
@@ -79,8 +79,16 @@ def save_scatter(
         ax.set_title(f"{title} {name}".strip())
         ax.set_aspect("equal")
     fig.tight_layout()
+    return save_figure(fig, path)
+
+
+def save_figure(fig: Any, path: str | os.PathLike, dpi: int = 100) -> Path:
+    """Write a matplotlib figure as PNG atomically (temporary file, then rename) and close it."""
+    import matplotlib.pyplot as plt
+
+    path = Path(path)
     tmp = _atomic_path(path)
-    fig.savefig(tmp, format="png", dpi=100)
+    fig.savefig(tmp, format="png", dpi=dpi)
     plt.close(fig)
     os.replace(tmp, path)
     return path

@@ -536,8 +536,9 @@ def _plots(study: Any, out: Path) -> list[str]:
     import matplotlib
 
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
     from optuna.visualization import matplotlib as ovm
+
+    from lightning_gm.images import save_figure
 
     written = []
     for name, fn in (("history", ovm.plot_optimization_history), ("importance", ovm.plot_param_importances)):
@@ -546,8 +547,7 @@ def _plots(study: Any, out: Path) -> list[str]:
             fig = (ax[0] if hasattr(ax, "__len__") else ax).figure
             fig.set_size_inches(8, 5)
             fig.tight_layout()
-            fig.savefig(out / f"{name}.png", dpi=100)
-            plt.close(fig)
+            save_figure(fig, out / f"{name}.png")
             written.append(str(out / f"{name}.png"))
         except (ValueError, RuntimeError, ZeroDivisionError) as exc:  # e.g. importance needs 2+ trials
             (out / f"{name}.txt").write_text(f"not drawn: {exc}\n")

@@ -28,7 +28,7 @@ import torch
 from lightning.pytorch.loggers import WandbLogger
 from torch import Tensor
 
-from lightning_gm.images import _atomic_path
+from lightning_gm.images import save_figure
 
 __all__ = ["DensityGrid", "density_grid", "data_bounds", "save_density", "DensityPictures"]
 
@@ -100,11 +100,7 @@ def save_density(grid: DensityGrid, path: str | os.PathLike, data: Optional[Tens
     ax.imshow(grid.log_prob.exp().numpy(), origin="lower", extent=extent, cmap="viridis", aspect="equal")
     ax.set_title(f"{title} density (mass {grid.mass:.3f})".strip())
     fig.tight_layout()
-    tmp = _atomic_path(path)
-    fig.savefig(tmp, format="png", dpi=100)
-    plt.close(fig)
-    os.replace(tmp, path)
-    return path
+    return save_figure(fig, path)
 
 
 class DensityPictures(pl.Callback):
