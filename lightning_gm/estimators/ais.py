@@ -52,6 +52,7 @@ __all__ = [
     "ProgressFn",
     "default_betas",
     "betas_schedule",
+    "as_beta_list",
     "base_rate_log_odds",
     "run_ais",
     "summarize_log_weights",
@@ -111,7 +112,8 @@ def default_betas(dtype: torch.dtype = torch.float64) -> Tensor:
     return betas_schedule(14500, dtype)
 
 
-def _as_beta_list(betas: Tensor | Sequence[float] | int | None) -> list[float]:
+def as_beta_list(betas: Tensor | Sequence[float] | int | None) -> list[float]:
+    """A beta schedule as a list: ``None`` the default 14,500 steps, an int that many steps, else the values."""
     if betas is None:
         b = default_betas()
     elif isinstance(betas, int):
@@ -514,7 +516,7 @@ def ais_log_partition(
         path = GaussianRBMAnnealingPath(rbm, base_visible_bias)
     else:
         path = RBMAnnealingPath(rbm, base_visible_bias)
-    beta_list = _as_beta_list(betas)
+    beta_list = as_beta_list(betas)
     if reverse:
         if initial_visibles is None:
             raise ValueError("reverse AIS needs initial_visibles: samples of the RBM (e.g. persistent chains)")

@@ -45,7 +45,7 @@ from lightning_gm.estimators.ais import (
     AISResult,
     AnnealingPath,
     ProgressFn,
-    _as_beta_list,
+    as_beta_list,
     run_ais,
     summarize_log_weights,
 )
@@ -209,6 +209,6 @@ def dbm_ais_log_partition(
     if n_runs < 1:
         raise ValueError(f"n_runs must be >= 1, got {n_runs}")
     path = DBMAnnealingPath(dbm, base_visible_bias)
-    beta_list = _as_beta_list(betas)
+    beta_list = as_beta_list(betas)
     log_w = run_ais(path, beta_list, path.sample_base(n_runs, generator), generator, progress, progress_every)
     return summarize_log_weights(log_w, path.log_z_base(), n_steps=len(beta_list) - 1)

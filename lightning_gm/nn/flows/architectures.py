@@ -7,7 +7,7 @@ knobs after it, so a config names one by ``class_path`` and the model supplies t
       class_path: lightning_gm.nn.flows.MAF
       init_args: {num_layers: 5, hidden_features: [1024]}
 
-(``lightning_gm.models.Flow`` types its ``flow`` argument as ``Callable[[Sequence[int]], FlowLayer]``;
+(the ``Flow`` model types its ``flow`` argument as ``Callable[[Sequence[int]], FlowLayer]``;
 jsonargparse turns the block above into ``lambda shape: MAF(shape, num_layers=5, ...)``.)
 All of them map data ``(B, *shape)`` to noise ``(B, D)`` or ``(B, *shape)`` with the
 :class:`~lightning_gm.nn.flows.base.FlowLayer` convention, so
