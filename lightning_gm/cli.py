@@ -24,6 +24,7 @@ from typing import Any, Callable, NoReturn, Optional
 
 import yaml
 from jsonargparse import Namespace
+from lightning.pytorch import LightningModule
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
 from lightning.pytorch.loggers import WandbLogger
@@ -33,7 +34,6 @@ from lightning_gm.callbacks.pruning import OptunaPruning
 from lightning_gm.dashboard import main as compare_main
 from lightning_gm.data.modules import GenerativeDataModule
 from lightning_gm.errors import ConfigError, LightningGMError
-from lightning_gm.models.base import GenerativeModel
 from lightning_gm.sweep import PRUNED_EXIT_CODE, TRIAL_ENV
 from lightning_gm.sweep import main as sweep_main
 
@@ -97,7 +97,9 @@ class GenerativeCLI(LightningCLI):
         self.exit_code = 0
         self.pruning: Optional[OptunaPruning] = None
         super().__init__(
-            model_class=GenerativeModel,
+            # any LightningModule: the generative families (GenerativeModel) and the feature network
+            # of the sample-quality metrics (models.MNISTClassifier) train through the same command
+            model_class=LightningModule,
             datamodule_class=GenerativeDataModule,
             subclass_mode_model=True,
             subclass_mode_data=True,
@@ -131,6 +133,25 @@ class GenerativeCLI(LightningCLI):
         except (ValueError, TypeError) as exc:
             detail = "\n".join(ln for ln in condense_error(str(exc)).splitlines() if not ln.strip().startswith("Given value"))
             raise ConfigError(f"the configuration could not be built:\n{detail.strip()}") from exc
+        self._hand_clipping_to_manual_loop()
+
+    def _hand_clipping_to_manual_loop(self) -> None:
+        """A family with the base's manual loop (``manual_loop = True``) clips its own gradients: move
+        ``trainer.gradient_clip_val`` / ``gradient_clip_algorithm`` to the model, where Lightning would
+        otherwise refuse them; refuse ``accumulate_grad_batches`` with a message that says why."""
+        model, trainer = getattr(self, "model", None), getattr(self, "trainer", None)
+        if trainer is None or not getattr(model, "manual_loop", False):
+            return
+        if trainer.gradient_clip_val:
+            model.gradient_clip_val = float(trainer.gradient_clip_val)
+            algorithm = trainer.gradient_clip_algorithm
+            model.gradient_clip_algorithm = str(getattr(algorithm, "value", algorithm) or "norm")
+            trainer.gradient_clip_val, trainer.gradient_clip_algorithm = None, None
+        if trainer.accumulate_grad_batches != 1:
+            raise ConfigError(
+                f"trainer.accumulate_grad_batches={trainer.accumulate_grad_batches}: {type(model).__name__} trains "
+                "with a manual optimisation step, which does not accumulate gradients; raise data.init_args.batch_size "
+                "instead")
 
     def _parse_ckpt_path(self) -> None:
         """Lightning lets a checkpoint's saved hyperparameters override the command line; with a

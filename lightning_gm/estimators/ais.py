@@ -42,7 +42,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from lightning_gm.nn.rbm import BernoulliRBM, GaussianBernoulliRBM, RBMBase
+from lightning_gm.nn.rbm import BernoulliRBM, GaussianBernoulliRBM, RBMBase, bernoulli
 
 __all__ = [
     "AnnealingPath",
@@ -220,7 +220,7 @@ class RBMAnnealingPath(AnnealingPath[Tensor]):
     def sample_base(self, n: int, generator: torch.Generator | None = None) -> Tensor:
         """``(n, n_visible)`` float64 samples of the base-rate model."""
         probs = torch.sigmoid(self.b_base).expand(n, -1)
-        return torch.bernoulli(probs, generator=generator)
+        return bernoulli(probs, generator)
 
     def _hidden_input(self, v: Tensor) -> Tensor:
         return v @ self.W + self.c
@@ -254,9 +254,9 @@ class RBMAnnealingPath(AnnealingPath[Tensor]):
 
     def transition(self, state: Tensor, beta: float, generator: torch.Generator | None = None) -> Tensor:
         v = state.to(self.W.dtype)
-        h = torch.bernoulli(torch.sigmoid(beta * self._cached_hidden_input(v)), generator=generator)
+        h = bernoulli(torch.sigmoid(beta * self._cached_hidden_input(v)), generator)
         logits = (1.0 - beta) * self.b_base + beta * (h @ self.W.T + self.b)
-        return torch.bernoulli(torch.sigmoid(logits), generator=generator)
+        return bernoulli(torch.sigmoid(logits), generator)
 
 
 class GaussianRBMAnnealingPath(AnnealingPath[Tensor]):
@@ -324,7 +324,7 @@ class GaussianRBMAnnealingPath(AnnealingPath[Tensor]):
 
     def transition(self, state: Tensor, beta: float, generator: torch.Generator | None = None) -> Tensor:
         v = state.to(self.W.dtype)
-        h = torch.bernoulli(torch.sigmoid(beta * self._hidden_input(v)), generator=generator)
+        h = bernoulli(torch.sigmoid(beta * self._hidden_input(v)), generator)
         mean = (1.0 - beta) * self.a + beta * (self.b + h @ self.W.T)
         eps = torch.randn(mean.shape, generator=generator, dtype=mean.dtype, device=mean.device)
         return mean + eps * torch.exp(self.log_sigma)

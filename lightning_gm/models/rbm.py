@@ -54,7 +54,7 @@ from lightning_gm.errors import ConfigError
 from lightning_gm.estimators.ais import ProgressFn, ais_log_partition, base_rate_log_odds, summarize_log_weights
 from lightning_gm.estimators.partition import log_partition_enumerate
 from lightning_gm.models.base import GenerativeModel
-from lightning_gm.nn.rbm import BernoulliRBM, GaussianBernoulliRBM, RBMBase
+from lightning_gm.nn.rbm import BernoulliRBM, GaussianBernoulliRBM, RBMBase, with_gradients
 
 __all__ = ["RBM", "GaussianRBM", "LogPartition", "PartitionMixin", "cd_step", "sparsity_penalty"]
 
@@ -272,6 +272,9 @@ class _RBMModelBase(PartitionMixin, GenerativeModel):
     """Everything :class:`RBM` and :class:`GaussianRBM` share (see :class:`RBM` for the arguments)."""
 
     family = "rbm"
+    manual_loop = True  # plain "CD loss, backward, SGD step": the base's lean loop (see models/base.py)
+    # the CD surrogate's value is logged as train/cd_gap on the logged steps (it is not a likelihood)
+    log_train_loss = False
     chains: Tensor
     running_q: Tensor
     chains_ready: Tensor
@@ -330,6 +333,7 @@ class _RBMModelBase(PartitionMixin, GenerativeModel):
         self._pending_generator_state: Optional[Tensor] = None
         self._log_partition = None
         self._log_partition_key = None
+        self._closed_form_grads: Optional[tuple[Tensor, ...]] = None
         self.val_free_energy = MeanMetric()
 
     # ------------------------------------------------------------------ subclass hooks
@@ -437,9 +441,9 @@ class _RBMModelBase(PartitionMixin, GenerativeModel):
                 warm = self.current_epoch < self.momentum_warmup_epochs
                 group["momentum"] = self.initial_momentum if warm else group["final_momentum"]
 
-    def _negative(self, v: Tensor) -> Tensor:
-        if not self.persistent:
-            return cd_step(self.rbm, v, self.k, None, self.generator)
+    def _negative(self, v: Tensor, data_logits: Optional[Tensor] = None) -> Tensor:
+        if not self.persistent:  # CD-k: the chain starts at the data, from the hidden input already computed
+            return self.rbm.gibbs_vhv(v, self.k, self.generator, hidden_logits=data_logits).v
         if not bool(self.chains_ready):
             with torch.no_grad():  # start the chains at the model's visible marginals with h = 0
                 h0 = torch.zeros(self.num_chains, self.n_hidden, device=self.device, dtype=self.rbm.W.dtype)
@@ -453,29 +457,59 @@ class _RBMModelBase(PartitionMixin, GenerativeModel):
     def loss_terms(self, x: Tensor, stage: str) -> dict[str, Tensor]:
         v = self.to_model_space(x)
         terms: dict[str, Tensor] = {}
-        # the training monitor costs two extra matrix products: computed on the steps that are logged
-        every = getattr(self._trainer, "log_every_n_steps", 1) if self._trainer is not None else 1
-        if stage != "train" or self.global_step % max(1, every) == 0:
-            with torch.no_grad():
-                terms["recon_error"] = self.rbm.reconstruction_error(v)
         if stage != "train":
+            terms["recon_error"] = self.rbm.reconstruction_error(v)
             fe = self.rbm.free_energy(v)
             if stage == "val":
                 self.val_free_energy.update(fe.detach())
             return {"loss": fe.mean(), "free_energy": fe.mean(), **terms, **self._monitor_terms(v)}
-        v_model = self._negative(v)
-        loss = self.rbm.cd_loss(v, v_model)
-        if self.weight_cost > 0:
-            loss = loss + 0.5 * self.weight_cost * self.rbm.W.pow(2).sum()
-        if self.sparsity_cost > 0:
+        # The fused CD step: the data's hidden input x = c + s(v)'W is computed once and serves the data term
+        # of the loss, the start of the CD chain, the sparsity signal and the reconstruction monitor, so an
+        # update costs the 5 matrix products of a hand-written CD-1. For the binary RBM the gradients are
+        # written out (cd_loss_closed_form: no autograd graph); other RBMs differentiate the CD surrogate.
+        closed_form = type(self.rbm) is BernoulliRBM  # gradients written out; other RBMs: autograd
+        with torch.set_grad_enabled(not closed_form):
             logits = self.rbm.hidden_logits(v)
+        v_model = self._negative(v, logits)
+        if self.is_logging_step():  # the training monitor costs a matrix product: only on the logged steps
+            with torch.no_grad():
+                terms["recon_error"] = self.rbm.reconstruction_error(v, hidden_probs=torch.sigmoid(logits))
+        signal = None
+        if self.sparsity_cost > 0:
             with torch.no_grad():
                 q = torch.sigmoid(logits).mean(0)
                 self.running_q.mul_(self.sparsity_decay).add_((1 - self.sparsity_decay) * q)
-            loss = loss + sparsity_penalty(logits, self.running_q, self.sparsity_target, self.sparsity_cost)
+                signal = self.running_q - self.sparsity_target
             terms["hidden_activity"] = q.mean()
+        if closed_form:
+            assert isinstance(self.rbm, BernoulliRBM)
+            logged = self.is_logging_step()
+            value, grads = self.rbm.cd_gradients(v, v_model, logits, self.weight_cost,
+                                                 None if signal is None else (signal, self.sparsity_cost),
+                                                 compute_value=logged)
+            loss = with_gradients(value, (self.rbm.W, self.rbm.b, self.rbm.c), grads)
+            self._closed_form_grads = grads
+            if logged:
+                terms["cd_gap"] = value
+        else:
+            loss = self.rbm.cd_loss(v, v_model, data_logits=logits)
+            if self.weight_cost > 0:
+                loss = loss + 0.5 * self.weight_cost * self.rbm.W.pow(2).sum()
+            if self.sparsity_cost > 0:
+                loss = loss + sparsity_penalty(logits, self.running_q, self.sparsity_target, self.sparsity_cost)
+            terms["cd_gap"] = loss.detach()
         terms["loss"] = loss
         return terms
+
+    def _backward(self, loss: Tensor) -> None:
+        """Closed-form CD gradients go straight into ``.grad`` in a single process (no autograd pass); under
+        DDP ``manual_backward`` runs, so that DDP all-reduces them."""
+        grads, self._closed_form_grads = self._closed_form_grads, None
+        single = self._trainer is None or self.trainer.world_size == 1
+        if grads is None or not single:
+            return super()._backward(loss)
+        for param, grad in zip((self.rbm.W, self.rbm.b, self.rbm.c), grads):
+            param.grad = grad if param.grad is None else param.grad + grad
 
     def on_validation_epoch_end(self) -> None:
         """``val/free_energy_gap``: mean free energy of the validation data minus that of a fixed
@@ -574,7 +608,9 @@ class RBM(_RBMModelBase):
         E(v, h) = -v^\top W h - b^\top v - c^\top h, \qquad
         \log p(v) = -F(v) - \log Z, \quad F(v) = -b^\top v - \sum_j \operatorname{softplus}(c_j + v^\top W_{:j}).
 
-    Monitors: ``train/recon_error`` (on the steps that are logged, every ``trainer.log_every_n_steps``), ``val/recon_error``, ``val/pll`` (stochastic pseudo-log-likelihood,
+    Monitors: ``train/recon_error`` and ``train/cd_gap`` (the value of the CD surrogate, penalties included:
+    not a likelihood) on the steps that are logged (every ``trainer.log_every_n_steps``; their ``_epoch`` means
+    average those steps), ``val/recon_error``, ``val/pll`` (stochastic pseudo-log-likelihood,
     nats/example, the checkpoint monitor), ``val/free_energy`` and ``val/free_energy_gap``; at test
     ``test/nll`` (estimator ``exact`` or ``ais``), ``test/logZ`` and its interval.
 
@@ -600,6 +636,9 @@ class RBM(_RBMModelBase):
         ais_seed: seed of the AIS chains (reproducible test numbers).
         exact_max_units: enumerate the smaller layer for the exact :math:`\log Z` when it has at most this
             many units (estimator ``exact``); otherwise AIS.
+        update_batch_size: examples per CD update when it is smaller than the data's batch size: each loaded
+            batch is split into consecutive updates of this size (the same updates as loading them one by one;
+            Lightning's per-step cost is paid once per loaded batch). ``None``: one update per loaded batch.
         optimizer: optimiser factory (default SGD, lr 0.1, momentum 0.9).
         lr_scheduler: optional scheduler factory.
 
@@ -632,6 +671,7 @@ class RBM(_RBMModelBase):
         ais_steps: int = 14500,
         ais_seed: int = 0,
         exact_max_units: int = 20,
+        update_batch_size: Optional[int] = None,
         optimizer: OptimizerCallable = _sgd,
         lr_scheduler: Optional[LRSchedulerCallable] = None,
     ) -> None:
@@ -640,6 +680,7 @@ class RBM(_RBMModelBase):
             sparsity_cost, sparsity_decay, initial_momentum, momentum_warmup_epochs, init_visible_bias,
             monitor_examples, sample_steps, ais_runs, ais_steps, ais_seed, exact_max_units, optimizer, lr_scheduler,
         )
+        self.set_update_batch_size(update_batch_size)
         self.save_hyperparameters(ignore=["optimizer", "lr_scheduler"])
 
     def _make_rbm(self, weight_std: float) -> RBMBase:
@@ -680,7 +721,7 @@ class GaussianRBM(_RBMModelBase):
         min_std: lower clamp of the data standard deviations (constant pixels).
         k, persistent, num_chains, weight_std, weight_cost, sparsity_target, sparsity_cost, sparsity_decay,
         initial_momentum, momentum_warmup_epochs, monitor_examples, sample_steps, ais_runs, ais_steps, ais_seed,
-        exact_max_units, optimizer, lr_scheduler: as :class:`RBM` (Hinton: a learning rate one or two orders of
+        exact_max_units, update_batch_size, optimizer, lr_scheduler: as :class:`RBM` (Hinton: a learning rate one or two orders of
         magnitude smaller than for binary units).
         init_visible_bias: set :math:`b` to the (standardised) data mean at fit start; the AIS base is a
             Gaussian at that mean with the model's :math:`\sigma`.
@@ -719,6 +760,7 @@ class GaussianRBM(_RBMModelBase):
         ais_steps: int = 14500,
         ais_seed: int = 0,
         exact_max_units: int = 20,
+        update_batch_size: Optional[int] = None,
         optimizer: OptimizerCallable = _sgd,
         lr_scheduler: Optional[LRSchedulerCallable] = None,
     ) -> None:
@@ -730,6 +772,7 @@ class GaussianRBM(_RBMModelBase):
             sparsity_cost, sparsity_decay, initial_momentum, momentum_warmup_epochs, init_visible_bias,
             monitor_examples, sample_steps, ais_runs, ais_steps, ais_seed, exact_max_units, optimizer, lr_scheduler,
         )
+        self.set_update_batch_size(update_batch_size)
         self.save_hyperparameters(ignore=["optimizer", "lr_scheduler"])
         self.register_buffer("data_mean", torch.zeros(self.data_dim))
         self.register_buffer("data_std", torch.ones(self.data_dim))

@@ -99,11 +99,16 @@ class LatentVariableModel(GenerativeModel):
         eval_seed: seed of the test evaluation (example ``i`` uses a generator seeded by ``(eval_seed, i)``).
         optimizer: optimiser factory (default Adam, lr 1e-3).
         lr_scheduler: optional scheduler factory.
+        update_batch_size: examples per parameter update when smaller than the data's batch size: each
+            loaded batch is split into consecutive updates of this size (the same updates as loading them one
+            by one, with Lightning's per-step cost paid once per loaded batch; ``bench/vae_overhead.py``).
+            ``None``: one update per loaded batch.
     """
 
     family = "vae"
     monitor = "val/elbo"
     monitor_mode = "max"
+    manual_loop = True  # plain "loss, backward, step": the base's lean loop (see models/base.py)
 
     def __init__(
         self,
@@ -119,8 +124,10 @@ class LatentVariableModel(GenerativeModel):
         eval_seed: int = 0,
         optimizer: OptimizerCallable = _adam,
         lr_scheduler: Optional[LRSchedulerCallable] = None,
+        update_batch_size: Optional[int] = None,
     ) -> None:
         super().__init__(data_shape, optimizer, lr_scheduler)
+        self.set_update_batch_size(update_batch_size)
         if train_k < 1:
             raise ConfigError(f"model.init_args.train_k must be >= 1, got {train_k}")
         if free_bits < 0:
@@ -170,7 +177,7 @@ class LatentVariableModel(GenerativeModel):
         """KL weight of the current training step (``beta`` outside training)."""
         if not self.training or self.kl_warmup_epochs <= 0 or self._trainer is None:
             return self.beta
-        return kl_warmup_weight(self.beta, self.kl_warmup_epochs, self.global_step, self.trainer.num_training_batches)
+        return kl_warmup_weight(self.beta, self.kl_warmup_epochs, self.global_step, self.updates_per_epoch)
 
     def _penalty(self, kl_columns: Tensor) -> Tensor:
         """Batch-mean KL penalty from per-column KLs ``(B, C)``, with free bits per column."""
@@ -292,6 +299,7 @@ class VAE(LatentVariableModel):
         eval_seed: seed of the test evaluation.
         optimizer: optimiser factory (default Adam, lr 1e-3).
         lr_scheduler: optional scheduler factory.
+        update_batch_size: examples per parameter update (see :class:`LatentVariableModel`).
     """
 
     def __init__(
@@ -317,9 +325,10 @@ class VAE(LatentVariableModel):
         eval_seed: int = 0,
         optimizer: OptimizerCallable = _adam,
         lr_scheduler: Optional[LRSchedulerCallable] = None,
+        update_batch_size: Optional[int] = None,
     ) -> None:
         super().__init__(data_shape, likelihood, beta, kl_warmup_epochs, free_bits, train_k, val_k, test_k,
-                         chunk_size, eval_seed, optimizer, lr_scheduler)
+                         chunk_size, eval_seed, optimizer, lr_scheduler, update_batch_size)
         self.save_hyperparameters(ignore=["likelihood", "prior", "encoder", "decoder", "posterior_flow",
                                           "optimizer", "lr_scheduler"])
         if latent_dim < 1:
@@ -422,6 +431,7 @@ class HierarchicalVAE(LatentVariableModel):
         eval_seed: seed of the test evaluation.
         optimizer: optimiser factory (default Adam, lr 1e-3).
         lr_scheduler: optional scheduler factory.
+        update_batch_size: examples per parameter update (see :class:`LatentVariableModel`).
     """
 
     def __init__(
@@ -443,9 +453,10 @@ class HierarchicalVAE(LatentVariableModel):
         eval_seed: int = 0,
         optimizer: OptimizerCallable = _adam,
         lr_scheduler: Optional[LRSchedulerCallable] = None,
+        update_batch_size: Optional[int] = None,
     ) -> None:
         super().__init__(data_shape, likelihood, beta, kl_warmup_epochs, free_bits, train_k, val_k, test_k,
-                         chunk_size, eval_seed, optimizer, lr_scheduler)
+                         chunk_size, eval_seed, optimizer, lr_scheduler, update_batch_size)
         self.save_hyperparameters(ignore=["likelihood", "prior", "optimizer", "lr_scheduler"])
         dims = [int(d) for d in latent_dims]
         if len(dims) < 1 or min(dims) < 1:

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from lightning_gm.nn.rbm import BernoulliRBM, GaussianBernoulliRBM, GibbsState
+from lightning_gm.nn.rbm import BernoulliRBM, GaussianBernoulliRBM, GibbsState, bernoulli, with_gradients
 
 KINDS = ["bernoulli", "gaussian"]
 
@@ -259,6 +259,76 @@ def test_cd_loss_gradient_is_expectation_difference(kind: str, seed: int) -> Non
 
             expected = dF(v_data) - dF(v_model)
         torch.testing.assert_close(rbm.log_sigma.grad, expected)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_fused_cd_step_equals_the_plain_one(kind: str) -> None:
+    """Reusing the data's hidden input (the fused CD step of the RBM models) changes neither the chain
+    (same draws from the same random stream) nor any gradient."""
+    rbm = make_rbm(kind, 6, 4, seed=3)
+    v = random_visibles(kind, 9, 6, seed=5)
+    plain = rbm.gibbs_vhv(v, k=2, generator=torch.Generator().manual_seed(11))
+    logits = rbm.hidden_logits(v)
+    fused = rbm.gibbs_vhv(v, k=2, generator=torch.Generator().manual_seed(11), hidden_logits=logits)
+    for a, b in zip(plain, fused):
+        torch.testing.assert_close(a, b)
+    grads = []
+    for data_logits in (None, logits):
+        rbm.zero_grad()
+        rbm.cd_loss(v, plain.v, data_logits=data_logits).backward(retain_graph=True)
+        grads.append([p.grad.clone() for p in rbm.parameters()])
+    for a, b in zip(*grads):
+        torch.testing.assert_close(a, b)
+    torch.testing.assert_close(rbm.reconstruction_error(v, hidden_probs=torch.sigmoid(logits)),
+                               rbm.reconstruction_error(v))
+
+
+@pytest.mark.parametrize("weight_cost, sparsity_cost", [(0.0, 0.0), (0.3, 0.0), (0.0, 0.7), (0.2, 0.5)])
+def test_closed_form_cd_loss_equals_autograd_of_the_surrogate(weight_cost: float, sparsity_cost: float) -> None:
+    """The binary RBM's written-out CD gradients (and value) equal autograd of the CD surrogate plus
+    the weight-cost and sparsity terms of the RBM models."""
+    from lightning_gm.models.rbm import sparsity_penalty
+
+    rbm = make_rbm("bernoulli", 6, 4, seed=7)
+    v = random_visibles("bernoulli", 9, 6, seed=8)
+    v_model = random_visibles("bernoulli", 5, 6, seed=9)
+    running_q = torch.rand(4, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    target = 0.1
+    rbm.zero_grad()
+    logits = rbm.hidden_logits(v)
+    ref = rbm.cd_loss(v, v_model, data_logits=logits) + 0.5 * weight_cost * rbm.W.pow(2).sum()
+    if sparsity_cost:
+        ref = ref + sparsity_penalty(logits, running_q, target, sparsity_cost)
+    ref.backward()
+    expected = [p.grad.clone() for p in rbm.parameters()]
+    rbm.zero_grad()
+    sparsity = (running_q - target, sparsity_cost) if sparsity_cost else None
+    loss = rbm.cd_loss_closed_form(v, v_model, logits.detach(), weight_cost, sparsity)
+    loss.backward()
+    torch.testing.assert_close(loss, ref.detach())
+    for p, g in zip(rbm.parameters(), expected):
+        torch.testing.assert_close(p.grad, g)
+
+
+def test_with_gradients_scales_by_the_incoming_gradient() -> None:
+    w = torch.zeros(3, requires_grad=True)
+    out = with_gradients(torch.tensor(2.0), [w], [torch.tensor([1.0, -2.0, 3.0])])
+    (4.0 * out).backward()
+    assert float(out) == 2.0 and w.grad.tolist() == [4.0, -8.0, 12.0]
+    with pytest.raises(ValueError, match="1 parameters but 2 gradients"):
+        with_gradients(torch.tensor(0.0), [w], [w, w])
+
+
+def test_bernoulli_sampler_has_the_right_law() -> None:
+    p = torch.tensor([0.0, 0.03, 0.5, 0.97, 1.0], dtype=torch.float64).expand(200_000, 5)
+    x = bernoulli(p, torch.Generator().manual_seed(0))
+    assert x.dtype == p.dtype and set(x.unique().tolist()) <= {0.0, 1.0}
+    assert x[:, 0].sum() == 0 and x[:, 4].sum() == len(x)  # p = 0 and p = 1 are exact
+    se = (p[0] * (1 - p[0]) / len(x)).sqrt()
+    assert ((x.mean(0) - p[0]).abs() <= 5 * se + 1e-12).all()
+    # independent coordinates: the correlation between columns 1-3 is ~0
+    corr = torch.corrcoef(x[:, 1:4].T)
+    assert (corr - torch.eye(3, dtype=corr.dtype)).abs().max() < 0.02
 
 
 def test_sigma_is_parameter_only_when_learned() -> None:
