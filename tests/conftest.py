@@ -24,6 +24,17 @@ import torch  # noqa: E402
 torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
 
 
+@pytest.fixture(autouse=True)
+def _torch_threads():
+    """Every test runs with ``OMP_NUM_THREADS`` intra-op threads (1 unless set): the suite's tensors are
+    small, and on a loaded 2-core machine extra BLAS threads wait on descheduled workers (1000x slowdowns
+    were seen). Restored afterwards, so a test that changes it cannot leak the change."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
+    yield
+    torch.set_num_threads(previous)
+
+
 def has_mnist() -> bool:
     root = Path(os.environ.get("LIGHTNING_GM_DATA", ""))
     return (root / "MNIST" / "raw" / "train-images-idx3-ubyte.gz").is_file()

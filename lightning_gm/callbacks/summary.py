@@ -103,6 +103,12 @@ class RunSummary(pl.Callback):
             except (AttributeError, NotImplementedError):
                 summary["estimator"] = None
             summary["test_wall_time_s"] = round(time.time() - self._start, 2) if self._start else None
+            # evaluations that could not run say why (e.g. SampleQuality without its feature network)
+            skipped = {type(cb).__name__: cb.skipped for cb in trainer.callbacks if isinstance(getattr(cb, "skipped", None), str)}
+            if skipped:
+                summary["skipped"] = skipped
+            else:
+                summary.pop("skipped", None)
         summary.update(extra)
         write_json_atomic(self.path, summary)
         for logger in trainer.loggers:

@@ -37,6 +37,9 @@ class RunRecord:
     nll_stderr: Optional[float] = None
     bpd: Optional[float] = None
     estimator: str = ""
+    fd_lenet: Optional[float] = None  #: sample quality (callbacks.SampleQuality): Fréchet distance, LeNet features
+    precision: Optional[float] = None  #: k-NN manifold precision of the samples
+    recall: Optional[float] = None  #: k-NN manifold recall of the samples
     num_parameters: Optional[int] = None
     epochs: Optional[int] = None
     wall_time_s: Optional[float] = None
@@ -117,6 +120,9 @@ def read_run(folder: Path, root: Path) -> RunRecord:
             rec.nll_stderr = _num(test.get("test/nll_stderr"))
             rec.bpd = _num(test.get("test/bpd"))
             rec.estimator = str(s.get("estimator") or "")
+            rec.fd_lenet = _num(test.get("test/fd_lenet"))
+            rec.precision = _num(test.get("test/precision"))
+            rec.recall = _num(test.get("test/recall"))
             rec.num_parameters = int(s["num_parameters"]) if _num(s.get("num_parameters")) is not None else None
             rec.epochs = int(s["epochs"]) if _num(s.get("epochs")) is not None else None
             rec.wall_time_s = _num(s.get("fit_wall_time_s"))

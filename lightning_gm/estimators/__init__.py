@@ -59,3 +59,41 @@ from lightning_gm.estimators.dbm import (  # noqa: E402
 )
 
 __all__ += ["DBMAnnealingPath", "dbm_ais_log_partition", "dbm_log_partition_enumerate"]
+
+from lightning_gm.estimators.sample_quality import PrecisionRecall, frechet_distance, frechet_metric, knn_radii, manifold_coverage, precision_recall  # noqa: E402
+
+__all__ += ["PrecisionRecall", "frechet_distance", "frechet_metric", "knn_radii", "manifold_coverage", "precision_recall"]
+
+from lightning_gm.estimators.mmd import DEFAULT_BANDWIDTHS, gaussian_kernel_mixture, mmd2, squared_distances  # noqa: E402
+
+__all__ += ["DEFAULT_BANDWIDTHS", "gaussian_kernel_mixture", "mmd2", "squared_distances"]
+
+from lightning_gm.estimators.rbm_variants import (  # noqa: E402
+    SpikeSlabAnnealingPath,
+    SubspaceRBMAnnealingPath,
+    ais_log_partition_path,
+    ssrbm_log_partition_enumerate,
+    subspace_rbm_log_partition_enumerate,
+)
+
+__all__ += ["SpikeSlabAnnealingPath", "SubspaceRBMAnnealingPath", "ais_log_partition_path",
+            "ssrbm_log_partition_enumerate", "subspace_rbm_log_partition_enumerate"]
+
+from lightning_gm.estimators.conv_rbm import (  # noqa: E402
+    ConvRBMAnnealingPath,
+    conv_rbm_ais_log_partition,
+    conv_rbm_log_partition_enumerate,
+)
+
+__all__ += ["ConvRBMAnnealingPath", "conv_rbm_ais_log_partition", "conv_rbm_log_partition_enumerate"]
+
+from lightning_gm.estimators.decoder_ais import (  # noqa: E402
+    DecoderAISResult,
+    bernoulli_observation,
+    decoder_ais_log_prob,
+    gaussian_observation,
+    sigmoid_schedule,
+)
+
+__all__ += ["DecoderAISResult", "decoder_ais_log_prob", "gaussian_observation", "bernoulli_observation",
+            "sigmoid_schedule"]

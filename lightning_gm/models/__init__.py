@@ -15,3 +15,36 @@ __all__ = ["GenerativeModel", "VAE", "Flow", "HierarchicalVAE", "RBM", "Gaussian
 from lightning_gm.models.dbm import DBM  # noqa: E402
 
 __all__ += ["DBM"]
+
+from lightning_gm.models.sbn import SigmoidBeliefNet  # noqa: E402
+
+__all__ += ["SigmoidBeliefNet"]
+
+from lightning_gm.models.classifier import MNISTClassifier  # noqa: E402
+
+__all__ += ["MNISTClassifier"]
+
+from lightning_gm.models.gan import GAN  # noqa: E402
+from lightning_gm.models.gmmn import GMMN  # noqa: E402
+
+__all__ += ["GAN", "GMMN"]
+
+from lightning_gm.models.mpdbm import MPDBM  # noqa: E402
+
+__all__ += ["MPDBM"]
+
+from lightning_gm.models.subspace_rbm import SubspaceRBM  # noqa: E402
+
+__all__ += ["SubspaceRBM"]
+
+from lightning_gm.models.conv_rbm import ConvDBN, ConvRBM  # noqa: E402
+
+__all__ += ["ConvRBM", "ConvDBN"]
+
+from lightning_gm.models.ssrbm import SpikeSlabRBM  # noqa: E402
+
+__all__ += ["SpikeSlabRBM"]
+
+from lightning_gm.models.hopfield import Hopfield  # noqa: E402
+
+__all__ += ["Hopfield"]

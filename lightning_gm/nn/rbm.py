@@ -419,8 +419,7 @@ class BernoulliRBM(RBMBase):
             g_b = v_model.mean(0) - v_d_mean
             g_c = p_m.mean(0) - p_d.mean(0)
             if compute_value:
-                value = ((v_model - v_data).mean(0) @ self.b + F.softplus(x_m).sum(-1).mean()
-                         - F.softplus(x_d).sum(-1).mean())
+                value = g_b @ self.b + F.softplus(x_m).sum(-1).mean() - F.softplus(x_d).sum(-1).mean()
             if weight_cost > 0:
                 g_w.add_(self.W, alpha=weight_cost)
                 if compute_value:

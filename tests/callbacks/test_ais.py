@@ -14,14 +14,6 @@ from lightning_gm.estimators.partition import log_partition_enumerate
 from lightning_gm.models import RBM
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _single_thread():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
-
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
     """A 64-20 RBM trained by CD-1 on binarised 8x8 digits, tested through the callback with AIS."""

@@ -24,16 +24,6 @@ from lightning_gm.estimators.partition import enumerate_binary, log_partition_en
 from lightning_gm.nn.rbm import BernoulliRBM
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _single_thread():
-    """Run single-threaded: these are tiny matmuls, for which intra-op threads only add overhead and, on a
-    loaded 2-core machine, make each BLAS call wait for a descheduled worker (1000x slowdowns seen)."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
-
 # ----------------------------------------------------------------------------- schedules
 def test_default_betas_is_the_literature_schedule() -> None:
     b = default_betas()

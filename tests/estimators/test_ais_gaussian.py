@@ -12,14 +12,6 @@ from lightning_gm.estimators.partition import log_partition_enumerate
 from lightning_gm.nn.rbm import GaussianBernoulliRBM
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _single_thread():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
-
 def _grbm(seed: int, learn_sigma: bool = True) -> GaussianBernoulliRBM:
     g = torch.Generator().manual_seed(seed)
     sigma = torch.rand(6, generator=g, dtype=torch.float64) + 0.5

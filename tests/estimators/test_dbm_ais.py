@@ -14,14 +14,6 @@ from lightning_gm.estimators.partition import enumerate_binary, logsumexp_over_b
 from lightning_gm.nn.dbm import BinaryDBM
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _single_thread():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
-
 def toy_data(n: int, d: int, seed: int) -> torch.Tensor:
     """Noisy copies of three binary prototypes: structured data a DBM has something to learn from."""
     g = torch.Generator().manual_seed(seed)

@@ -20,16 +20,6 @@ from lightning_gm.estimators.partition import (
 from lightning_gm.nn.rbm import BernoulliRBM, GaussianBernoulliRBM
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _single_thread():
-    """Run single-threaded: these are tiny matmuls, for which intra-op threads only add overhead and, on a
-    loaded 2-core machine, make each BLAS call wait for a descheduled worker (1000x slowdowns seen)."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
-
 def random_rbm(n_visible: int, n_hidden: int, seed: int, scale: float = 1.0, dtype: torch.dtype = torch.float64):
     g = torch.Generator().manual_seed(seed)
     rbm = BernoulliRBM(n_visible, n_hidden, dtype=dtype)

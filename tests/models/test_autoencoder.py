@@ -14,14 +14,6 @@ from lightning_gm.models.autoencoder import NoLikelihoodError, corrupt
 from lightning_gm.nn import linear_gaussian as lg
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 @pytest.mark.parametrize("architecture", ["mlp", "conv"])
 def test_autoencoder_has_no_likelihood(architecture):
     model = Autoencoder((1, 8, 8), latent_dim=4, architecture=architecture, hidden=(32,), channels=(8, 16))

@@ -14,14 +14,6 @@ from lightning_gm.models import MADEDensity, NADE
 from lightning_gm.models.autoregressive import AutoregressiveBinaryModel
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 D = 6
 MODELS: dict[str, Callable[[], AutoregressiveBinaryModel]] = {
     "nade-natural": lambda: NADE((D,), hidden=7, ordering="natural", init_std=1.0),

@@ -15,14 +15,6 @@ from lightning_gm.estimators.dbm import dbm_log_partition_enumerate
 from lightning_gm.models import DBM
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _single_thread():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
-
 def test_phase_follows_the_epoch() -> None:
     m = DBM(data_shape=(4,), hidden=[3, 3, 2], epochs_per_layer=[2, 0, 3])
     assert [m.phase_at(e) for e in range(8)] == [0, 0, 2, 2, 2, 3, 3, 3]

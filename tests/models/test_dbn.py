@@ -13,14 +13,6 @@ from lightning_gm.estimators.partition import enumerate_binary, log_partition_en
 from lightning_gm.models import DBN
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _single_thread():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
-
 def _random_dbn(d: int, hidden: list[int], seed: int) -> DBN:
     torch.manual_seed(seed)
     m = DBN(data_shape=(d,), hidden=hidden, epochs_per_layer=[1] * len(hidden), weight_std=1.0).double()

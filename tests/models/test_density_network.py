@@ -14,14 +14,6 @@ from lightning_gm.nn import GaussianLikelihood
 from lightning_gm.nn import linear_gaussian as lg
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def _linear(D: int, L: int = 2, sigma: float = 0.7, seed: int = 0, n: int = 300, **kw) -> tuple[DensityNetwork, torch.Tensor, torch.Tensor]:
     torch.manual_seed(seed)
     model = DensityNetwork((D,), latent_dim=L, hidden=(), likelihood=GaussianLikelihood(learn_variance=False, sigma=sigma),

@@ -14,7 +14,7 @@ import subprocess
 import sys
 from functools import partial
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Callable
 
 import lightning.pytorch as pl
 import pytest
@@ -38,15 +38,6 @@ from lightning_gm.nn.flows import (
 
 ROOT = Path(__file__).resolve().parents[2]
 FLOW_CONFIGS = ["flow_toy", "maf_mnist", "realnvp_mnist", "glow_mnist"]
-
-
-@pytest.fixture(autouse=True)
-def _single_thread() -> Iterator[None]:
-    """Small models: one intra-op thread is faster than two contending on a 2-core machine."""
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
 
 
 class _Tensors(GenerativeDataModule):

@@ -13,14 +13,6 @@ from lightning_gm.models import FactorAnalysis, PPCA
 from lightning_gm.nn import linear_gaussian as lg
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def _data(n: int = 2000, D: int = 16, L: int = 3) -> torch.Tensor:
     g = torch.Generator().manual_seed(0)
     W = torch.randn(D, L, generator=g, dtype=torch.float64)

@@ -19,15 +19,6 @@ from lightning_gm.models import RBM, GaussianRBM
 from tests.conftest import ROOT
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _single_thread():
-    """Tiny matmuls: intra-op threads only add waiting on a loaded 2-core machine."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
-
 def _trainer(tmp_path, epochs: int, **kw) -> pl.Trainer:
     return pl.Trainer(max_epochs=epochs, accelerator="cpu", devices=1, logger=False, enable_progress_bar=False,
                       enable_model_summary=False, default_root_dir=str(tmp_path), **kw)

@@ -106,14 +106,6 @@ from lightning_gm.nn import IAFPosterior, PlanarPosterior  # noqa: E402
 from lightning_gm.errors import ConfigError  # noqa: E402
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
-
-
 def _linear_gaussian_chain(sigma: float = 0.5):
     """z2 ~ N(0, 1), z1 | z2 ~ N(A z2 + a, diag d), x | z1 ~ N(W z1 + b, s^2 I) with A = (alpha, 0) and W
     orthogonal columns, so p(x) = N(W a + b, W (A A' + diag d) W' + s^2 I) and the true posteriors p(z1|x)

@@ -15,14 +15,6 @@ from lightning_gm.nn.dbm import BinaryDBM
 SIZES = [[5, 4, 3], [4, 3, 3, 2], [5, 3]]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _single_thread():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
-
 def random_dbm(sizes: list[int], seed: int, centered: bool = False, scale: float = 1.0) -> BinaryDBM:
     torch.manual_seed(seed)
     d = BinaryDBM(sizes, weight_std=scale, centered=centered).double()

@@ -11,7 +11,7 @@ from __future__ import annotations
 import io
 import math
 from dataclasses import dataclass
-from typing import Callable, Iterator, Optional, Tuple
+from typing import Callable, Optional, Tuple
 
 import pytest
 import torch
@@ -49,15 +49,6 @@ from lightning_gm.nn.flows import (
 
 DTYPE = torch.float64
 SEEDS = [0, 1]
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _single_thread() -> Iterator[None]:
-    """Tiny tensors: intra-op threading only adds overhead (and contention on 2 cores)."""
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
 
 
 @dataclass

@@ -11,15 +11,6 @@ from lightning_gm.nn import linear_gaussian as lg
 DT = torch.float64
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny matrices: threads only add contention on a shared machine."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def _model(D: int, L: int, seed: int, isotropic: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     g = torch.Generator().manual_seed(seed)
     W = torch.randn(D, L, generator=g, dtype=DT)

@@ -13,16 +13,6 @@ from lightning_gm.nn.rbm import BernoulliRBM, GaussianBernoulliRBM, GibbsState, 
 KINDS = ["bernoulli", "gaussian"]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _single_thread():
-    """Run single-threaded: these are tiny matmuls, for which intra-op threads only add overhead and, on a
-    loaded 2-core machine, make each BLAS call wait for a descheduled worker (1000x slowdowns seen)."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
-
 def enumerate_bits(n: int, dtype: torch.dtype = torch.float64) -> torch.Tensor:
     """All 2^n binary rows (independent of the package's own helper)."""
     return torch.tensor([[(k >> j) & 1 for j in range(n)] for k in range(2**n)], dtype=dtype)

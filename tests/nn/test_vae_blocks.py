@@ -23,14 +23,6 @@ from lightning_gm.nn import (
 from lightning_gm.nn.mlp import MLP
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
-
-
 def _prior(kind: str, dim: int):
     torch.manual_seed(0)
     if kind == "standard":

@@ -1,0 +1,546 @@
+r"""Convolutional RBM with probabilistic max-pooling (:class:`ConvRBM`) and the convolutional DBN (:class:`ConvDBN`).
+
+Both wrap :class:`~lightning_gm.nn.conv_rbm.ConvolutionalRBM` (the maths) and train by CD-k (or PCD) on
+the closed-form free energy, plus the paper's two regularisers:
+
+.. math::
+
+    \mathcal L = \frac{1}{H_h W_h}\Big[\overline{F(v_{\text{data}})} - \overline{F(\operatorname{sg}[v_{\text{model}}])}\Big]
+      + \tfrac{\lambda_W}{2}\lVert W\rVert^2 + \lambda_s \sum_k \operatorname{sg}[q_k - p]\, b_k,
+    \qquad q_k = \frac{1}{N H_h W_h}\sum_{n,ij} P(h^k_{ij} = 1 \mid v_n),
+
+(the CD gradient averaged over the :math:`H_h W_h` detector positions, as in Lee et al.'s code, so the learning
+rate does not depend on the image size), whose last term has gradient :math:`\lambda_s (q_k - p)` on the detector bias :math:`b_k` only: the sparsity
+regulariser of Lee, Ekanadham & Ng (2008) as used by Lee et al. (2009), "in practice only the hidden biases
+are updated" to push the mean detector activation of every group towards the target :math:`p`.
+
+:class:`ConvRBM` test log-likelihood: :math:`\log p(v) = -F(v) - \log Z` with the closed-form :math:`F` and
+:math:`\log Z` exact (enumeration of the visibles, tiny images) or forward AIS from the data's base-rate model
+(:func:`~lightning_gm.estimators.conv_rbm.conv_rbm_ais_log_partition`); estimator ``exact`` or ``ais``.
+
+:class:`ConvDBN` is a greedy layer-wise stack (Lee et al. 2009, section 3.4): layer :math:`l + 1` is a
+convolutional RBM whose visibles are layer :math:`l`'s pooling units, trained on their probabilities
+:math:`P(p^k_\alpha = 1 \mid \cdot)` from the upward pass; the phase (which layer trains) follows
+``current_epoch`` and ``epochs_per_layer`` as in :class:`~lightning_gm.models.dbn.DBN`. Its likelihood is not
+tractable (nor bounded here), so it logs no ``test/nll``: at test it reports each layer's free energy and
+reconstruction error on the upward pass.
+
+References:
+    Lee, Grosse, Ranganath & Ng (2009), Convolutional deep belief networks for scalable unsupervised learning
+    of hierarchical representations, ICML; Lee, Ekanadham & Ng (2008), Sparse deep belief net model for
+    visual area V2; Hinton (2002) (CD); Salakhutdinov & Murray (2008) (AIS).
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from typing import Any, Optional, Sequence
+
+import torch
+import torch.nn.functional as F
+from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
+from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
+from torch import Tensor, nn
+
+from lightning_gm.errors import ConfigError
+from lightning_gm.estimators.ais import base_rate_log_odds
+from lightning_gm.estimators.conv_rbm import conv_rbm_ais_log_partition, conv_rbm_log_partition_enumerate
+from lightning_gm.models.base import GenerativeModel
+from lightning_gm.models.rbm import LogPartition, _first, _Seeded
+from lightning_gm.nn.conv_rbm import ConvolutionalRBM, VisibleType
+
+__all__ = ["ConvRBM", "ConvDBN", "image_shape", "scale_rows"]
+
+
+def _sgd(params: Any) -> torch.optim.Optimizer:
+    return torch.optim.SGD(params, lr=0.01, momentum=0.9)
+
+
+def image_shape(data_shape: Sequence[int]) -> tuple[int, int, int]:
+    """``(C, H, W)`` of the data: image-shaped as is, a square vector ``(s*s,)`` as ``(1, s, s)``."""
+    shape = tuple(int(s) for s in data_shape)
+    if len(shape) == 3:
+        return shape  # type: ignore[return-value]
+    if len(shape) == 1 and math.isqrt(shape[0]) ** 2 == shape[0]:
+        s = math.isqrt(shape[0])
+        return (1, s, s)
+    raise ConfigError(f"model.init_args.data_shape={list(shape)}: a convolutional RBM needs images (C, H, W) "
+                      f"or square vectors; use data.init_args.flatten=false")
+
+
+def scale_rows(x: Tensor) -> Tensor:
+    """Min-max scale every row of ``(N, D)`` to [0, 1] (for pictures of filters and maps)."""
+    lo, hi = x.min(1, keepdim=True).values, x.max(1, keepdim=True).values
+    return ((x - lo) / (hi - lo).clamp_min(1e-12)).float().cpu()
+
+
+def _check_positive(**kw: Any) -> None:
+    for key, value in kw.items():
+        values = value if isinstance(value, (list, tuple)) else [value]
+        if any(int(v) < 1 for v in values):
+            raise ConfigError(f"model.init_args.{key} must be >= 1, got {value}")
+
+
+class _ConvCD:
+    """CD-k/PCD update, sparsity surrogate and chain random stream shared by :class:`ConvRBM` and :class:`ConvDBN`."""
+
+    k: int
+    weight_cost: float
+    sparsity_target: float
+    sparsity_cost: float
+    _generator: Optional[torch.Generator]
+
+    @property
+    def generator(self) -> torch.Generator:
+        """This process's random stream for the Gibbs chains (seeded from the global seed and the rank)."""
+        if self._generator is None:
+            trainer = getattr(self, "_trainer", None)
+            rank = trainer.global_rank if trainer is not None else 0
+            self._generator = torch.Generator(device=self.device)  # type: ignore[attr-defined]
+            self._generator.manual_seed((torch.initial_seed() * 1_000_003 + 7919 * (rank + 1)) % (2**63))
+        return self._generator
+
+    def _cd_terms(self, rbm: ConvolutionalRBM, v: Tensor, chains: Optional[Tensor]) -> dict[str, Tensor]:
+        start = v if chains is None else chains
+        v_model = rbm.gibbs(start, self.k, self.generator).v
+        if chains is not None:
+            chains.copy_(v_model)
+        # per-position average (Lee et al.'s code): gradients of O(1) whatever the map size, comparable to the sparsity term
+        loss = rbm.cd_loss(v, v_model) / (rbm.hidden_size[0] * rbm.hidden_size[1])
+        h_mean, p_mean = rbm.mean_hiddens(v.detach())
+        q = h_mean.detach().mean((0, 2, 3))
+        if self.weight_cost > 0:
+            loss = loss + 0.5 * self.weight_cost * rbm.W.pow(2).sum()
+        if self.sparsity_cost > 0:
+            loss = loss + self.sparsity_cost * ((q - self.sparsity_target) * rbm.b).sum()
+        return {"loss": loss, "hidden_activity": q.mean(), "pool_activity": p_mean.detach().mean()}
+
+
+class ConvRBM(_ConvCD, GenerativeModel):
+    r"""Convolutional RBM with probabilistic max-pooling (family ``rbm``), trained by CD-k or PCD.
+
+    .. math::
+
+        E(v, h) = U(v) - \sum_{k,ij} h^k_{ij}\big(b_k + (\tilde W^k * v)_{ij}\big), \quad \textstyle\sum_{B_\alpha} h^k \le 1,
+        \qquad F(v) = U(v) - \sum_{k,\alpha}\log\Big(1 + \sum_{B_\alpha} e^{I^k_{ij}}\Big).
+
+    Monitors: ``{stage}/recon_error`` (checkpoint monitor), ``{stage}/free_energy``, ``{stage}/hidden_activity``
+    (mean detector probability, driven towards ``sparsity_target``), ``{stage}/pool_activity``; at test
+    ``test/nll`` (estimator ``exact`` or ``ais``), ``test/logZ``, its standard error and AIS effective sample size.
+    Pictures (:class:`~lightning_gm.callbacks.rbm.RBMPictures`): ``filters`` (first-layer filters) and
+    ``pooled`` (the pooling-unit probabilities of one validation image, one map per group).
+
+    Args:
+        data_shape: ``(C, H, W)`` (or a square vector, seen as ``(1, s, s)``); linked from the data.
+        n_filters: groups :math:`K`.
+        filter_size: filter side :math:`n_w`.
+        pool_size: pooling block side :math:`C` (1 = plain convolutional RBM).
+        visible: ``binary`` or ``gaussian`` (unit variance; for standardised real-valued data; no AIS then).
+        k: Gibbs sweeps per update.
+        persistent: PCD chains (``num_chains`` of them) instead of CD-k from the data.
+        num_chains: persistent chains.
+        weight_std: standard deviation of the initial filters.
+        weight_cost: L2 cost :math:`\lambda_W` on the filters.
+        sparsity_target: target mean detector activation :math:`p` per group.
+        sparsity_cost: :math:`\lambda_s` (0 = no sparsity regulariser).
+        init_visible_bias: set the per-channel visible bias to the log-odds of the training data's mean at fit start.
+        sample_steps: Gibbs sweeps behind :meth:`sample`.
+        ais_runs: AIS chains at test.
+        ais_steps: AIS intermediate distributions at test (literature 14,500; reduce for speed and say so).
+        ais_seed: seed of the AIS chains.
+        exact_max_units: enumerate the visibles for the exact :math:`\log Z` up to this many units.
+        optimizer: optimiser factory (default SGD, lr 0.01, momentum 0.9).
+        lr_scheduler: optional scheduler factory.
+
+    References:
+        Lee, Grosse, Ranganath & Ng (2009); Lee, Ekanadham & Ng (2008); Salakhutdinov & Murray (2008).
+    """
+
+    family = "rbm"
+    monitor = "val/recon_error"
+    monitor_mode = "min"
+    ais_base: Tensor
+    chains: Tensor
+
+    def __init__(
+        self,
+        data_shape: Sequence[int] = (1, 28, 28),
+        n_filters: int = 40,
+        filter_size: int = 6,
+        pool_size: int = 2,
+        visible: VisibleType = "binary",
+        k: int = 1,
+        persistent: bool = False,
+        num_chains: int = 100,
+        weight_std: float = 0.01,
+        weight_cost: float = 1e-4,
+        sparsity_target: float = 0.05,
+        sparsity_cost: float = 1.0,
+        init_visible_bias: bool = True,
+        sample_steps: int = 500,
+        ais_runs: int = 100,
+        ais_steps: int = 14500,
+        ais_seed: int = 0,
+        exact_max_units: int = 20,
+        optimizer: OptimizerCallable = _sgd,
+        lr_scheduler: Optional[LRSchedulerCallable] = None,
+    ) -> None:
+        super().__init__(data_shape, optimizer, lr_scheduler)
+        self.save_hyperparameters(ignore=["optimizer", "lr_scheduler"])
+        _check_positive(n_filters=n_filters, filter_size=filter_size, pool_size=pool_size, k=k, num_chains=num_chains,
+                        ais_runs=ais_runs, ais_steps=ais_steps)
+        if not 0 < sparsity_target < 1:
+            raise ConfigError(f"model.init_args.sparsity_target must be in (0, 1), got {sparsity_target}")
+        c, h, w = self.image = image_shape(data_shape)
+        if filter_size > min(h, w):
+            raise ConfigError(f"model.init_args.filter_size={filter_size} is larger than the images ({h}x{w})")
+        self.rbm = ConvolutionalRBM(c, (h, w), n_filters, filter_size, pool_size, visible, weight_std)
+        self.k, self.persistent, self.num_chains = k, persistent, num_chains
+        self.weight_cost, self.sparsity_target, self.sparsity_cost = weight_cost, sparsity_target, sparsity_cost
+        self.init_visible_bias, self.sample_steps = init_visible_bias, sample_steps
+        self.ais_runs, self.ais_steps, self.ais_seed, self.exact_max_units = ais_runs, ais_steps, ais_seed, exact_max_units
+        self.register_buffer("ais_base", torch.zeros(self.rbm.n_visible))
+        self.register_buffer("chains", torch.zeros(num_chains if persistent else 0, c, h, w))
+        self.register_buffer("chains_ready", torch.tensor(False))
+        self._generator = None
+        self._log_partition: Optional[LogPartition] = None
+        self._picture_example: Optional[Tensor] = None
+
+    # ------------------------------------------------------------------ data
+    def to_model_space(self, x: Tensor) -> Tensor:
+        return x.reshape(x.shape[0], *self.image).to(self.rbm.W.dtype)
+
+    def setup(self, stage: str) -> None:
+        """At fit start (not when resuming): the visible biases and the AIS base-rate model from the training data."""
+        if stage != "fit" or self.trainer.ckpt_path is not None:
+            return
+        dm = getattr(self.trainer, "datamodule", None)
+        if dm is None or not hasattr(dm, "train_dataloader"):
+            rank_zero_warn("ConvRBM: no DataModule, so no visible-bias initialisation")
+            return
+        total, count = torch.zeros(self.rbm.n_visible, dtype=torch.float64), 0
+        with _Seeded(12345):
+            for batch in dm.train_dataloader():
+                x = _first(batch).reshape(_first(batch).shape[0], -1).double()
+                total += x.sum(0)
+                count += x.shape[0]
+        if count == 0:
+            raise ConfigError("the training set is empty: nothing to initialise the ConvRBM from")
+        mean = total / count
+        self.ais_base.copy_(base_rate_log_odds(mean.unsqueeze(0)).to(self.ais_base))
+        if self.init_visible_bias and self.rbm.visible == "binary":
+            per_channel = mean.reshape(self.image[0], -1).mean(1).clamp(1e-3, 1 - 1e-3)
+            with torch.no_grad():
+                self.rbm.c.copy_((per_channel.log() - (-per_channel).log1p()).to(self.rbm.c))
+
+    # ------------------------------------------------------------------ training
+    def loss_terms(self, x: Tensor, stage: str) -> dict[str, Tensor]:
+        v = self.to_model_space(x)
+        with torch.no_grad():
+            recon = self.rbm.reconstruction_error(v)
+        if stage != "train":
+            if stage == "val" and self._picture_example is None:
+                self._picture_example = v[:1].detach().clone()
+            fe = self.rbm.free_energy(v).mean()
+            _, p_mean = self.rbm.mean_hiddens(v)
+            return {"loss": fe, "free_energy": fe, "recon_error": recon, "pool_activity": p_mean.mean()}
+        chains = None
+        if self.persistent:
+            chains = self.chains
+            if not bool(self.chains_ready):
+                with torch.no_grad():
+                    chains.copy_(self.rbm.sample_visibles(torch.zeros(self.num_chains, self.rbm.n_filters,
+                                                                      *self.rbm.hidden_size, device=self.device),
+                                                          self.generator))
+                    self.chains_ready.fill_(True)
+        return {**self._cd_terms(self.rbm, v, chains), "recon_error": recon}
+
+    # ------------------------------------------------------------------ likelihood
+    @property
+    def estimator(self) -> str:
+        return "exact" if self.rbm.n_visible <= self.exact_max_units else "ais"
+
+    def compute_log_partition(self, n_runs: Optional[int] = None, n_steps: Optional[int] = None) -> LogPartition:
+        r""":math:`\log Z`: exact by enumeration of the visibles when small, else forward AIS from the base-rate model
+        (``ais_runs`` chains, ``ais_steps`` steps, seed ``ais_seed``; every process computes the same value)."""
+        if self.estimator == "exact":
+            log_z = conv_rbm_log_partition_enumerate(self.rbm, self.exact_max_units)
+            return LogPartition(log_z, "exact", interval=(log_z, log_z))
+        if self.rbm.visible != "binary":
+            raise ConfigError("ConvRBM: AIS is implemented for binary visibles only (model.init_args.visible=binary)")
+        runs, steps = n_runs or self.ais_runs, n_steps or self.ais_steps
+        rank_zero_info(f"ConvRBM: AIS log Z with {runs} runs x {steps} steps")
+        g = torch.Generator(device=self.device).manual_seed(self.ais_seed)
+        every = max(1, steps // 10)
+        res = conv_rbm_ais_log_partition(self.rbm, runs, steps, self.ais_base, g,
+                                         progress=lambda s, t: rank_zero_info(f"  AIS step {s}/{t}"), progress_every=every)
+        return LogPartition(res.log_z, "ais", res.log_z_std_error, res.log_z_interval, runs, steps,
+                            res.effective_sample_size, res.log_weights)
+
+    def ensure_log_partition(self) -> LogPartition:
+        if self._log_partition is None:
+            self._log_partition = self.compute_log_partition()
+        return self._log_partition
+
+    def log_prob(self, x: Tensor) -> Tensor:
+        return -self.rbm.free_energy(self.to_model_space(x)) - self.ensure_log_partition().log_z
+
+    def on_test_start(self) -> None:
+        self._log_partition = None
+        self.ensure_log_partition()
+
+    def on_test_epoch_end(self) -> None:
+        lp = self.ensure_log_partition()
+        self.log("test/logZ", lp.log_z, sync_dist=False)
+        self.log("test/logZ_std_error", lp.std_error, sync_dist=False)
+        if lp.estimator == "ais":
+            self.log("test/ais_ess", lp.effective_sample_size, sync_dist=False)
+        super().on_test_epoch_end()
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        self._log_partition = None
+
+    # ------------------------------------------------------------------ pictures
+    @torch.no_grad()
+    def sample(self, n: int) -> Tensor:
+        """``sample_steps`` Gibbs sweeps from the base-rate model; the last conditional means, ``(n, *data_shape)``."""
+        v0 = torch.bernoulli(torch.sigmoid(self.ais_base).expand(n, -1), generator=self.generator)
+        state = self.rbm.gibbs(v0.reshape(n, *self.image), self.sample_steps, self.generator)
+        return state.v_mean.reshape(n, *self.data_shape)
+
+    @torch.no_grad()
+    def reconstruct(self, x: Tensor) -> Tensor:
+        v = self.to_model_space(x)
+        return self.rbm.mean_visibles(self.rbm.mean_hiddens(v)[0]).reshape(x.shape)
+
+    @torch.no_grad()
+    def pictures(self, n: int = 64) -> dict[str, Tensor]:
+        """For :class:`~lightning_gm.callbacks.rbm.RBMPictures`: ``filters`` (each filter min-max scaled, first
+        channel) and ``pooled`` (pooling-unit probabilities of the first validation image, one map per group)."""
+        out = {"filters": scale_rows(self.rbm.W[:, 0].reshape(self.rbm.n_filters, -1))}
+        if self._picture_example is not None:
+            p = self.rbm.pool_probs(self._picture_example.to(self.device))[0]
+            out["pooled"] = p.reshape(self.rbm.n_filters, -1).clamp(0, 1).float().cpu()
+        return out
+
+
+class ConvDBN(_ConvCD, GenerativeModel):
+    r"""Convolutional deep belief network: greedy layer-wise stack of :class:`~lightning_gm.nn.conv_rbm.ConvolutionalRBM`.
+
+    Layer 0 sees the data; layer :math:`l > 0` sees the pooling-unit probabilities of layer :math:`l - 1`
+    (``K_{l-1}`` channels of size ``H_p x W_p``) as its (binary-typed) visibles. The layer being trained is the
+    phase of ``current_epoch`` (``train/layer``); a new layer starts with its visible biases from the log-odds
+    of its input and no momentum. Sampling: Gibbs in the top layer, then each layer below samples
+    :math:`P(v \mid p)` with its pooling units clamped to the layer above's visibles
+    (:meth:`~lightning_gm.nn.conv_rbm.ConvolutionalRBM.gibbs` with ``pool_clamp``).
+
+    No tractable likelihood: test metrics are ``test/free_energy_<l>`` and ``test/recon_error_<l>`` of every layer
+    on the upward pass (and ``test/loss``, the top layer's free energy), no ``test/nll``.
+
+    Args:
+        data_shape: ``(C, H, W)`` (linked from the data).
+        n_filters: groups per layer.
+        filter_size: filter side per layer.
+        pool_size: pooling block side per layer.
+        epochs_per_layer: training epochs of each layer (``trainer.max_epochs`` should be their sum).
+        visible: visibles of the first layer, ``binary`` or ``gaussian``.
+        k, weight_std, weight_cost, sparsity_target, sparsity_cost, init_visible_bias: as :class:`ConvRBM`
+            (the same for every layer).
+        sample_steps: Gibbs sweeps in the top layer behind :meth:`sample`.
+        down_steps: clamped Gibbs sweeps per lower layer behind :meth:`sample`.
+        optimizer: optimiser factory (default SGD, lr 0.01, momentum 0.9).
+        lr_scheduler: optional scheduler factory.
+
+    References:
+        Lee, Grosse, Ranganath & Ng (2009), section 3.4; Hinton, Osindero & Teh (2006).
+    """
+
+    family = "dbn"
+    #: as the DBN: the latest epoch is the best (recon errors of different layers are not comparable)
+    monitor = "val/stack_progress"
+    monitor_mode = "max"
+
+    def __init__(
+        self,
+        data_shape: Sequence[int] = (1, 28, 28),
+        n_filters: Sequence[int] = (40, 40),
+        filter_size: Sequence[int] = (6, 4),
+        pool_size: Sequence[int] = (2, 2),
+        epochs_per_layer: Sequence[int] = (5, 5),
+        visible: VisibleType = "binary",
+        k: int = 1,
+        weight_std: float = 0.01,
+        weight_cost: float = 1e-4,
+        sparsity_target: float = 0.05,
+        sparsity_cost: float = 1.0,
+        init_visible_bias: bool = True,
+        sample_steps: int = 200,
+        down_steps: int = 20,
+        optimizer: OptimizerCallable = _sgd,
+        lr_scheduler: Optional[LRSchedulerCallable] = None,
+    ) -> None:
+        super().__init__(data_shape, optimizer, lr_scheduler)
+        self.save_hyperparameters(ignore=["optimizer", "lr_scheduler"])
+        lists = {"n_filters": n_filters, "filter_size": filter_size, "pool_size": pool_size,
+                 "epochs_per_layer": epochs_per_layer}
+        lengths = {key: len(v) for key, v in lists.items()}
+        if len(set(lengths.values())) != 1 or lengths["n_filters"] < 1:
+            raise ConfigError(f"model.init_args n_filters, filter_size, pool_size and epochs_per_layer need one entry "
+                              f"per layer (the same length >= 1), got lengths {lengths}")
+        _check_positive(**lists, k=k)
+        if not 0 < sparsity_target < 1:
+            raise ConfigError(f"model.init_args.sparsity_target must be in (0, 1), got {sparsity_target}")
+        shape = image_shape(data_shape)
+        self.image = shape
+        layers = []
+        for l, (nf, fs, ps) in enumerate(zip(n_filters, filter_size, pool_size)):
+            c, h, w = shape
+            if fs > min(h, w):
+                raise ConfigError(f"model.init_args.filter_size[{l}]={fs} is larger than layer {l}'s input ({h}x{w})")
+            layers.append(ConvolutionalRBM(c, (h, w), nf, fs, ps, visible if l == 0 else "binary", weight_std))
+            shape = (nf, *layers[-1].pooled_size)
+        self.layers = nn.ModuleList(layers)
+        self.epochs_per_layer = [int(e) for e in epochs_per_layer]
+        self.k, self.weight_cost, self.sparsity_target, self.sparsity_cost = k, weight_cost, sparsity_target, sparsity_cost
+        self.init_visible_bias, self.sample_steps, self.down_steps = init_visible_bias, sample_steps, down_steps
+        self._generator = None
+        self._initialised_layer = -1
+        self._picture_example: Optional[Tensor] = None
+
+    @property
+    def num_layers(self) -> int:
+        return len(self.layers)
+
+    def layer_at(self, epoch: int) -> int:
+        """The layer trained in ``epoch`` (the last one after the schedule)."""
+        for layer, end in enumerate(itertools.accumulate(self.epochs_per_layer)):
+            if epoch < end:
+                return layer
+        return self.num_layers - 1
+
+    @property
+    def current_layer(self) -> int:
+        return self.layer_at(self.current_epoch)
+
+    def up(self, x: Tensor, layer: int) -> Tensor:
+        """Input of ``layer``: the data (``layer = 0``) or the pooling probabilities of the layer below."""
+        h = x.reshape(x.shape[0], *self.image).to(self.layers[0].W.dtype)
+        for rbm in list(self.layers)[:layer]:
+            h = rbm.pool_probs(h).detach()
+        return h
+
+    def on_fit_start(self) -> None:
+        if self.trainer.max_epochs is not None and 0 < self.trainer.max_epochs < sum(self.epochs_per_layer):
+            rank_zero_warn(f"ConvDBN: trainer.max_epochs={self.trainer.max_epochs} < sum(epochs_per_layer)="
+                           f"{sum(self.epochs_per_layer)}: the top layers will not be trained")
+
+    def _init_layer(self, layer: int) -> None:
+        dm = getattr(self.trainer, "datamodule", None)
+        if dm is None or not self.init_visible_bias:
+            return
+        rbm = self.layers[layer]
+        total, count = torch.zeros(rbm.in_channels, dtype=torch.float64, device=self.device), 0
+        with _Seeded(12345 + layer), torch.no_grad():
+            for batch in dm.train_dataloader():
+                h = self.up(_first(batch).to(self.device), layer)
+                total += h.double().sum((0, 2, 3))
+                count += h.shape[0] * h.shape[2] * h.shape[3]
+        p = (total / max(count, 1)).clamp(1e-3, 1 - 1e-3)
+        log_odds = self.trainer.strategy.broadcast((p.log() - (-p).log1p()), src=0)
+        if rbm.visible == "binary":
+            with torch.no_grad():
+                rbm.c.copy_(log_odds.to(rbm.c))
+
+    def on_train_epoch_start(self) -> None:
+        layer = self.current_layer
+        start = sum(self.epochs_per_layer[:layer])
+        if self.current_epoch == start and self._initialised_layer != layer:
+            self._init_layer(layer)
+            for opt in self.trainer.optimizers:  # a new layer starts with no momentum from the old one
+                for group in opt.param_groups:
+                    for p in group["params"]:
+                        opt.state.pop(p, None)
+        self._initialised_layer = layer
+
+    def loss_terms(self, x: Tensor, stage: str) -> dict[str, Tensor]:
+        layer = self.current_layer
+        rbm = self.layers[layer]
+        v = self.up(x, layer)
+        with torch.no_grad():
+            recon = rbm.reconstruction_error(v)
+        layer_t = torch.tensor(float(layer))
+        if stage != "train":
+            terms = {"loss": rbm.free_energy(v).mean(), "recon_error": recon, "layer": layer_t}
+            if stage == "val":
+                if self._picture_example is None:
+                    self._picture_example = x[:1].detach().clone()
+                terms["stack_progress"] = torch.tensor(float(self.current_epoch + 1))
+            return terms
+        return {**self._cd_terms(rbm, v, None), "recon_error": recon, "layer": layer_t}
+
+    # ------------------------------------------------------------------ test: no likelihood
+    @property
+    def estimator(self) -> str:
+        raise NotImplementedError("ConvDBN has no tractable log-likelihood estimate")
+
+    def log_prob(self, x: Tensor) -> Tensor:
+        raise NotImplementedError("ConvDBN has no tractable log-likelihood: see test/free_energy_<l>, test/recon_error_<l>")
+
+    def test_step(self, batch: Any, batch_idx: int) -> None:
+        x = _first(batch)
+        h = x.reshape(x.shape[0], *self.image).to(self.layers[0].W.dtype)
+        metrics = {}
+        for l, rbm in enumerate(self.layers):
+            metrics[f"test/free_energy_{l}"] = rbm.free_energy(h).mean()
+            metrics[f"test/recon_error_{l}"] = rbm.reconstruction_error(h)
+            h = rbm.pool_probs(h)
+        metrics["test/loss"] = metrics[f"test/free_energy_{self.num_layers - 1}"]
+        self.log_dict(metrics, on_epoch=True, batch_size=x.shape[0], sync_dist=True)
+
+    def on_test_epoch_end(self) -> None:
+        """Nothing to add: there is no ``test/nll`` for this family."""
+
+    # ------------------------------------------------------------------ generation and pictures
+    @torch.no_grad()
+    def sample(self, n: int) -> Tensor:
+        top = self.layers[-1]
+        v = torch.bernoulli(torch.full((n, top.in_channels, *top.image_size), 0.5, device=self.device),
+                            generator=self.generator)
+        v = top.gibbs(v, self.sample_steps, self.generator).v
+        for rbm in list(self.layers)[-2::-1]:
+            start = torch.bernoulli(torch.sigmoid(rbm.c).view(1, -1, 1, 1).expand(n, -1, *rbm.image_size),
+                                    generator=self.generator)
+            state = rbm.gibbs(start, self.down_steps, self.generator, pool_clamp=v)
+            v = state.v if rbm is not self.layers[0] else state.v_mean
+        if self.num_layers == 1:
+            v = top.mean_visibles(top.sample_hiddens(v, self.generator)[0])
+        return v.reshape(n, *self.data_shape)
+
+    @torch.no_grad()
+    def reconstruct(self, x: Tensor) -> Tensor:
+        rbm = self.layers[0]
+        v = x.reshape(x.shape[0], *self.image)
+        return rbm.mean_visibles(rbm.mean_hiddens(v)[0]).reshape(x.shape)
+
+    def layer_filters(self, layer: int) -> Tensor:
+        r"""Filters of ``layer`` in image space, ``(K_l, C_0, s, s)``: a layer-:math:`l` filter is drawn as the
+        sum of the layer-:math:`(l-1)` filters weighted by it, each pooling unit spread over its :math:`C \times C`
+        block (Lee et al. 2009, figure 3)."""
+        img = self.layers[layer].W.detach()
+        for below in list(self.layers)[layer - 1 :: -1] if layer > 0 else []:
+            img = img.repeat_interleave(below.pool_size, 2).repeat_interleave(below.pool_size, 3)
+            img = F.conv_transpose2d(img, below.W.detach())
+        return img
+
+    @torch.no_grad()
+    def pictures(self, n: int = 64) -> dict[str, Tensor]:
+        """``filters`` (layer 0), ``filters_layer<l>`` (higher layers in image space) and ``pooled`` maps of layer 0."""
+        out = {}
+        for l in range(self.num_layers):
+            w = self.layer_filters(l)[:, 0]
+            out["filters" if l == 0 else f"filters_layer{l}"] = scale_rows(w.reshape(w.shape[0], -1))
+        if self._picture_example is not None:
+            p = self.layers[0].pool_probs(self._picture_example.to(self.device).reshape(1, *self.image))[0]
+            out["pooled"] = p.reshape(p.shape[0], -1).clamp(0, 1).float().cpu()
+        return out

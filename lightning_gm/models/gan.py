@@ -1,0 +1,220 @@
+r"""Generative adversarial nets (Goodfellow et al. 2014), trained with Lightning's manual optimisation.
+
+A discriminator :math:`D(x) = \sigma(\ell(x))` and a generator :math:`G(z)`, :math:`z \sim \mathcal N(0, I)`, play
+
+.. math::
+
+    \min_G \max_D V(D, G), \qquad
+    V(D, G) = \mathbb E_{x \sim p_\text{data}}[\log D(x)] + \mathbb E_{z}[\log(1 - D(G(z)))] .
+
+Each training batch takes one discriminator step on
+:math:`\mathcal L_D = -V = \operatorname{softplus}(-\ell(x)) + \operatorname{softplus}(\ell(G(z)))` (batch means;
+:math:`\log \sigma(a) = -\operatorname{softplus}(-a)`, :math:`\log(1 - \sigma(a)) = -\operatorname{softplus}(a)`, stable
+for any logit), and every ``d_steps``-th batch also one generator step (Algorithm 1 of Goodfellow et al.: ``k``
+discriminator steps per generator step) on
+
+.. math::
+
+    \mathcal L_G^\text{minimax} = \mathbb E_z[\log(1 - D(G(z)))] = -\mathbb E_z[\operatorname{softplus}(\ell(G(z)))]
+    \quad\text{or}\quad
+    \mathcal L_G^\text{non-sat} = -\mathbb E_z[\log D(G(z))] = \mathbb E_z[\operatorname{softplus}(-\ell(G(z)))] ,
+
+the second (the default) having the same fixed point but strong gradients early on, when :math:`D` rejects
+every sample.
+
+Logged: ``{stage}/d_loss``, ``g_loss``, ``value`` (:math:`V`), ``d_real`` / ``d_fake`` (mean :math:`D` on data and
+samples), and at validation ``val/mmd2`` (picks the best checkpoint). Test: decoder-AIS ``test/nll``
+(see :mod:`lightning_gm.models.implicit`).
+
+References: Goodfellow et al. (2014), Generative Adversarial Nets; Radford, Metz & Chintala (2016), DCGAN;
+Wu, Burda, Salakhutdinov & Grosse (2017), On the Quantitative Analysis of Decoder-Based Generative Models.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal, Optional, Sequence
+
+import torch
+import torch.nn.functional as F
+from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
+from torch import Tensor
+
+from lightning_gm.errors import ConfigError
+from lightning_gm.models.base import _adam
+from lightning_gm.models.implicit import ImplicitGenerativeModel, NetFactory
+from lightning_gm.nn.generators import MLPDiscriminator
+
+__all__ = ["GAN", "GeneratorLoss", "discriminator_loss", "generator_loss", "value_function"]
+
+GeneratorLoss = Literal["minimax", "non_saturating"]
+
+
+def value_function(real_logits: Tensor, fake_logits: Tensor) -> Tensor:
+    r""":math:`V = \overline{\log D(x)} + \overline{\log(1 - D(G(z)))}` from discriminator logits (scalar)."""
+    return -F.softplus(-real_logits).mean() - F.softplus(fake_logits).mean()
+
+
+def discriminator_loss(real_logits: Tensor, fake_logits: Tensor) -> Tensor:
+    r"""The discriminator minimises :math:`-V` (binary cross-entropy of data vs samples)."""
+    return -value_function(real_logits, fake_logits)
+
+
+def generator_loss(fake_logits: Tensor, kind: GeneratorLoss = "non_saturating") -> Tensor:
+    r"""``minimax``: :math:`\overline{\log(1 - D(G(z)))}`; ``non_saturating``: :math:`-\overline{\log D(G(z))}`."""
+    if kind == "minimax":
+        return -F.softplus(fake_logits).mean()
+    if kind == "non_saturating":
+        return F.softplus(-fake_logits).mean()
+    raise ConfigError(f"model.init_args.generator_loss must be 'minimax' or 'non_saturating', got {kind!r}")
+
+
+class GAN(ImplicitGenerativeModel):
+    r"""Generator and discriminator trained by the minimax game (two optimisers, manual optimisation).
+
+    Args:
+        data_shape: shape of one example (linked from the data).
+        latent_dim: size of :math:`z \sim \mathcal N(0, I)`.
+        generator: factory ``(latent_dim, D) -> network`` (default MLPGenerator with ``hidden``); e.g.
+            :class:`~lightning_gm.nn.generators.ConvGenerator`.
+        discriminator: factory ``(D, 1) -> logit network`` (default MLPDiscriminator with
+            ``discriminator_hidden``); e.g. :class:`~lightning_gm.nn.generators.ConvDiscriminator`.
+        hidden: hidden widths of the default MLP generator.
+        discriminator_hidden: hidden widths of the default MLP discriminator.
+        generator_loss: ``minimax`` (:math:`\min \log(1 - D(G(z)))`, the value function) or
+            ``non_saturating`` (:math:`\min -\log D(G(z))`, default).
+        d_steps: discriminator steps per generator step (``k`` of Goodfellow et al.'s Algorithm 1; each on its own batch).
+        obs_sigma: observation standard deviation of the decoder-AIS test likelihood.
+        ais_chains: AIS chains per test example.
+        ais_steps: AIS annealing steps.
+        ais_leapfrog_steps: leapfrog steps per HMC transition.
+        ais_step_size: initial HMC step size.
+        ais_target_accept: HMC acceptance rate the step size is adapted to.
+        val_ais_examples: validation examples with a ``val/nll_ais`` estimate (0 = off; to choose ``obs_sigma``).
+        eval_seed: seed of the AIS noise.
+        optimizer: optimiser factory of the generator (default Adam, lr 1e-3).
+        discriminator_optimizer: optimiser factory of the discriminator (default Adam, lr 1e-3).
+        lr_scheduler: optional scheduler factory, applied to both optimisers and stepped every epoch.
+    """
+
+    family = "gan"
+
+    def __init__(
+        self,
+        data_shape: Sequence[int] = (784,),
+        latent_dim: int = 100,
+        generator: Optional[NetFactory] = None,
+        discriminator: Optional[NetFactory] = None,
+        hidden: Sequence[int] = (256, 512),
+        discriminator_hidden: Sequence[int] = (512, 256),
+        generator_loss: GeneratorLoss = "non_saturating",
+        d_steps: int = 1,
+        obs_sigma: float = 0.05,
+        ais_chains: int = 16,
+        ais_steps: int = 1000,
+        ais_leapfrog_steps: int = 10,
+        ais_step_size: float = 0.05,
+        ais_target_accept: float = 0.65,
+        val_ais_examples: int = 0,
+        eval_seed: int = 0,
+        optimizer: OptimizerCallable = _adam,
+        discriminator_optimizer: OptimizerCallable = _adam,
+        lr_scheduler: Optional[LRSchedulerCallable] = None,
+    ) -> None:
+        if generator_loss not in ("minimax", "non_saturating"):
+            raise ConfigError(
+                f"model.init_args.generator_loss must be 'minimax' or 'non_saturating', got {generator_loss!r}"
+            )
+        if d_steps < 1:
+            raise ConfigError(f"model.init_args.d_steps must be >= 1 (discriminator steps per generator step), got {d_steps}")
+        super().__init__(data_shape, latent_dim, generator, hidden, obs_sigma, ais_chains, ais_steps,
+                         ais_leapfrog_steps, ais_step_size, ais_target_accept, val_ais_examples, eval_seed,
+                         optimizer, lr_scheduler)
+        self.save_hyperparameters(ignore=["generator", "discriminator", "optimizer", "discriminator_optimizer",
+                                          "lr_scheduler"])
+        self.automatic_optimization = False
+        self.generator_loss, self.d_steps = generator_loss, int(d_steps)
+        self.discriminator_optimizer_factory = discriminator_optimizer
+        factory = discriminator or (lambda i, o: MLPDiscriminator(i, o, hidden=discriminator_hidden))
+        self.discriminator = factory(self.data_dim, 1)
+
+    def logits(self, x: Tensor) -> Tensor:
+        """Discriminator logits :math:`\\ell(x)` of flat examples ``(B, D)``: ``(B,)``."""
+        return self.discriminator(x).reshape(x.shape[0])
+
+    def loss_terms(self, x: Tensor, stage: str) -> dict[str, Tensor]:
+        """Both players' losses on a batch and fresh samples (no update; the validation/test numbers)."""
+        flat = x.flatten(1)
+        fake = self.generate(self.prior_noise(flat.shape[0]))
+        real_logits, fake_logits = self.logits(flat), self.logits(fake)
+        g_loss = generator_loss(fake_logits, self.generator_loss)
+        terms = {
+            "loss": g_loss, "d_loss": discriminator_loss(real_logits, fake_logits), "g_loss": g_loss,
+            "value": value_function(real_logits, fake_logits),
+            "d_real": torch.sigmoid(real_logits).mean(), "d_fake": torch.sigmoid(fake_logits).mean(),
+        }
+        if stage != "train":
+            terms["mmd2"] = self.sample_mmd2(flat)
+        return terms
+
+    # --- training: manual optimisation -----------------------------------------------------------
+    def training_step(self, batch: Any, batch_idx: int) -> Tensor:
+        x = batch[0] if isinstance(batch, (tuple, list)) else batch
+        flat = x.flatten(1)
+        opt_g, opt_d = self.optimizers()
+        n = flat.shape[0]
+
+        # discriminator: minimise -V on this batch and fresh samples (the generator is held fixed)
+        self.toggle_optimizer(opt_d)
+        with torch.no_grad():
+            fake = self.generate(self.prior_noise(n))
+        real_logits, fake_logits = self.logits(flat), self.logits(fake)
+        d_loss = discriminator_loss(real_logits, fake_logits)
+        opt_d.zero_grad()
+        self.manual_backward(d_loss)
+        self._clip(opt_d)
+        opt_d.step()
+        self.untoggle_optimizer(opt_d)
+        logs = {"train/d_loss": d_loss.detach(), "train/value": -d_loss.detach(),
+                "train/d_real": torch.sigmoid(real_logits.detach()).mean(),
+                "train/d_fake": torch.sigmoid(fake_logits.detach()).mean()}
+
+        # generator: every d_steps-th batch, on fresh samples (the discriminator is held fixed)
+        if (batch_idx + 1) % self.d_steps == 0:
+            self.toggle_optimizer(opt_g)
+            g_loss = generator_loss(self.logits(self.generate(self.prior_noise(n))), self.generator_loss)
+            opt_g.zero_grad()
+            self.manual_backward(g_loss)
+            self._clip(opt_g)
+            opt_g.step()
+            self.untoggle_optimizer(opt_g)
+            logs["train/g_loss"] = g_loss.detach()
+        self.log_dict(logs, on_step=True, on_epoch=True, batch_size=n)
+        self.log("train/loss", d_loss.detach(), on_step=True, on_epoch=True, prog_bar=True, batch_size=n)
+        return d_loss.detach()
+
+    def _clip(self, opt: Any) -> None:
+        """Clip gradients if the CLI handed ``trainer.gradient_clip_val`` to the model (manual optimisation:
+        Lightning does not clip by itself)."""
+        value = getattr(self, "gradient_clip_val", None)
+        if value:
+            self.clip_gradients(opt, gradient_clip_val=value,
+                                gradient_clip_algorithm=getattr(self, "gradient_clip_algorithm", None) or "norm")
+
+    def configure_optimizers(self) -> Any:
+        opt_g = self.optimizer_factory(self.generator.parameters())
+        opt_d = self.discriminator_optimizer_factory(self.discriminator.parameters())
+        if self.lr_scheduler_factory is None:
+            return [opt_g, opt_d]
+        return [opt_g, opt_d], [self.lr_scheduler_factory(opt_g), self.lr_scheduler_factory(opt_d)]
+
+    def on_train_epoch_end(self) -> None:
+        schedulers = self.lr_schedulers()
+        if schedulers is None:
+            return
+        for sched in schedulers if isinstance(schedulers, list) else [schedulers]:
+            if isinstance(sched, torch.optim.lr_scheduler.ReduceLROnPlateau):
+                metric = self.trainer.callback_metrics.get(self.monitor)
+                if metric is not None:
+                    sched.step(metric)
+            else:
+                sched.step()

@@ -1,0 +1,213 @@
+r"""Shared base of the generator-only ("implicit") models, the GAN and the moment-matching net.
+
+A generator :math:`G` maps a latent :math:`z \sim \mathcal N(0, I_L)` to a point :math:`G(z)` of data space;
+the model defines no density of its own. For the platform's test table it is given one, as in Wu et al.
+(2017), by a Gaussian observation model with a stated standard deviation :math:`\sigma`:
+
+.. math::
+
+    p_\sigma(x) = \int \mathcal N(z; 0, I)\, \mathcal N\big(x; G(z), \sigma^2 I\big)\, dz ,
+
+estimated by annealed importance sampling from the prior to the posterior over :math:`z` with HMC
+transitions (:mod:`lightning_gm.estimators.decoder_ais`). The estimate is a stochastic lower bound in
+expectation, and it depends strongly on :math:`\sigma`: the estimator name states both (e.g.
+``ais-decoder(sigma=0.05,steps=1000)``). Wu et al. choose :math:`\sigma` on validation data; here
+``val_ais_examples > 0`` logs ``val/nll_ais`` for the configured ``obs_sigma`` on the first validation
+examples, so a sweep over ``obs_sigma`` with ``lightning_gm validate`` picks it (see :class:`ImplicitGenerativeModel`).
+
+Both models also log ``val/mmd2``: the biased squared MMD (kernel bandwidths of Li et al. 2015) between a
+validation batch and as many samples, a sample-quality number comparable between the GAN and the GMMN,
+and the metric that picks their best checkpoint.
+
+References: Wu, Burda, Salakhutdinov & Grosse (2017), On the Quantitative Analysis of Decoder-Based
+Generative Models; Goodfellow et al. (2014); Li, Swersky & Zemel (2015).
+"""
+
+from __future__ import annotations
+
+import contextlib
+from typing import Any, Callable, Iterator, Optional, Sequence
+
+import torch
+from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
+from torch import Tensor, nn
+
+from lightning_gm.errors import ConfigError, LightningGMError
+from lightning_gm.estimators.mmd import DEFAULT_BANDWIDTHS, mmd2
+from lightning_gm.models.base import GenerativeModel, _adam
+from lightning_gm.nn.generators import MLPGenerator
+
+__all__ = ["ImplicitGenerativeModel", "NetFactory", "decoder_ais_functions"]
+
+#: ``(in_features, out_features) -> network`` on flat vectors
+NetFactory = Callable[[int, int], nn.Module]
+
+
+def decoder_ais_functions() -> tuple[Callable[..., Any], Callable[..., Any]]:
+    """``(decoder_ais_log_prob, gaussian_observation)`` from :mod:`lightning_gm.estimators.decoder_ais`,
+    or a clear error when that estimator is not installed."""
+    try:
+        from lightning_gm.estimators.decoder_ais import decoder_ais_log_prob, gaussian_observation
+    except ImportError as exc:  # pragma: no cover - depends on the other half of issue 12
+        raise LightningGMError(
+            "the test log-likelihood of a GAN / GMMN needs lightning_gm.estimators.decoder_ais (AIS for decoder-based "
+            "models), which is not available in this installation; train with --test_after_fit=false"
+        ) from exc
+    return decoder_ais_log_prob, gaussian_observation
+
+
+@contextlib.contextmanager
+def _frozen(module: nn.Module) -> Iterator[None]:
+    """Parameters of ``module`` without gradients inside the block (HMC differentiates w.r.t. ``z`` only)."""
+    flags = [p.requires_grad for p in module.parameters()]
+    try:
+        for p in module.parameters():
+            p.requires_grad_(False)
+        yield
+    finally:
+        for p, f in zip(module.parameters(), flags):
+            p.requires_grad_(f)
+
+
+class ImplicitGenerativeModel(GenerativeModel):
+    r"""A generator :math:`x = G(z)`, :math:`z \sim \mathcal N(0, I)`, with a decoder-AIS test log-likelihood.
+
+    Choosing ``obs_sigma`` on validation data (Wu et al. 2017), for a trained run::
+
+        for s in 0.02 0.05 0.1; do
+          lightning_gm validate --config runs/gan/RUN/config.yaml --ckpt_path runs/gan/RUN/checkpoints/last.ckpt \
+            --model.init_args.obs_sigma=$s --model.init_args.val_ais_examples=100 --trainer.limit_val_batches=1
+        done   # keep the sigma with the smallest val/nll_ais
+
+    Args:
+        data_shape: shape of one example (linked from the data).
+        latent_dim: size of :math:`z`.
+        generator: factory ``(latent_dim, D) -> network`` (default :class:`~lightning_gm.nn.generators.MLPGenerator`
+            with ``hidden``), e.g. :class:`~lightning_gm.nn.generators.ConvGenerator`.
+        hidden: hidden widths of the default MLP generator.
+        obs_sigma: standard deviation :math:`\sigma` of the Gaussian observation model of the test likelihood.
+        ais_chains: AIS chains per test example.
+        ais_steps: annealing steps (intermediate distributions) of each chain.
+        ais_leapfrog_steps: leapfrog steps per HMC transition.
+        ais_step_size: initial HMC step size (adapted towards ``ais_target_accept``).
+        ais_target_accept: HMC acceptance rate the step size is adapted to.
+        val_ais_examples: examples of the first validation batch whose ``val/nll_ais`` is estimated each
+            validation (0 = never; > 0 to choose ``obs_sigma`` on validation data).
+        eval_seed: seed of the AIS noise (each call to :meth:`log_prob` starts from it: deterministic).
+        optimizer: optimiser factory of the generator (default Adam, lr 1e-3).
+        lr_scheduler: optional scheduler factory.
+    """
+
+    family = "implicit"
+    monitor = "val/mmd2"
+    monitor_mode = "min"
+
+    def __init__(
+        self,
+        data_shape: Sequence[int] = (784,),
+        latent_dim: int = 100,
+        generator: Optional[NetFactory] = None,
+        hidden: Sequence[int] = (256, 512),
+        obs_sigma: float = 0.05,
+        ais_chains: int = 16,
+        ais_steps: int = 1000,
+        ais_leapfrog_steps: int = 10,
+        ais_step_size: float = 0.05,
+        ais_target_accept: float = 0.65,
+        val_ais_examples: int = 0,
+        eval_seed: int = 0,
+        optimizer: OptimizerCallable = _adam,
+        lr_scheduler: Optional[LRSchedulerCallable] = None,
+    ) -> None:
+        super().__init__(data_shape, optimizer, lr_scheduler)
+        checks = {
+            "latent_dim": (latent_dim >= 1, latent_dim), "obs_sigma": (obs_sigma > 0, obs_sigma),
+            "ais_chains": (ais_chains >= 1, ais_chains), "ais_steps": (ais_steps >= 1, ais_steps),
+            "ais_leapfrog_steps": (ais_leapfrog_steps >= 1, ais_leapfrog_steps),
+            "ais_step_size": (ais_step_size > 0, ais_step_size),
+            "ais_target_accept": (0 < ais_target_accept < 1, ais_target_accept),
+            "val_ais_examples": (val_ais_examples >= 0, val_ais_examples),
+        }
+        for key, (ok, value) in checks.items():
+            if not ok:
+                raise ConfigError(f"model.init_args.{key}: invalid value {value!r} (see the {type(self).__name__} docstring)")
+        self.latent_dim = int(latent_dim)
+        self.obs_sigma = float(obs_sigma)
+        self.ais_chains, self.ais_steps = int(ais_chains), int(ais_steps)
+        self.ais_leapfrog_steps, self.ais_step_size = int(ais_leapfrog_steps), float(ais_step_size)
+        self.ais_target_accept = float(ais_target_accept)
+        self.val_ais_examples, self.eval_seed = int(val_ais_examples), int(eval_seed)
+        factory = generator or (lambda i, o: MLPGenerator(i, o, hidden=hidden))
+        self.generator = factory(self.latent_dim, self.data_dim)
+        self.last_accept_rate: Optional[float] = None
+
+    # --- the generator ---------------------------------------------------------------------------
+    def prior_noise(self, n: int) -> Tensor:
+        """``n`` draws of :math:`z \\sim \\mathcal N(0, I)`, ``(n, latent_dim)``."""
+        return torch.randn(n, self.latent_dim, device=self.device, dtype=self.dtype)
+
+    def generate(self, z: Tensor) -> Tensor:
+        """Flat generator output :math:`G(z)`, ``(N, D)``, for latents ``(N, latent_dim)``."""
+        return self.generator(z)
+
+    @torch.no_grad()
+    def sample(self, n: int) -> Tensor:
+        return self.generate(self.prior_noise(n)).view(n, *self.data_shape)
+
+    def sample_mmd2(self, x: Tensor) -> Tensor:
+        """Biased squared MMD (bandwidths of Li et al.) between ``x`` and as many generator samples."""
+        with torch.no_grad():
+            return mmd2(x.flatten(1), self.generate(self.prior_noise(x.shape[0])), DEFAULT_BANDWIDTHS, unbiased=False)
+
+    # --- the test likelihood ------------------------------------------------------------------
+    def decoder_log_likelihood(self, z: Tensor, x: Tensor) -> Tensor:
+        r""":math:`\log \mathcal N(x; G(z), \sigma^2 I)` with :math:`\sigma` = ``obs_sigma``, ``(N,)`` for ``z``
+        ``(N, latent_dim)`` and flat ``x`` ``(N, D)`` (also what
+        :class:`~lightning_gm.callbacks.decoder_ais.DecoderAISEvaluation` uses with ``observation: model``)."""
+        _, gaussian_observation = decoder_ais_functions()
+        return gaussian_observation(self.generate, self.obs_sigma)(z, x)
+
+    @property
+    def estimator(self) -> str:
+        return f"ais-decoder(sigma={self.obs_sigma:g},steps={self.ais_steps})"
+
+    def log_prob(self, x: Tensor) -> Tensor:
+        r"""Decoder-AIS estimate of :math:`\log p_\sigma(x)`, ``(B,)`` (nats; ``ais_chains`` chains of
+        ``ais_steps`` HMC steps per example; deterministic given ``eval_seed``)."""
+        decoder_ais_log_prob, gaussian_observation = decoder_ais_functions()
+        gen = torch.Generator(device=x.device).manual_seed(self.eval_seed)
+        was_training = self.generator.training
+        self.generator.eval()
+        bar = None
+        if self._trainer is not None and self.trainer.is_global_zero:
+            from lightning_gm.callbacks.ais import _Bar
+
+            bar = _Bar(True, f"decoder AIS, {x.shape[0]} examples x {self.ais_chains} chains")
+        try:
+            # Lightning evaluates under inference mode; HMC needs gradients with respect to z
+            with torch.inference_mode(False), torch.enable_grad(), _frozen(self.generator):
+                flat = x.flatten(1).detach().clone()
+                result = decoder_ais_log_prob(
+                    gaussian_observation(self.generate, self.obs_sigma), flat, self.latent_dim,
+                    n_chains=self.ais_chains, n_steps=self.ais_steps, leapfrog_steps=self.ais_leapfrog_steps,
+                    step_size=self.ais_step_size, target_accept=self.ais_target_accept, generator=gen, progress=bar,
+                )
+        finally:
+            self.generator.train(was_training)
+            if bar is not None:
+                bar.close()
+        self.last_accept_rate = float(result.accept_rate)
+        return result.log_prob.detach().to(x.dtype)
+
+    def test_step(self, batch: Any, batch_idx: int) -> None:
+        super().test_step(batch, batch_idx)
+        if self.last_accept_rate is not None:
+            self.log("test/ais_accept_rate", self.last_accept_rate, on_epoch=True, batch_size=1)
+
+    def validation_step(self, batch: Any, batch_idx: int) -> Tensor:
+        loss = super().validation_step(batch, batch_idx)
+        if batch_idx == 0 and self.val_ais_examples > 0:
+            x = batch[0] if isinstance(batch, (tuple, list)) else batch
+            nll = -self.log_prob(x[: self.val_ais_examples])
+            self.log("val/nll_ais", nll.mean(), batch_size=nll.shape[0])
+        return loss
