@@ -215,7 +215,7 @@ class RBMBase(nn.Module):
         with torch.no_grad():
             return bernoulli(self.mean_hiddens(v), generator)
 
-    def free_energy(self, v: Tensor) -> Tensor:
+    def free_energy(self, v: Tensor, hidden_logits: Tensor | None = None) -> Tensor:
         r"""Free energy with the hidden units summed out.
 
         .. math::
@@ -225,14 +225,16 @@ class RBMBase(nn.Module):
 
         Args:
             v: ``(..., n_visible)``.
+            hidden_logits: :meth:`hidden_logits` of ``v`` when the caller has them (saves a matrix product).
 
         Returns:
             ``(...)``.
         """
         v = self._as_param_dtype(v)
+        logits = self.hidden_logits(v) if hidden_logits is None else hidden_logits
         # softplus(x) = log(1 + e^x) computed without overflow for large x (torch uses
         # x + log1p(e^-x) above a threshold), so large activations do not produce inf.
-        return self._visible_energy(v) - F.softplus(self.hidden_logits(v)).sum(-1)
+        return self._visible_energy(v) - F.softplus(logits).sum(-1)
 
     def gibbs_vhv(self, v: Tensor, k: int = 1, generator: torch.Generator | None = None,
                   hidden_logits: Tensor | None = None) -> GibbsState:
@@ -294,11 +296,7 @@ class RBMBase(nn.Module):
         Returns:
             Scalar tensor.
         """
-        if data_logits is None:
-            data_term = self.free_energy(v_data)
-        else:
-            data_term = self._visible_energy(self._as_param_dtype(v_data)) - F.softplus(data_logits).sum(-1)
-        return data_term.mean() - self.free_energy(v_model.detach()).mean()
+        return self.free_energy(v_data, data_logits).mean() - self.free_energy(v_model.detach()).mean()
 
     def reconstruction_error(self, v: Tensor, hidden_probs: Tensor | None = None) -> Tensor:
         r"""Mean squared error of one mean-field up-down pass (a training monitor, not a likelihood).
