@@ -53,7 +53,7 @@ from lightning_gm.errors import ConfigError
 from lightning_gm.estimators.ais import base_rate_log_odds
 from lightning_gm.models.base import GenerativeModel
 from lightning_gm.models.rbm import PartitionMixin, _first, _Seeded, _sgd, cd_step
-from lightning_gm.nn.rbm import BernoulliRBM, RBMBase
+from lightning_gm.nn.rbm import BernoulliRBM, RBMBase, bernoulli
 
 __all__ = ["DBN", "bernoulli_log_prob"]
 
@@ -193,7 +193,7 @@ class DBN(PartitionMixin, GenerativeModel):
         h = x.reshape(x.shape[0], -1).to(self.rbms[0].W.dtype)
         for rbm in self.rbms[:layer]:
             p = rbm.mean_hiddens(h)
-            h = p if (mode or self.propagate) == "mean" else torch.bernoulli(p, generator=generator)
+            h = p if (mode or self.propagate) == "mean" else bernoulli(p, generator)
         return h
 
     # ------------------------------------------------------------------ training
@@ -323,7 +323,7 @@ class DBN(PartitionMixin, GenerativeModel):
         h = x.reshape(x.shape[0], -1).to(self.rbms[0].W.dtype).expand(n, -1, -1)
         out = []
         for rbm in self.rbms[:-1]:
-            h = torch.bernoulli(rbm.mean_hiddens(h), generator=generator)
+            h = bernoulli(rbm.mean_hiddens(h), generator)
             out.append(h)
         return out
 

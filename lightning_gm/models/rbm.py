@@ -487,7 +487,9 @@ class _RBMModelBase(PartitionMixin, GenerativeModel):
             value, grads = self.rbm.cd_gradients(v, v_model, logits, self.weight_cost,
                                                  None if signal is None else (signal, self.sparsity_cost),
                                                  compute_value=logged)
-            loss = with_gradients(value, (self.rbm.W, self.rbm.b, self.rbm.c), grads)
+            # in a one-process fit _backward hands the gradients to .grad: the loss needs no autograd carrier
+            fitting_alone = self._trainer is not None and self._single_process()
+            loss = value if fitting_alone else with_gradients(value, (self.rbm.W, self.rbm.b, self.rbm.c), grads)
             self._closed_form_grads = grads
             if logged:
                 terms["cd_gap"] = value
@@ -501,12 +503,14 @@ class _RBMModelBase(PartitionMixin, GenerativeModel):
         terms["loss"] = loss
         return terms
 
+    def _single_process(self) -> bool:
+        return self._trainer is None or self.trainer.world_size == 1
+
     def _backward(self, loss: Tensor) -> None:
         """Closed-form CD gradients go straight into ``.grad`` in a single process (no autograd pass); under
         DDP ``manual_backward`` runs, so that DDP all-reduces them."""
         grads, self._closed_form_grads = self._closed_form_grads, None
-        single = self._trainer is None or self.trainer.world_size == 1
-        if grads is None or not single:
+        if grads is None or not self._single_process():
             return super()._backward(loss)
         for param, grad in zip((self.rbm.W, self.rbm.b, self.rbm.c), grads):
             param.grad = grad if param.grad is None else param.grad + grad

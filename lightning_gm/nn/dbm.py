@@ -53,6 +53,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from lightning_gm.nn.rbm import bernoulli
+
 __all__ = ["BinaryDBM", "bernoulli_entropy"]
 
 
@@ -190,7 +192,7 @@ class BinaryDBM(nn.Module):
     def sample_layer(self, states: Sequence[Optional[Tensor]], l: int, generator: torch.Generator | None = None) -> tuple[Tensor, Tensor]:
         r"""Draw :math:`x_l \sim p(x_l \mid x_{l-1}, x_{l+1})`; returns ``(sample, probabilities)``."""
         p = torch.sigmoid(self.layer_input(states, l))
-        return torch.bernoulli(p, generator=generator), p
+        return bernoulli(p, generator), p
 
     def gibbs_sweep(self, states: list[Tensor], generator: torch.Generator | None = None,
                     clamp_visible: bool = False) -> list[Tensor]:

@@ -38,24 +38,51 @@ from __future__ import annotations
 import math
 from typing import Any, NamedTuple, Optional, Sequence
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-__all__ = ["RBMBase", "BernoulliRBM", "GaussianBernoulliRBM", "GibbsState", "bernoulli", "with_gradients"]
+__all__ = ["RBMBase", "BernoulliRBM", "GaussianBernoulliRBM", "GibbsState", "bernoulli", "uniform", "with_gradients"]
 
 _LOG_2PI = math.log(2.0 * math.pi)
 
 
-def bernoulli(p: Tensor, generator: torch.Generator | None = None) -> Tensor:
-    r"""Independent Bernoulli draws :math:`x_i = [u_i < p_i]`, :math:`u_i \sim U(0, 1)`, in ``p``'s dtype.
+_NUMPY_DTYPE = {torch.float32: np.float32, torch.float64: np.float64}
+_NUMPY_UNIFORM_MIN = 4096  # below this many draws torch's own generator is as fast (no seeding cost)
 
-    The same distribution as ``torch.bernoulli(p)``, about twice as fast on a CPU (one uniform draw and an
+
+def uniform(shape: Sequence[int], generator: torch.Generator | None = None, dtype: torch.dtype = torch.float32,
+            device: torch.device | str | None = None) -> Tensor:
+    r"""``torch.rand(shape, generator=generator, dtype=dtype, device=device)`` in law: independent
+    :math:`U[0, 1)` draws (24 random bits for ``float32``, 53 for ``float64``).
+
+    On a CPU, large float32/float64 requests are filled by NumPy's PCG64DXSM generator, seeded with a 62-bit
+    integer drawn from ``generator``: about 3x faster than torch's CPU Mersenne twister, which costs as
+    much as a matrix product in an RBM's Gibbs step. The stream stays a function of ``generator``'s state
+    alone, so seeding, checkpointing and resuming ``generator`` still reproduce the draws exactly. Other
+    devices and dtypes use ``torch.rand``.
+    """
+    shape = tuple(shape)
+    device = torch.device("cpu") if device is None else torch.device(device)
+    if device.type != "cpu" or dtype not in (torch.float32, torch.float64) or math.prod(shape) < _NUMPY_UNIFORM_MIN:
+        return torch.rand(shape, generator=generator, dtype=dtype, device=device)
+    seed = int(torch.randint(0, 2**62, (), generator=generator))
+    out = torch.empty(shape, dtype=dtype)
+    np.random.Generator(np.random.PCG64DXSM(seed)).random(out=out.numpy(), dtype=_NUMPY_DTYPE[dtype])
+    return out
+
+
+def bernoulli(p: Tensor, generator: torch.Generator | None = None) -> Tensor:
+    r"""Independent Bernoulli draws :math:`x_i = [u_i < p_i]`, :math:`u_i \sim U(0, 1)` (:func:`uniform`), in
+    ``p``'s dtype.
+
+    The same distribution as ``torch.bernoulli(p)``, 2-4x faster on a CPU (one fast uniform draw and an
     in-place comparison), which matters in Gibbs chains where sampling costs as much as a matrix product.
     No gradient flows through it.
     """
     with torch.no_grad():
-        return torch.rand(p.shape, generator=generator, dtype=p.dtype, device=p.device).lt_(p)
+        return uniform(p.shape, generator, p.dtype, p.device).lt_(p)
 
 
 class _WithGradients(torch.autograd.Function):

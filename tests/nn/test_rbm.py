@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from lightning_gm.nn.rbm import BernoulliRBM, GaussianBernoulliRBM, GibbsState, bernoulli, with_gradients
+from lightning_gm.nn.rbm import BernoulliRBM, GaussianBernoulliRBM, GibbsState, bernoulli, uniform, with_gradients
 
 KINDS = ["bernoulli", "gaussian"]
 
@@ -390,3 +390,31 @@ def test_pseudo_log_likelihood_matches_sklearn(seed: int) -> None:
     random_pll = rbm.pseudo_log_likelihood(v, generator=torch.Generator().manual_seed(seed))
     all_pll = torch.stack([rbm.pseudo_log_likelihood(v, flip_index=torch.full((20,), i)) for i in range(8)], 1)
     assert torch.all(torch.isclose(random_pll[:, None], all_pll).any(1))
+
+
+def test_uniform_is_reproducible_from_the_generator_state_and_uniform_in_law() -> None:
+    g = torch.Generator().manual_seed(11)
+    state = g.get_state()
+    a, b = uniform((300, 400), g), uniform((300, 400), g)
+    assert not torch.equal(a, b)  # the generator advanced: consecutive draws are new
+    g.set_state(state)  # a checkpointed generator state replays the same draws
+    assert torch.equal(uniform((300, 400), g), a)
+    # U[0, 1): mean 1/2 and variance 1/12 within 5 standard errors, and the deciles are even
+    x = torch.cat([a.flatten(), b.flatten()]).double()
+    n = x.numel()
+    assert 0.0 <= float(x.min()) and float(x.max()) < 1.0
+    assert abs(float(x.mean()) - 0.5) < 5 * (1 / 12 / n) ** 0.5
+    assert abs(float(x.var()) - 1 / 12) < 5 * (1 / 180 / n) ** 0.5
+    counts = torch.histc(x, bins=10, min=0.0, max=1.0)
+    chi2 = float(((counts - n / 10) ** 2 / (n / 10)).sum())
+    assert chi2 < 35.0  # 9 degrees of freedom: P(chi2 > 35) < 1e-4
+    # float64 draws carry more than float32's 24 random bits
+    d = uniform((100, 100), g, torch.float64)
+    assert d.dtype == torch.float64 and bool(((d * 2**24) % 1 != 0).any())
+
+
+def test_uniform_falls_back_to_torch_for_small_requests_and_other_dtypes() -> None:
+    g1, g2 = torch.Generator().manual_seed(5), torch.Generator().manual_seed(5)
+    assert torch.equal(uniform((10, 10), g1), torch.rand((10, 10), generator=g2))
+    h = uniform((100, 100), g1, torch.bfloat16)
+    assert h.dtype == torch.bfloat16 and torch.equal(h, torch.rand((100, 100), generator=g2, dtype=torch.bfloat16))
