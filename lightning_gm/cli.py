@@ -20,7 +20,7 @@ import re
 import sys
 import time
 from pathlib import Path
-from typing import Any, Callable, NoReturn, Optional
+from typing import Any, Callable, NoReturn, Optional, Union
 
 import yaml
 from jsonargparse import Namespace
@@ -90,6 +90,19 @@ class SaveResolvedConfig(SaveConfigCallback):
             logger.log_hyperparams(resolved)
 
 
+_LIMIT_KEYS = tuple(f"trainer.limit_{stage}_batches" for stage in ("train", "val", "test", "predict"))
+
+
+def _count_before_fraction(parser: LightningArgumentParser) -> None:
+    """``--trainer.limit_test_batches=1`` means one batch, as in Lightning's docs (an int is a number of
+    batches, a float a fraction). The Trainer's signature types these keys ``Union[float, int, None]``, and
+    jsonargparse tries the types in order, so ``1`` became ``1.0``, i.e. the whole set. Here they read an
+    integer as an int first (``1.0`` stays a fraction)."""
+    for action in parser._actions:
+        if action.dest in _LIMIT_KEYS and hasattr(action, "_typehint"):
+            action._typehint = Optional[Union[int, float]]
+
+
 class GenerativeCLI(LightningCLI):
     """LightningCLI in omegaconf mode, subclass mode for ``model`` and ``data``, with run folders."""
 
@@ -123,6 +136,7 @@ class GenerativeCLI(LightningCLI):
         parser.add_argument("--test_after_fit", type=bool, default=True,
                             help="After fit, evaluate the best checkpoint on the test set (test/nll).")
         parser.link_arguments("data.shape", "model.init_args.data_shape", apply_on="instantiate")
+        _count_before_fraction(parser)
 
     def instantiate_classes(self) -> None:
         """Build model, data and trainer; a value a class rejects becomes one ConfigError message."""

@@ -197,6 +197,16 @@ def test_every_shipped_config_instantiates(config, tmp_path, monkeypatch):
     assert cli.model.num_parameters() > 0
 
 
+@pytest.mark.parametrize("value, expected", [("1", 1), ("3", 3), ("1.0", 1.0), ("0.25", 0.25)])
+def test_limit_batches_reads_an_integer_as_a_count(value, expected, tmp_path, monkeypatch):
+    """Lightning: an int is a number of batches, a float a fraction; ``1`` must not become ``1.0`` (all)."""
+    monkeypatch.chdir(tmp_path)
+    cli = GenerativeCLI(args=["--config", DIGITS, f"--trainer.limit_test_batches={value}",
+                              f"--trainer.limit_train_batches={value}", "--trainer.logger=false"], run=False)
+    for limit in (cli.trainer.limit_test_batches, cli.trainer.limit_train_batches):
+        assert limit == expected and type(limit) is type(expected)
+
+
 def test_print_config_round_trips(run_cli, capsys, tmp_path):
     assert run_cli("fit", "--config", DIGITS, "--print_config") == 0
     printed = capsys.readouterr().out

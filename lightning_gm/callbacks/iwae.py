@@ -31,7 +31,7 @@ from torch import Tensor
 from lightning_gm.estimators.seeded import active_units, gather_by_index, seeded_importance_weighted, shard_indices
 from lightning_gm.metrics import bits_per_dim
 
-__all__ = ["IWAEEvaluation", "test_examples"]
+__all__ = ["IWAEEvaluation", "test_examples", "tested_examples"]
 
 
 def test_examples(trainer: pl.Trainer) -> Any:
@@ -39,6 +39,26 @@ def test_examples(trainer: pl.Trainer) -> Any:
     loaders = trainer.test_dataloaders
     loader = loaders[0] if isinstance(loaders, (list, tuple)) else loaders
     return loader.dataset
+
+
+def tested_examples(trainer: pl.Trainer) -> int:
+    """How many examples, from the start of the test set, the running test loop covers: all of them, or the
+    first ``trainer.limit_test_batches`` batches of every process (a fraction or a count, as Lightning reads
+    it). Evaluation callbacks that fetch examples themselves use it, so that a limited test evaluates the
+    same examples as the loop."""
+    dataset = test_examples(trainer)
+    n = len(dataset)
+    batches = trainer.num_test_batches
+    limit = batches[0] if isinstance(batches, (list, tuple)) and batches else batches
+    if not isinstance(limit, (int, float)) or math.isinf(limit):
+        return n
+    loaders = trainer.test_dataloaders
+    loader = loaders[0] if isinstance(loaders, (list, tuple)) else loaders
+    batch_size = getattr(loader, "batch_size", None)
+    if not batch_size:
+        raise ValueError("limit_test_batches is set but the test dataloader has no batch_size: cannot tell which "
+                         "examples the limited test covers; remove the limit or give the loader a batch_size")
+    return min(n, int(limit) * int(batch_size) * trainer.world_size)
 
 
 def _fetch(dataset: Any, idx: Tensor) -> Tensor:
@@ -84,7 +104,7 @@ class IWAEEvaluation(pl.Callback):
         """Run the evaluation on the trainer's test set, log it and return the numbers."""
         start = time.time()
         dataset = test_examples(trainer)
-        n = len(dataset)
+        n = tested_examples(trainer)  # all, or the prefix a limited test loop covers
         local = shard_indices(n, trainer.global_rank, trainer.world_size)
         bar = None
         if self.progress and trainer.is_global_zero and trainer.progress_bar_callback is not None:
@@ -119,6 +139,7 @@ class IWAEEvaluation(pl.Callback):
             "test/nll": float(nll),
             "test/nll_stderr": float(lp_all.std() / math.sqrt(n)) if n > 1 else 0.0,
             "test/iw_elbo": float(elbo_all.mean()),
+            "test/iwae_examples": float(n),
         }
         offset = getattr(getattr(trainer, "datamodule", None), "bpd_offset", None)
         if offset is not None:

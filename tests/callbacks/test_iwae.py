@@ -63,3 +63,16 @@ def test_two_process_evaluation_equals_one_process(checkpoint):
     other = _test(cwd, ckpt, "seed", "--model.init_args.eval_seed=1")
     assert other["test"]["test/nll"] != t["test/nll"]
     assert abs(other["test"]["test/nll"] - t["test/nll"]) < 5 * t["test/nll_stderr"]
+
+
+def test_a_limited_test_evaluates_the_examples_its_loop_covers(checkpoint):
+    """``limit_test_batches`` limits the IWAE evaluation to the examples the test loop sees (the first ones):
+    2 batches of 50 and 1 batch of 100 are the same 100 examples with the same per-example noise."""
+    cwd, ckpt = checkpoint
+    two = _test(cwd, ckpt, "lim2x50", "--trainer.limit_test_batches=2", "--data.init_args.eval_batch_size=50")
+    one = _test(cwd, ckpt, "lim1x100", "--trainer.limit_test_batches=1", "--data.init_args.eval_batch_size=100")
+    three = _test(cwd, ckpt, "lim3x50", "--trainer.limit_test_batches=3", "--data.init_args.eval_batch_size=50")
+    assert two["test"]["test/iwae_examples"] == one["test"]["test/iwae_examples"] == 100
+    assert three["test"]["test/iwae_examples"] == 150
+    assert two["test"]["test/nll"] == one["test"]["test/nll"]
+    assert three["test"]["test/nll"] != one["test"]["test/nll"]

@@ -409,7 +409,7 @@ def test_uniform_is_reproducible_from_the_generator_state_and_uniform_in_law() -
     chi2 = float(((counts - n / 10) ** 2 / (n / 10)).sum())
     assert chi2 < 35.0  # 9 degrees of freedom: P(chi2 > 35) < 1e-4
     # float64 draws carry more than float32's 24 random bits
-    d = uniform((100, 100), g, torch.float64)
+    d = uniform((200, 200), g, torch.float64)
     assert d.dtype == torch.float64 and bool(((d * 2**24) % 1 != 0).any())
 
 
@@ -418,3 +418,5 @@ def test_uniform_falls_back_to_torch_for_small_requests_and_other_dtypes() -> No
     assert torch.equal(uniform((10, 10), g1), torch.rand((10, 10), generator=g2))
     h = uniform((100, 100), g1, torch.bfloat16)
     assert h.dtype == torch.bfloat16 and torch.equal(h, torch.rand((100, 100), generator=g2, dtype=torch.bfloat16))
+    # a large float32 request takes the NumPy path: other numbers than torch's from the same state
+    assert not torch.equal(uniform((300, 400), g1), torch.rand((300, 400), generator=g2))
