@@ -87,13 +87,13 @@ class BareCD:
             self.update()
 
 
-def _platform(x: torch.Tensor, load_batch: int) -> tuple[Any, Any]:
+def _platform(x: torch.Tensor, load_batch: int, n_hidden: int = 500) -> tuple[Any, Any]:
     from torch.utils.data import DataLoader
 
     from lightning_gm.data.modules import BatchDataset, _batch_collate
     from lightning_gm.models import RBM
 
-    model = RBM(data_shape=(784,), n_hidden=500, persistent=False, k=1, weight_cost=0.0, init_visible_bias=False,
+    model = RBM(data_shape=(x.shape[1],), n_hidden=n_hidden, persistent=False, k=1, weight_cost=0.0, init_visible_bias=False,
                 momentum_warmup_epochs=0, optimizer=lambda p: torch.optim.SGD(p, lr=0.05, momentum=0.5),
                 update_batch_size=100 if load_batch > 100 else None)
     # the platform's batched loader: one indexing operation per loaded batch (MNISTDataModule serves them so)
@@ -119,7 +119,8 @@ def lightning_epoch(x: torch.Tensor, load_batch: int = 100) -> Callable[[], None
     return lambda: _trainer(1, []).fit(model, loader)
 
 
-def interleaved(x: torch.Tensor, load_batch: int, bares: dict[str, BareCD], epochs: int) -> dict[str, list[float]]:
+def interleaved(x: torch.Tensor, load_batch: int, bares: dict[str, BareCD], epochs: int,
+                n_hidden: int = 500) -> dict[str, list[float]]:
     """The platform's fit and the bare loops take turns every loaded batch: after each batch of the fit, every
     bare loop makes as many updates as the platform just made, so all of them run in the same time windows
     (a few tens of milliseconds) and a shared machine's load hits them alike. The platform's window runs from
@@ -145,7 +146,7 @@ def interleaved(x: torch.Tensor, load_batch: int, bares: dict[str, BareCD], epoc
                 times[name].append(time.perf_counter() - start)
             self.resume = time.perf_counter()
 
-    model, loader = _platform(x, load_batch)
+    model, loader = _platform(x, load_batch, n_hidden)
     _trainer(epochs, [Interleave()]).fit(model, loader)
     return times
 
@@ -179,6 +180,19 @@ def _best(fn: Callable[[], None], repeats: int) -> float:
     return min(times)
 
 
+def _overhead(epochs: int) -> None:
+    from lightning_gm.nn.rbm import bernoulli
+
+    x = (torch.rand(50000, 4) < 0.2).float()
+    W, b, c = torch.randn(4, 2) * 0.01, torch.zeros(4), torch.zeros(2)
+    bares = {"bare torch loop with the platform's sampler": BareCD(x, W, b, c, sample=bernoulli)}
+    times = interleaved(x, 1000, bares, epochs, n_hidden=2)
+    n_updates = epochs * len(x) / 100
+    print(f"4-2 RBM, update_batch_size=100, {epochs} epochs of {len(x)} examples, torch threads {torch.get_num_threads()}")
+    for name, ts in times.items():
+        print(f"{name}: {1e3 * sum(ts) / n_updates:.3f} ms / update")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0 = torch's default)")
@@ -186,6 +200,9 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=3, help="epochs of the interleaved platform / bare-loop comparison")
     parser.add_argument("--examples", type=int, default=50000)
     parser.add_argument("--ais-runs", type=int, default=100, help="0 skips the AIS timing")
+    parser.add_argument("--overhead", action="store_true",
+                        help="only the framework's per-update cost: the interleaved comparison on a 4-2 RBM, where "
+                             "the arithmetic vanishes")
     parser.add_argument("--ais-steps", type=int, default=14500)
     args = parser.parse_args()
     if args.threads:
@@ -195,6 +212,9 @@ def main() -> None:
     from lightning_gm.nn.rbm import bernoulli
 
     pl.seed_everything(0, verbose=False)
+    if args.overhead:
+        _overhead(args.epochs)
+        return
     x = _data(args.examples)
     W, b, c = torch.randn(784, 500) * 0.01, torch.zeros(784), torch.zeros(500)
     threads = torch.get_num_threads()
