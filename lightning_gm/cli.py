@@ -103,6 +103,14 @@ def _count_before_fraction(parser: LightningArgumentParser) -> None:
             action._typehint = Optional[Union[int, float]]
 
 
+def _imported_class(class_path: Any) -> Any:
+    """The class named by a dotted path if its module is already imported (nothing is imported here)."""
+    if not isinstance(class_path, str) or "." not in class_path:
+        return None
+    module, name = class_path.rsplit(".", 1)
+    return getattr(sys.modules.get(module), name, None)
+
+
 class GenerativeCLI(LightningCLI):
     """LightningCLI in omegaconf mode, subclass mode for ``model`` and ``data``, with run folders."""
 
@@ -173,7 +181,29 @@ class GenerativeCLI(LightningCLI):
         ``test --config run/config.yaml --ckpt_path ... --model.init_args.test_k=1000`` means it."""
         if self.config.get("subcommand") and self.config[self.config.subcommand].get("config"):
             return
+        self._refuse_unrecorded_checkpoint()
         super()._parse_ckpt_path()
+
+    def _refuse_unrecorded_checkpoint(self) -> None:
+        """Without a ``--config`` the model is rebuilt from the checkpoint's hyperparameters alone: refuse a
+        checkpoint that does not record an injected module (it would come back with the default one)."""
+        ckpt_path = self.config[self.config.subcommand].get("ckpt_path") if self.config.get("subcommand") else None
+        if not ckpt_path or not Path(ckpt_path).is_file():
+            return
+        from lightning_gm.models.base import GenerativeModel, _read_hparams
+
+        hparams = _read_hparams(ckpt_path, weights_only=True)
+        model_cfg = self.config[self.config.subcommand].get("model")
+        class_path = hparams.get("_class_path") or (model_cfg.get("class_path") if model_cfg else None)
+        cls = _imported_class(class_path)
+        if not (isinstance(cls, type) and issubclass(cls, GenerativeModel)):
+            return
+        missing = cls.unrecorded_init_args(hparams)
+        if missing:
+            raise ConfigError(
+                f"checkpoint {str(ckpt_path)!r} does not record the {cls.__name__} argument(s) "
+                f"{', '.join(missing)}; give the run's configuration: --config <run folder>/config.yaml "
+                f"--ckpt_path {ckpt_path}")
 
     # --- the run folder ------------------------------------------------------------------------
     def _section(self) -> Namespace:
