@@ -23,7 +23,7 @@ from typing import Callable, Optional, Sequence
 import torch
 from torch import Tensor, nn
 
-from lightning_gm.nn.distributions import log_normal_diag, log_standard_normal
+from lightning_gm.nn.distributions import LOG_2PI, log_normal_diag, log_standard_normal
 
 __all__ = ["Prior", "StandardNormal", "MixtureOfGaussians", "VampPrior", "EncodeFn"]
 
@@ -131,17 +131,30 @@ class VampPrior(Prior):
         num_components: number of pseudo-inputs ``K`` (500 in the paper for MNIST).
         init_mean: mean of the random initial pseudo-inputs.
         init_std: their standard deviation (the paper: N(0.05, 0.01) for MNIST in [0, 1]).
+        bounds: ``(low, high)``: the pseudo-inputs the encoder sees are ``hardtanh(u, low, high)`` of the
+            raw parameters ``u`` (the reference implementation's ``Hardtanh(0, 1)`` for data in ``[0, 1]``;
+            a raw value outside the range gets no gradient, as there). ``None``: the raw, unconstrained
+            parameters are the pseudo-inputs.
 
     References: Tomczak & Welling (2018), VAE with a VampPrior, AISTATS.
     """
 
     needs_encoder = True
 
-    def __init__(self, num_components: int = 500, init_mean: float = 0.05, init_std: float = 0.01) -> None:
+    def __init__(self, num_components: int = 500, init_mean: float = 0.05, init_std: float = 0.01,
+                 bounds: Optional[Sequence[float]] = None) -> None:
         super().__init__()
         if num_components < 1:
             raise ValueError(f"VampPrior.num_components must be >= 1, got {num_components}")
+        if bounds is not None:
+            if len(bounds) != 2 or not float(bounds[0]) < float(bounds[1]):
+                raise ValueError(
+                    f"VampPrior.bounds must be (low, high) with low < high (e.g. [0.0, 1.0] for data in [0, 1]) "
+                    f"or null for unconstrained pseudo-inputs, got {bounds}"
+                )
+            bounds = (float(bounds[0]), float(bounds[1]))
         self.num_components, self.init_mean, self.init_std = num_components, init_mean, init_std
+        self.bounds: Optional[tuple[float, float]] = bounds
         self._encode: Optional[EncodeFn] = None
 
     def bind(self, encode: EncodeFn, data_shape: Sequence[int]) -> None:
@@ -151,16 +164,30 @@ class VampPrior(Prior):
             torch.randn(self.num_components, int(math.prod(data_shape))) * self.init_std + self.init_mean
         )
 
-    def components(self) -> tuple[Tensor, Tensor]:
-        """``(mu, log_var)`` of the ``K`` components, each ``(K, L)``."""
+    def inputs(self) -> Tensor:
+        """The pseudo-inputs as the encoder sees them, ``(K, D)`` (clipped to ``bounds`` when set)."""
         if self._encode is None:
             raise RuntimeError("VampPrior.bind(encode, data_shape) must be called by the model before use")
-        return self._encode(self.pseudo_inputs)
+        if self.bounds is None:
+            return self.pseudo_inputs
+        return nn.functional.hardtanh(self.pseudo_inputs, *self.bounds)
+
+    def components(self) -> tuple[Tensor, Tensor]:
+        """``(mu, log_var)`` of the ``K`` components, each ``(K, L)``."""
+        return self._encode(self.inputs())
 
     def log_prob(self, z: Tensor) -> Tensor:
         mu, log_var = self.components()
-        comp = log_normal_diag(z.unsqueeze(-2), mu, log_var)  # (..., K)
-        return torch.logsumexp(comp, dim=-1) - math.log(self.num_components)
+        # sum_l (z_l - m_kl)^2 / s_kl^2 as three matrix products: (..., K) without a (..., K, L) intermediate
+        # (the IWAE test evaluates N * k samples against K = 500 components: 40x less memory, ~10x faster)
+        # in float64: the three terms are large and nearly cancel for narrow components (float32 lost 0.02 nats)
+        # (Apple's MPS has no float64: there the sum stays in float32)
+        wide = torch.float32 if z.device.type == "mps" else torch.float64
+        zd, mud, lv = z.to(wide), mu.to(wide), log_var.to(wide)
+        prec = torch.exp(-lv)  # (K, L)
+        quad = (zd * zd) @ prec.T - 2 * (zd @ (mud * prec).T) + (mud * mud * prec).sum(-1)
+        comp = -0.5 * (mu.shape[-1] * LOG_2PI + lv.sum(-1) + quad.clamp(min=0))  # (..., K)
+        return (torch.logsumexp(comp, dim=-1) - math.log(self.num_components)).to(z.dtype)
 
     def sample(self, n: int, device: Optional[torch.device] = None) -> Tensor:
         mu, log_var = self.components()

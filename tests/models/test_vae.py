@@ -239,3 +239,43 @@ def test_hierarchical_refuses_a_prior_that_needs_an_encoder():
 
     with pytest.raises(ConfigError, match="VampPrior"):
         HierarchicalVAE(data_shape=(4,), latent_dims=(3, 2), hidden=((4,), (4,)), prior=VampPrior(3))
+
+
+def test_vampprior_vae_kl_uses_the_same_z_and_the_models_encoder_and_pseudo_inputs_are_optimised():
+    """With a VampPrior the k=1 KL is log q(z|x) - log (1/K sum_k N(z; mu(u_k), var(u_k))) at the same z, the
+    components come from the model's own encoder (its current weights and mode), and the pseudo-inputs are
+    in the optimiser with the model's learning rate and move on a step."""
+    from functools import partial
+
+    from lightning_gm.nn import VampPrior
+
+    torch.manual_seed(0)
+    vae = VAE(data_shape=(6,), latent_dim=3, hidden=(5,), prior=VampPrior(4, init_mean=0.3, init_std=0.2),
+              optimizer=partial(torch.optim.Adam, lr=0.003)).double()
+    x = torch.bernoulli(torch.full((7, 6), 0.4, dtype=torch.float64))
+    torch.manual_seed(1)
+    terms = vae.loss_terms(x, "val")
+    torch.manual_seed(1)
+    mu, log_var = vae.encode(x)
+    z = mu + torch.exp(0.5 * log_var) * torch.randn(1, 7, 3, dtype=torch.float64)  # the draw loss_terms made
+    u = vae.prior.pseudo_inputs
+    cm, clv = vae.encoder(u)[:, :3], vae.encoder(u)[:, 3:6]  # the model's encoder on the pseudo-inputs
+    log_p = torch.logsumexp(
+        torch.stack([log_normal_diag(z, cm[k], clv[k]) for k in range(4)], -1), -1) - math.log(4)
+    kl = (log_normal_diag(z, mu, log_var) - log_p)[0]
+    rec = vae.likelihood.log_prob(x, vae.decoder(z))[0]
+    torch.testing.assert_close(terms["kl"], kl.mean(), rtol=0, atol=1e-12)
+    torch.testing.assert_close(terms["elbo"], (rec - kl).mean(), rtol=0, atol=1e-12)
+    # the prior follows the encoder's weights (no copy)
+    with torch.no_grad():
+        vae.encoder[0].bias.add_(0.5)
+    torch.testing.assert_close(vae.prior.components()[0], vae.encode(u)[0], rtol=0, atol=0)
+    # the pseudo-inputs are optimised, with the same lr as the networks
+    opt = vae.configure_optimizers()
+    groups = [g for g in opt.param_groups if any(p is u for p in g["params"])]
+    assert len(groups) == 1 and groups[0]["lr"] == 0.003 and all(g["lr"] == 0.003 for g in opt.param_groups)
+    before = u.detach().clone()
+    opt.zero_grad()
+    vae.loss_terms(x, "val")["loss"].backward()
+    opt.step()
+    assert u.grad is not None and float((u.detach() - before).abs().max()) == pytest.approx(0.003, rel=1e-6)

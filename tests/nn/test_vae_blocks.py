@@ -157,3 +157,68 @@ def test_conv_nets_map_flat_vectors(num_params):
     assert dec(torch.randn(2, 3, 5)).shape == (2, 3, num_params * 784)
     with pytest.raises(ConfigError, match="image_shape"):
         ConvEncoder(64, 10)
+
+
+def test_vampprior_bounds_keep_pseudo_inputs_in_range_and_match_hardtanh():
+    """bounds=(0, 1) is the reference implementation's Hardtanh(0, 1): the encoder sees clip(u, 0, 1), raw values
+    outside the range get no gradient, and however hard the optimiser pushes, the pseudo-inputs stay in [0, 1]."""
+    torch.manual_seed(0)
+    enc = MLP([5, 8, 4]).double()
+    p = VampPrior(6, init_mean=0.5, init_std=1.0, bounds=(0.0, 1.0))
+    p.build(2)
+    p.bind(lambda u: enc(u).chunk(2, dim=-1), (5,))
+    p = p.double()
+    raw = p.pseudo_inputs.detach().clone()
+    assert (raw < 0).any() and (raw > 1).any()  # the test covers both sides
+    torch.testing.assert_close(p.inputs(), raw.clamp(0.0, 1.0), rtol=0, atol=0)
+    mu, log_var = p.components()
+    ref_mu, ref_lv = enc(raw.clamp(0.0, 1.0)).chunk(2, dim=-1)
+    torch.testing.assert_close(mu, ref_mu, rtol=0, atol=0)
+    torch.testing.assert_close(log_var, ref_lv, rtol=0, atol=0)
+    p.inputs().pow(2).sum().backward()  # d/du of sum(clip(u)^2) = 2 u inside the range, 0 outside
+    inside = (raw > 0) & (raw < 1)
+    torch.testing.assert_close(p.pseudo_inputs.grad, torch.where(inside, 2 * raw, torch.zeros_like(raw)))
+    opt = torch.optim.SGD([p.pseudo_inputs], lr=0.5)
+    for sign in (1.0, -1.0):  # push every pseudo-input up, then down, far past the range
+        for _ in range(20):
+            opt.zero_grad()
+            (-sign * p.inputs().sum() - sign * p.components()[0].sum()).backward()
+            opt.step()
+            u = p.inputs()
+            assert float(u.min()) >= 0.0 and float(u.max()) <= 1.0
+    # unbounded (the old behaviour): the encoder sees the raw parameters
+    q = VampPrior(6, init_mean=0.5, init_std=1.0)
+    q.build(2)
+    q.bind(lambda u: enc.float()(u).chunk(2, dim=-1), (5,))
+    assert q.inputs() is q.pseudo_inputs and float(q.pseudo_inputs.min()) < 0
+
+
+@pytest.mark.parametrize("bounds", [(1.0, 0.0), (0.5, 0.5), (0.0,), (0.0, 1.0, 2.0)])
+def test_vampprior_rejects_bad_bounds(bounds):
+    with pytest.raises(ValueError, match=r"VampPrior.bounds must be \(low, high\) with low < high"):
+        VampPrior(3, bounds=bounds)
+
+
+def test_vampprior_float32_log_prob_matches_the_float64_mixture_with_narrow_components():
+    """The matrix-product form of the quadratic term must not lose the density to cancellation in float32, with
+    components as narrow as the encoder may make them (log-variances down to -8) and latents near and far."""
+    torch.manual_seed(0)
+    K, L = 50, 40
+    u = torch.randn(K, 7)
+    mu, log_var = torch.randn(K, L) * 2, torch.rand(K, L) * -8.0
+    table = {tuple(r.tolist()): (m, v) for r, m, v in zip(u, mu, log_var)}
+    p = VampPrior(K)
+    p.build(L)
+    p.bind(lambda x: (torch.stack([table[tuple(r.tolist())][0] for r in x]),
+                      torch.stack([table[tuple(r.tolist())][1] for r in x])), (7,))
+    with torch.no_grad():
+        p.pseudo_inputs.copy_(u)
+    near = mu[torch.randint(K, (64,))] + 0.01 * torch.randn(64, L)  # within a fraction of a component's sd
+    z = torch.cat([near, torch.randn(64, L) * 3]).view(2, 64, L)
+    ref = torch.distributions.MixtureSameFamily(
+        torch.distributions.Categorical(probs=torch.full((K,), 1.0 / K, dtype=torch.float64)),
+        torch.distributions.Independent(torch.distributions.Normal(mu.double(), torch.exp(0.5 * log_var.double())), 1),
+    ).log_prob(z.double())
+    got = p.log_prob(z)
+    assert got.dtype == torch.float32 and got.shape == (2, 64)
+    torch.testing.assert_close(got.double(), ref, rtol=1e-6, atol=1e-4)
