@@ -44,7 +44,6 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from lightning_gm.errors import ConfigError
 from lightning_gm.nn.likelihoods import Likelihood
 
 __all__ = ["MaskedConv2d", "GatedPixelCNNLayer", "PixelCNN", "PixelCNNLikelihood", "causal_mask"]
@@ -59,9 +58,9 @@ def causal_mask(kernel_size: int, mask_type: str) -> Tensor:
         M_{uv} = [u < c] + [u = c]\,[v < c + \mathbb 1_{B}], \qquad c = \lfloor k / 2 \rfloor
     """
     if mask_type not in ("A", "B"):
-        raise ConfigError(f"mask_type must be 'A' or 'B', got {mask_type!r}")
+        raise ValueError(f"mask_type must be 'A' or 'B', got {mask_type!r}")
     if kernel_size < 1 or kernel_size % 2 == 0:
-        raise ConfigError(f"PixelCNN kernel sizes must be odd and >= 1, got {kernel_size}")
+        raise ValueError(f"PixelCNN kernel sizes must be odd and >= 1, got {kernel_size}")
     c = kernel_size // 2
     mask = torch.zeros(kernel_size, kernel_size)
     mask[:c] = 1.0
@@ -166,12 +165,12 @@ class PixelCNN(nn.Module):
                  cond_channels: int = 0, gated: bool = True, head_channels: int = 32) -> None:
         super().__init__()
         if channels < 1 or n_layers < 1 or head_channels < 1:
-            raise ConfigError(
+            raise ValueError(
                 f"PixelCNN needs channels, n_layers, head_channels >= 1, got {channels}, {n_layers}, {head_channels}"
             )
         for key, k in (("kernel_size", kernel_size), ("first_kernel_size", first_kernel_size)):
             if k < 1 or k % 2 == 0:
-                raise ConfigError(f"PixelCNN {key} must be odd and >= 1, got {k}")
+                raise ValueError(f"PixelCNN {key} must be odd and >= 1, got {k}")
         self.gated, self.cond_channels = gated, cond_channels
         if gated:
             self.layers = nn.ModuleList(
@@ -249,10 +248,10 @@ class PixelCNNLikelihood(Likelihood):
                  head_channels: int = 32) -> None:
         super().__init__()
         if cond_channels < 1:
-            raise ConfigError(f"PixelCNNLikelihood.cond_channels must be >= 1, got {cond_channels}")
+            raise ValueError(f"PixelCNNLikelihood.cond_channels must be >= 1, got {cond_channels}")
         self.image_shape = tuple(int(s) for s in image_shape) if image_shape is not None else None
         if self.image_shape is not None and (len(self.image_shape) != 3 or self.image_shape[0] != 1):
-            raise ConfigError(f"PixelCNNLikelihood.image_shape must be (1, H, W), got {list(image_shape or [])}")
+            raise ValueError(f"PixelCNNLikelihood.image_shape must be (1, H, W), got {list(image_shape or [])}")
         self.cond_channels = cond_channels
         self.net = PixelCNN(channels, n_layers, kernel_size, first_kernel_size, cond_channels, gated, head_channels)
 
@@ -260,11 +259,11 @@ class PixelCNNLikelihood(Likelihood):
         if self.image_shape is not None:
             h, w = self.image_shape[1:]
             if h * w != dim:
-                raise ConfigError(f"PixelCNNLikelihood.image_shape {list(self.image_shape)} does not hold {dim} pixels")
+                raise ValueError(f"PixelCNNLikelihood.image_shape {list(self.image_shape)} does not hold {dim} pixels")
             return h, w
         s = math.isqrt(dim)
         if s * s != dim:
-            raise ConfigError(
+            raise ValueError(
                 f"PixelCNNLikelihood: {dim} pixels is not a square image; "
                 "set model.init_args.likelihood.init_args.image_shape: [1, H, W]"
             )
