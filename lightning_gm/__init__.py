@@ -58,20 +58,31 @@ def load_model(path: Union[str, Path], map_location: Any = "cpu", **kwargs: Any)
         raise LightningGMError(
             f"{str(ckpt)!r} does not name its model class (it was not trained by the lightning_gm command): load it "
             "with its class, e.g. lightning_gm.models.VAE.load_from_checkpoint(path)")
-    module_name, name = class_path.rsplit(".", 1)
+    module_name = class_path.rsplit(".", 1)[0]
     if module_name not in sys.modules:
         if module_name != "lightning_gm" and not module_name.startswith("lightning_gm."):
             raise LightningGMError(
                 f"{str(ckpt)!r} names the model class {class_path!r}, outside lightning_gm and not imported: import "
                 f"{module_name} first if you trust the checkpoint")
         importlib.import_module(module_name)
-    cls = getattr(sys.modules[module_name], name, None)
+    cls = imported_class(class_path)
     from lightning.pytorch import LightningModule
 
     if not (isinstance(cls, type) and issubclass(cls, LightningModule)):
         raise LightningGMError(f"{str(ckpt)!r} names the model class {class_path!r}, which is not a LightningModule")
     kwargs = {**_from_run_config(ckpt, cls, hparams, kwargs), **kwargs}
     return cls.load_from_checkpoint(ckpt, map_location=map_location, **kwargs)
+
+
+def imported_class(class_path: Any) -> Any:
+    """The object a dotted ``module.Name`` path names if its module is already imported, else ``None``
+    (nothing is imported here)."""
+    import sys
+
+    if not isinstance(class_path, str) or "." not in class_path:
+        return None
+    module, name = class_path.rsplit(".", 1)
+    return getattr(sys.modules.get(module), name, None)
 
 
 def _from_run_config(ckpt: Path, cls: type, hparams: dict, given: dict) -> dict:

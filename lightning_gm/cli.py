@@ -29,6 +29,7 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
 from lightning.pytorch.loggers import WandbLogger
 
+from lightning_gm import imported_class
 from lightning_gm.callbacks import DivergenceGuard, RNGStateCheckpoint, RunSummary
 from lightning_gm.callbacks.pruning import OptunaPruning
 from lightning_gm.dashboard import main as compare_main
@@ -101,14 +102,6 @@ def _count_before_fraction(parser: LightningArgumentParser) -> None:
     for action in parser._actions:
         if action.dest in _LIMIT_KEYS and hasattr(action, "_typehint"):
             action._typehint = Optional[Union[int, float]]
-
-
-def _imported_class(class_path: Any) -> Any:
-    """The class named by a dotted path if its module is already imported (nothing is imported here)."""
-    if not isinstance(class_path, str) or "." not in class_path:
-        return None
-    module, name = class_path.rsplit(".", 1)
-    return getattr(sys.modules.get(module), name, None)
 
 
 class GenerativeCLI(LightningCLI):
@@ -195,7 +188,7 @@ class GenerativeCLI(LightningCLI):
         hparams = _read_hparams(ckpt_path, weights_only=True)
         model_cfg = self.config[self.config.subcommand].get("model")
         class_path = hparams.get("_class_path") or (model_cfg.get("class_path") if model_cfg else None)
-        cls = _imported_class(class_path)
+        cls = imported_class(class_path)
         if not (isinstance(cls, type) and issubclass(cls, GenerativeModel)):
             return
         missing = cls.unrecorded_init_args(hparams)
