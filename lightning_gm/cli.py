@@ -523,6 +523,10 @@ class GenerativeCLI(LightningCLI):
         if not started:
             self._remove_failed_start()
         if sig is None:
+            if not started:
+                unloadable = self._unloadable_checkpoint(exc)
+                if unloadable is not None:
+                    raise unloadable from exc
             raise exc
         if not _is_rank_zero():
             return signals.exit_code(sig)
@@ -532,6 +536,20 @@ class GenerativeCLI(LightningCLI):
             return signals.exit_code(sig)
         print(f"lightning_gm {self.subcommand}: {self._stop_message(sig)}", file=sys.stderr, flush=True)
         return signals.exit_code(sig)
+
+    def _unloadable_checkpoint(self, exc: BaseException) -> Optional[ConfigError]:
+        """A checkpoint that Lightning could not load into this model, as one line naming it (the weights of another
+        configuration: the first mismatch; a file torch cannot read: its first line, without torch's advice)."""
+        ckpt = self._section().get("ckpt_path") if getattr(self, "config", None) is not None else None
+        text = str(exc)
+        if not ckpt or not (text.startswith("Error(s) in loading state_dict") or "Weights only load failed" in text
+                            or type(exc).__name__ in ("UnpicklingError", "EOFError")):
+            return None
+        detail = next((ln.strip() for ln in text.splitlines()[1:] if ln.strip()), "") \
+            if text.startswith("Error(s)") else text.splitlines()[0].split(". ")[0] if text else type(exc).__name__
+        hint = " (trained with another configuration? give its run's: --config <run>/config.yaml)" \
+            if text.startswith("Error(s)") else ""
+        return ConfigError(f"checkpoint {ckpt} does not load into this {type(self.model).__name__}: {detail}{hint}")
 
     def _stop_message(self, sig: str) -> str:
         assert self.run_dir is not None

@@ -22,6 +22,9 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 import torch  # noqa: E402
 
 torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
+# Lightning's log handler writes to the sys.stderr of the moment it is imported: import it now, not inside a test
+# whose captured stream is closed afterwards (later tests' messages would then fail to print).
+import lightning.pytorch  # noqa: E402, F401
 
 
 @pytest.fixture(autouse=True)
