@@ -75,6 +75,44 @@ def _cell(rec: RunRecord, key: str, fmt: str) -> str:
     return format(value, fmt)
 
 
+#: the page's columns: (header, the RunRecord fields fused into the cell, the first one's format, always shown);
+#: the page fuses related fields (run, model, data, sample quality) so that it fits a 1,280 px window
+PAGE_COLUMNS: list[tuple[str, tuple[str, ...], str, bool]] = [
+    ("run", ("experiment", "run_name"), "run", True),
+    ("model", ("model", "family"), "model", True),
+    ("data", ("dataset", "binarize"), "data", True),
+    ("test NLL (nats)", ("test_nll",), "nll", True),
+    ("conservative NLL", ("nll_conservative",), "cons", False),
+    ("bits/dim", ("bpd",), ".4f", False),
+    ("estimator", ("estimator",), "est", True),
+    ("AIS ESS", ("ais_ess",), "ess", False),
+    ("samples: FD (LeNet), precision, recall", ("fd_lenet", "precision", "recall"), "quality", False),
+    ("best validation", ("best_score",), "val", False),
+    ("sweep value", ("sweep",), "sweep", False),
+    ("params", ("num_parameters",), ",d", False),
+    ("training", ("epochs", "wall_time_s"), "training", False),
+    ("status", ("status",), "status", True),
+]
+
+
+def _page_cell(rec: RunRecord, keys: tuple[str, ...], fmt: str) -> str:
+    if fmt == "run":
+        return f"{rec.experiment}/{rec.run_name}" if rec.experiment else rec.run_name
+    if fmt == "model":
+        return rec.model or rec.family or "-"
+    if fmt == "data":
+        return " · ".join(v for v in (rec.dataset, rec.binarize) if v) or "-"
+    if fmt == "training":
+        epochs = f"{rec.epochs} epoch{'s' if rec.epochs != 1 else ''}" if rec.epochs is not None else ""
+        took = f"{rec.wall_time_s:.0f} s" if rec.wall_time_s is not None else ""
+        return ", ".join(p for p in (epochs, took) if p) or "-"
+    if fmt == "quality":
+        parts = [f"{v:{f}}" if v is not None else "-" for v, f in
+                 ((rec.fd_lenet, ".2f"), (rec.precision, ".3f"), (rec.recall, ".3f"))]
+        return ", ".join(parts)
+    return _cell(rec, keys[0], fmt)
+
+
 def _filled(rec: RunRecord, key: str) -> bool:
     value = getattr(rec, key)
     return value not in (None, "", {}, [])
@@ -119,13 +157,14 @@ def default_curves(runs: list[RunRecord], limit: int = 8) -> tuple[str, list[int
 
 
 _STYLE = """
-body{font-family:system-ui,sans-serif;margin:1.2em;color:#222;max-width:1600px}
+body{font-family:system-ui,sans-serif;margin:1em;color:#222;max-width:1600px}
 h1{font-size:1.5em}h2{font-size:1.2em;margin-top:1.4em}
 .table-wrap{overflow-x:auto;max-width:100%;border:1px solid #ddd}
-table{border-collapse:collapse;font-size:13px;width:100%}
-th,td{border:1px solid #ccc;padding:3px 6px;text-align:left;vertical-align:top;overflow-wrap:break-word}
+table{border-collapse:collapse;font-size:12.5px;width:100%}
+th,td{border:1px solid #ccc;padding:3px 5px;text-align:left;vertical-align:top;overflow-wrap:break-word}
 th{background:#eef;cursor:pointer;user-select:none;position:sticky;top:0}
-td.num{text-align:right;white-space:nowrap}td.est{min-width:9em;max-width:16em}td.run{max-width:12em}
+td.num{text-align:right;white-space:nowrap}td.est{min-width:9em;max-width:16em}td.run{max-width:14em}
+td.status{max-width:11em}td.data{overflow-wrap:anywhere;min-width:6em}
 tr.bad td{color:#a33}tr.warn td.status{color:#a60;font-weight:600}
 .controls{margin:.6em 0}.legend span{margin-right:1.2em;font-size:12px;white-space:nowrap}
 #curves svg{border:1px solid #ccc;background:#fff;width:100%;max-width:900px;height:auto}
@@ -230,25 +269,29 @@ def render_html(runs: list[RunRecord], title: str = "lightning_gm runs", metrics
     datasets = sorted({r.dataset for r in runs if r.dataset})
     all_metrics = metrics or sorted({m for r in runs for m in r.curves})
     default_metric, shown = default_curves(runs)
-    columns = shown_columns(runs)
-    head = "".join(f"<th>{e(h)}</th>" for _, h, _, _ in columns) + "<th>curve</th>"
+    columns = [c for c in PAGE_COLUMNS if c[3] or any(_filled(r, k) for r in runs for k in c[1])]
+    head = '<th title="draw its learning curve">curve</th>' + "".join(f"<th>{e(h)}</th>" for h, _, _, _ in columns)
     rows = []
     for i, r in enumerate(runs):
         cells = []
-        for key, _, fmt, _ in columns:
-            value = getattr(r, key)
+        for _, keys, fmt, _ in columns:
+            value = getattr(r, keys[0])
             num = isinstance(value, (int, float)) and not isinstance(value, bool)
-            css = {"est": "est", "status": "status"}.get(fmt, "num" if num else "")
-            if key == "run_name":
-                link = f'<a href="{e(_file_url(r.path))}" title="{e(r.path, quote=True)}">{e(_cell(r, key, fmt))}</a>'
+            text = _page_cell(r, keys, fmt)
+            if fmt == "run":
+                link = f'<a href="{e(_file_url(r.path))}" title="{e(r.path, quote=True)}">{e(text)}</a>'
                 cells.append(f'<td class="run">{link}</td>')
                 continue
+            css = {"est": "est", "status": "status", "quality": "num", "training": "num", "data": "data"}.get(
+                fmt, "num" if num and fmt not in ("val", "sweep", "model", "data") else "")
             attrs = (f' class="{css}"' if css else "") + (f' data-v="{value!r}"' if num else "")
+            if fmt == "model" and r.family:
+                attrs += f' title="family {e(r.family, quote=True)}"'
             if fmt == "status" and r.warnings:
                 attrs += f' title="{e("; ".join(r.warnings), quote=True)}"'
-            cells.append(f"<td{attrs}>{e(_cell(r, key, fmt))}</td>")
+            cells.append(f"<td{attrs}>{e(text)}</td>")
         checked = " checked" if i in shown else ""
-        cells.append(f'<td><input type="checkbox" class="pick" value="{i}"{checked} aria-label="draw this run"></td>')
+        cells.insert(0, f'<td><input type="checkbox" class="pick" value="{i}"{checked} aria-label="draw this run"></td>')
         css = "bad" if r.status.startswith(("corrupt", "incomplete", "failed")) else "warn" if r.warnings else ""
         row_class = f' class="{css}"' if css else ""
         rows.append(f'<tr{row_class} data-dataset="{e(r.dataset, quote=True)}">{"".join(cells)}</tr>')
@@ -281,7 +324,7 @@ is not the full protocol) and its standard error, beside its conservative counte
 {warnings}
 <h2>Learning curves</h2>
 <div class="controls"><label>metric <select id="metric">{metric_opts}</select></label>
-(tick runs in the table's "curve" column)</div>
+(tick runs in the table's first column, "curve")</div>
 <div id="curves"><svg id="plot" viewBox="0 0 900 360" width="900" height="360" role="img"
 aria-label="learning curves"></svg><div id="legend" class="legend"></div></div>
 <h2>Latest samples</h2>
