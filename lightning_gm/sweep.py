@@ -263,17 +263,13 @@ def load_sweep(path: str | os.PathLike, storage: Optional[str] = None, check_key
 
 
 def make_sampler(spec: dict[str, Any], where: str = "sweep") -> Any:
+    """The Optuna sampler a sweep file's ``sampler: {name: tpe | random, ...}`` describes."""
     import optuna
 
-    name = str(spec.get("name", "tpe")).lower()
-    kwargs = {k: v for k, v in spec.items() if k != "name"}
+    from lightning_gm.callbacks.pruning import from_spec
+
     samplers = {"tpe": optuna.samplers.TPESampler, "random": optuna.samplers.RandomSampler}
-    if name not in samplers:
-        raise ConfigError(f"{where}: sampler.name must be one of {sorted(samplers)}, got {name!r}")
-    try:
-        return samplers[name](**kwargs)
-    except TypeError as exc:
-        raise ConfigError(f"{where}: sampler {name}: {exc}") from exc
+    return from_spec("sampler", samplers, spec, "tpe", where)
 
 
 def make_pruner(spec: dict[str, Any], where: str = "sweep") -> Any:

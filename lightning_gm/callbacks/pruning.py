@@ -15,7 +15,7 @@ from typing import Any
 
 import lightning.pytorch as pl
 
-__all__ = ["OptunaPruning", "make_pruner", "TRIAL_ENV", "PRUNED_EXIT_CODE"]
+__all__ = ["OptunaPruning", "make_pruner", "from_spec", "TRIAL_ENV", "PRUNED_EXIT_CODE"]
 
 #: environment variable through which a trial process learns its study and trial
 TRIAL_ENV = "LIGHTNING_GM_OPTUNA_TRIAL"
@@ -23,22 +23,28 @@ TRIAL_ENV = "LIGHTNING_GM_OPTUNA_TRIAL"
 PRUNED_EXIT_CODE = 3
 
 
+def from_spec(what: str, choices: dict[str, Any], spec: dict[str, Any], default: str, where: str) -> Any:
+    """``choices[spec["name"]](**other keys)``: an Optuna sampler or pruner as a sweep file describes it, with
+    a one-line :class:`ConfigError` naming the key for an unknown name or argument."""
+    from lightning_gm.errors import ConfigError
+
+    name = str(spec.get("name", default)).lower()
+    kwargs = {k: v for k, v in spec.items() if k != "name"}
+    if name not in choices:
+        raise ConfigError(f"{where}: {what}.name must be one of {sorted(choices)}, got {name!r}")
+    try:
+        return choices[name](**kwargs)
+    except TypeError as exc:
+        raise ConfigError(f"{where}: {what} {name}: {exc}") from exc
+
+
 def make_pruner(spec: dict[str, Any], where: str = "sweep") -> Any:
     """The Optuna pruner a sweep file's ``pruner: {name: median | hyperband | none, ...}`` describes."""
     import optuna
 
-    from lightning_gm.errors import ConfigError
-
-    name = str(spec.get("name", "median")).lower()
-    kwargs = {k: v for k, v in spec.items() if k != "name"}
     pruners = {"median": optuna.pruners.MedianPruner, "hyperband": optuna.pruners.HyperbandPruner,
                "none": optuna.pruners.NopPruner}
-    if name not in pruners:
-        raise ConfigError(f"{where}: pruner.name must be one of {sorted(pruners)}, got {name!r}")
-    try:
-        return pruners[name](**kwargs)
-    except TypeError as exc:
-        raise ConfigError(f"{where}: pruner {name}: {exc}") from exc
+    return from_spec("pruner", pruners, spec, "median", where)
 
 
 class OptunaPruning(pl.Callback):
