@@ -308,7 +308,7 @@ def _extra(name: str) -> Callable[[list[str]], int]:
     return compare_main
 
 
-def _run(args: list[str]) -> int:
+def _run(args: list[str], console: bool = True) -> int:
     if not args or args[0] in ("-h", "--help", "help"):
         print(_top_help(), end="")
         return 0
@@ -324,21 +324,23 @@ def _run(args: list[str]) -> int:
         return 0
     args = [command] + ["--help" if a == "--help-all" else a for a in rest]
     _early_checks(command, args[1:])
-    quiet_console()
+    if console:
+        quiet_console()
     from lightning_gm.cli import run
 
     return run(args)
 
 
 def main(argv: Optional[list[str]] = None) -> int:
-    """Entry point of the ``lightning_gm`` command (and ``python -m lightning_gm``); returns the exit code."""
+    """Entry point of the ``lightning_gm`` command (and ``python -m lightning_gm``); returns the exit code.
+    Called with ``argv`` (from Python, e.g. a test), it leaves the process's warning filters as they are."""
     from lightning_gm.errors import LightningGMError
 
     args = list(sys.argv[1:] if argv is None else argv)
     prog = "lightning_gm" + (f" {args[0]}" if args and not args[0].startswith("-") else "")
     signals.install()
     try:
-        return _run(args)
+        return _run(args, console=argv is None)
     except CommandError as exc:
         print(f"{prog}: error: {exc}", file=sys.stderr)
         return 2
