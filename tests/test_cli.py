@@ -153,6 +153,7 @@ def test_killed_process_resumes_from_last_checkpoint(tmp_path):
     assert out.returncode == 0, out.stderr[-2000:]
     summary = json.loads((run / "summary.json").read_text())
     assert summary["status"] == "fitted" and summary["epochs"] == epoch + 3
+    assert [h["status"] for h in summary["history"]] == ["killed", "finished"]  # the SIGKILLed fit said nothing
     assert summary["global_step"] == (epoch + 3) * 24
 
 

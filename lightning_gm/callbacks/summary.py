@@ -4,7 +4,7 @@ The file is what ``lightning_gm compare`` and a person read first. A run folder 
 added to by later commands (``test``, ``validate``, a resumed ``fit``), so the file is merged, never replaced:
 
 * ``history``: one entry per command that ran on the folder, in order: ``command`` (fit, test, ...),
-  ``status`` (running, finished, interrupted, failed, pruned), ``started``/``ended``, the ``signal`` that
+  ``status`` (running, finished, interrupted, failed, pruned, killed), ``started``/``ended``, the ``signal`` that
   stopped it or the ``error`` it ended with, the ``config`` file it ran with and the ``checkpoint`` it loaded;
 * ``status``: the run as a whole, from that history: the latest ``fit`` decides (``running``, ``fitted``,
   ``interrupted``, ``failed``, ``pruned``), and a test that finished after it makes a fitted run ``tested``.
@@ -40,7 +40,7 @@ SUMMARY_FILE = "summary.json"
 TEST_FIELDS = ("test", "estimator", "conservative_estimator", "warnings", "skipped", "test_wall_time_s",
                "tested_checkpoint")
 _FIT_STATUS = {"running": "running", "finished": "fitted", "interrupted": "interrupted", "failed": "failed",
-               "pruned": "pruned"}
+               "pruned": "pruned", "killed": "killed"}
 
 
 def write_json_atomic(path: Path, data: dict[str, Any]) -> None:
@@ -76,7 +76,7 @@ def run_status(history: list[dict[str, Any]]) -> Optional[dict[str, Any]]:
                                                 for e in after):
         status = "tested"
     out: dict[str, Any] = {"status": status}
-    if status in ("interrupted", "failed"):
+    if status in ("interrupted", "failed", "killed"):
         for key in ("error", "signal"):
             if decisive.get(key):
                 out[key] = decisive[key]
@@ -189,6 +189,9 @@ class RunSummary(pl.Callback):
         if stage == "fit_start":
             for key in TEST_FIELDS:
                 summary.pop(key, None)
+            for entry in history[:-1]:  # a fit resumes the folder: an earlier command still "running" was killed
+                if entry.get("status") == "running":
+                    entry.update(status="killed", error="the process ended without a word (killed?)")
         if stage in ("fit_end", "fit_stopped"):
             ckpt = trainer.checkpoint_callback
             summary.update(
