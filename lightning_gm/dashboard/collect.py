@@ -71,14 +71,18 @@ def _num(v: Any) -> Optional[float]:
 
 
 def _curves(path: Path, max_points: int = 400) -> dict[str, list[list[float]]]:
-    """Epoch-level metrics from ``metrics.csv``: ``{metric: [[epoch, value], ...]}``."""
+    """Epoch-level metrics from ``metrics.csv``: ``{metric: [[epoch, value], ...]}``. Rows whose step goes back
+    are left out: a later ``validate`` or ``test`` of the run logs at step 0 (Lightning does not restore the loop's
+    counters to evaluate), and is not a point of the training curve."""
     out: dict[str, list[list[float]]] = {}
+    latest = -math.inf
     try:
         with open(path, newline="") as fh:
             for row in csv.DictReader(fh):
-                epoch = _num(row.get("epoch"))
-                if epoch is None:
+                epoch, step = _num(row.get("epoch")), _num(row.get("step"))
+                if epoch is None or (step is not None and step < latest):
                     continue
+                latest = step if step is not None else latest
                 for key, value in row.items():
                     if not key or key in ("epoch", "step") or key.endswith("_step") or key.startswith("test/"):
                         continue
