@@ -523,7 +523,7 @@ class GenerativeCLI(LightningCLI):
         if not started:
             self._remove_failed_start()
         if sig is None:
-            if not started:
+            if not started and not isinstance(exc, LightningGMError):
                 unloadable = self._unloadable_checkpoint(exc)
                 if unloadable is not None:
                     raise unloadable from exc
@@ -540,7 +540,9 @@ class GenerativeCLI(LightningCLI):
     def _unloadable_checkpoint(self, exc: BaseException) -> Optional[ConfigError]:
         """A checkpoint that Lightning could not load into this model, as one line naming it (the weights of another
         configuration: the first mismatch; a file torch cannot read: its first line, without torch's advice)."""
-        ckpt = self._section().get("ckpt_path") if getattr(self, "config", None) is not None else None
+        if getattr(self, "subcommand", None) is None or getattr(self, "config", None) is None:
+            return None
+        ckpt = self._section().get("ckpt_path")
         text = str(exc)
         if not ckpt or not (text.startswith("Error(s) in loading state_dict") or "Weights only load failed" in text
                             or type(exc).__name__ in ("UnpicklingError", "EOFError")):
