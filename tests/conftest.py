@@ -38,6 +38,14 @@ def _torch_threads():
     torch.set_num_threads(previous)
 
 
+@pytest.fixture(autouse=True)
+def _no_inherited_wandb_service():
+    """A test that uses W&B in-process leaves its service's address in ``WANDB_SERVICE``; a later test's
+    ``lightning_gm`` subprocess would attach to that service (gone, or serving another run) and write no run log."""
+    os.environ.pop("WANDB_SERVICE", None)
+    yield
+
+
 def has_mnist() -> bool:
     root = Path(os.environ.get("LIGHTNING_GM_DATA", ""))
     return (root / "MNIST" / "raw" / "train-images-idx3-ubyte.gz").is_file()
