@@ -313,6 +313,12 @@ def _run(args: list[str], console: bool = True) -> int:
         print(_top_help(), end="")
         return 0
     command = args[0]
+    if command.startswith("-"):  # LightningCLI's own form, e.g. `lightning_gm --config base.yaml fit ...`
+        if console:
+            quiet_console()
+        from lightning_gm.cli import run
+
+        return run(args)
     if command in ("sweep", "compare"):
         return _extra(command)(args[1:])
     if command not in LIGHTNING_COMMANDS:
