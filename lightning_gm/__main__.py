@@ -2,7 +2,7 @@
 
 import sys
 
-from lightning_gm.cli import main
+from lightning_gm.command import main
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -1,107 +1,86 @@
-"""The ``lightning_gm`` command: a LightningCLI (``fit / validate / test / predict``) plus our own subcommands.
+"""The ``lightning_gm`` Lightning commands (``fit / validate / test / predict``): a LightningCLI with run folders.
 
 Every run lives in one folder, ``<runs_dir>/<experiment>/<run_name>/``::
 
-    config.yaml        the resolved configuration (re-run or re-test with --config)
-    checkpoints/       best-epoch=NNN.ckpt (by the model's monitor) and last.ckpt
+    config.yaml        the resolved configuration of the fit (re-test or resume with --config)
+    test-<time>.yaml   the resolved configuration of each later command (test, validate, predict)
+    checkpoints/       best-epoch=NNN.ckpt (by the model's monitor) and last.ckpt (the last state)
     metrics.csv        every logged metric (CSV logger)
     samples/           sample and reconstruction pictures
-    summary.json       final numbers, the test estimator, wall time
+    summary.json       final numbers, the test estimator, wall time, and the history of commands
     wandb/             the W&B run (offline unless WANDB_API_KEY is set; `wandb sync` later)
 
-``experiment`` defaults to the config file's name, ``run_name`` to a timestamp.
+``experiment`` defaults to the config file's name, ``run_name`` to a timestamp. ``fit`` writes the folder; later
+commands only add to it. A command that fails before its loop starts (bad data, a checkpoint that does not load)
+leaves nothing behind. The entry point is :func:`lightning_gm.command.main`, which answers help and early errors
+without importing this module.
 """
 
 from __future__ import annotations
 
-import netrc
+import logging
 import os
 import re
+import shutil
 import sys
 import time
 from pathlib import Path
-from typing import Any, Callable, NoReturn, Optional, Union
+from typing import Any, Optional
 
-import yaml
 from jsonargparse import Namespace
 from lightning.pytorch import LightningModule
-from lightning.pytorch.callbacks import ModelCheckpoint
-from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
+from lightning.pytorch.callbacks import ModelCheckpoint, ModelSummary, ProgressBar
+from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from lightning.pytorch.loggers import WandbLogger
 
-from lightning_gm import imported_class
+from lightning_gm import find_checkpoint, imported_class, signals
 from lightning_gm.callbacks import DivergenceGuard, RNGStateCheckpoint, RunSummary
-from lightning_gm.callbacks.pruning import OptunaPruning
-from lightning_gm.dashboard import main as compare_main
+from lightning_gm.callbacks.checkpoint import LastCheckpoint, best_checkpoint
+from lightning_gm.callbacks.console import EpochProgressBar, OneLineSummary
+from lightning_gm.callbacks.pruning import PRUNED_EXIT_CODE, TRIAL_ENV, OptunaPruning
+from lightning_gm.callbacks.summary import format_test_table, read_summary, write_json_atomic
+from lightning_gm.command import main
 from lightning_gm.data.modules import GenerativeDataModule
 from lightning_gm.errors import ConfigError, LightningGMError
-from lightning_gm.sweep import PRUNED_EXIT_CODE, TRIAL_ENV
-from lightning_gm.sweep import main as sweep_main
+from lightning_gm.loggers import new_wandb_id, wandb_needs_offline
+from lightning_gm.parser import GenerativeArgumentParser, SaveResolvedConfig, condense_error, count_before_fraction
 
-__all__ = ["GenerativeCLI", "main", "EXTRA_COMMANDS"]
+__all__ = ["GenerativeCLI", "main", "run"]
 
 RUN_NAME_ENV = "LIGHTNING_GM_RUN_NAME"
 _LOGGER_DIRS = {
     "CSVLogger": {"name": "", "version": ""},
     "TensorBoardLogger": {"name": "tensorboard", "version": ""},
 }
+#: Lightning's console messages that say nothing a user of this command needs (its tips, the hardware probe
+#: the one-line summary repeats, checkpoint-loading chatter, its own interruption lines, which ours replace)
+_LIGHTNING_NOISE = re.compile(
+    r"^(💡 Tip|Seed set to|(GPU|TPU|HPU|IPU) available|LOCAL_RANK: \d+ - |The following callbacks returned in "
+    r"`LightningModule.configure_callbacks`|Trainer already configured with model summary|Restoring states from "
+    r"the checkpoint|Restored all states from the checkpoint|Loaded model weights from the checkpoint"
+    r"|\s*Detected KeyboardInterrupt|(\[rank: \d+\] )?Received SIGTERM|An \w+ was raised with message)")
 
 
-def _wandb_needs_offline() -> bool:
-    """W&B goes offline unless the user chose a mode (``WANDB_MODE``) or has credentials
-    (``WANDB_API_KEY`` or a ``wandb login`` entry in ~/.netrc): no prompt, no hang, ``wandb sync`` later."""
-    if os.environ.get("WANDB_MODE") or os.environ.get("WANDB_API_KEY"):
-        return False
+class _DropNoise(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not _LIGHTNING_NOISE.match(str(record.getMessage()))
+
+
+for _name in ("lightning.pytorch", "lightning.fabric"):
+    for _handler in logging.getLogger(_name).handlers:
+        _handler.addFilter(_DropNoise())
+
+
+def _relative(path: str) -> str:
+    """``path`` relative to the working folder when it is below it (what a person would type)."""
     try:
-        return netrc.netrc().authenticators("api.wandb.ai") is None
-    except (OSError, netrc.NetrcParseError):
-        return True
+        return str(Path(path).resolve().relative_to(Path.cwd()))
+    except ValueError:
+        return str(path)
 
 
-_NOISE = re.compile(
-    r"^\s*(- )?(Does not validate against any of the Union subtypes|Subtypes: \[.*\]|Errors:"
-    r"|- Expected a <class 'NoneType'>|Given value type: .*)\s*$"
-)
-
-
-def condense_error(message: str) -> str:
-    """Drop jsonargparse's union bookkeeping so the message is the key, the problem and the value."""
-    return "\n".join(line for line in message.splitlines() if not _NOISE.match(line))
-
-
-class GenerativeArgumentParser(LightningArgumentParser):
-    """The CLI's parser: no abbreviated options (``--trainer.max_epoch`` is an error, not
-    ``max_epochs``) and config errors without the union bookkeeping."""
-
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        kwargs.setdefault("allow_abbrev", False)
-        super().__init__(*args, **kwargs)
-
-    def error(self, message: str, ex: Optional[Exception] = None) -> NoReturn:  # type: ignore[override]
-        return super().error(condense_error(message), ex)
-
-
-class SaveResolvedConfig(SaveConfigCallback):
-    """Save ``config.yaml`` into the run folder (Lightning's behaviour) and log the whole resolved
-    config (trainer, model, data, run keys) as the run's config in every logger (W&B, CSV's hparams)."""
-
-    def save_config(self, trainer: Any, pl_module: Any, stage: str) -> None:
-        resolved = yaml.safe_load(self.parser.dump(self.config, skip_none=False))
-        for logger in trainer.loggers:
-            logger.log_hyperparams(resolved)
-
-
-_LIMIT_KEYS = tuple(f"trainer.limit_{stage}_batches" for stage in ("train", "val", "test", "predict"))
-
-
-def _count_before_fraction(parser: LightningArgumentParser) -> None:
-    """``--trainer.limit_test_batches=1`` means one batch, as in Lightning's docs (an int is a number of
-    batches, a float a fraction). The Trainer's signature types these keys ``Union[float, int, None]``, and
-    jsonargparse tries the types in order, so ``1`` became ``1.0``, i.e. the whole set. Here they read an
-    integer as an int first (``1.0`` stays a fraction)."""
-    for action in parser._actions:
-        if action.dest in _LIMIT_KEYS and hasattr(action, "_typehint"):
-            action._typehint = Optional[Union[int, float]]
+def _is_rank_zero() -> bool:
+    return os.environ.get("LOCAL_RANK", "0") == "0" and os.environ.get("NODE_RANK", "0") == "0"
 
 
 class GenerativeCLI(LightningCLI):
@@ -110,6 +89,15 @@ class GenerativeCLI(LightningCLI):
     def __init__(self, args: Any = None, run: bool = True) -> None:
         self.exit_code = 0
         self.pruning: Optional[OptunaPruning] = None
+        self.summary: Optional[RunSummary] = None
+        self.run_dir: Optional[Path] = None
+        self.created_run_dir = False
+        self._existing: set[str] = set()
+        argv = list(sys.argv[1:] if args is None else args) if not isinstance(args, dict) else []
+        GenerativeArgumentParser.command_line = argv
+        GenerativeArgumentParser.config_files = [
+            argv[i + 1] if a in ("-c", "--config") and i + 1 < len(argv) else a.split("=", 1)[1]
+            for i, a in enumerate(argv) if a in ("-c", "--config") or a.startswith("--config=")]
         super().__init__(
             # any LightningModule: the generative families (GenerativeModel) and the feature network
             # of the sample-quality metrics (models.MNISTClassifier) train through the same command
@@ -137,7 +125,7 @@ class GenerativeCLI(LightningCLI):
         parser.add_argument("--test_after_fit", type=bool, default=True,
                             help="After fit, evaluate the best checkpoint on the test set (test/nll).")
         parser.link_arguments("data.shape", "model.init_args.data_shape", apply_on="instantiate")
-        _count_before_fraction(parser)
+        count_before_fraction(parser)
 
     def instantiate_classes(self) -> None:
         """Build model, data and trainer; a value a class rejects becomes one ConfigError message."""
@@ -212,8 +200,49 @@ class GenerativeCLI(LightningCLI):
             cfg.run_name = inherited or self._fresh_run_name(Path(cfg.runs_dir) / cfg.experiment)
         os.environ[RUN_NAME_ENV] = cfg.run_name  # DDP re-launches this command line: share the name
         self.run_dir = Path(cfg.runs_dir) / cfg.experiment / cfg.run_name
+        self.created_run_dir = not self.run_dir.exists()
+        self._existing = self._entries()
         cfg.trainer.default_root_dir = str(self.run_dir)
+        command = self.subcommand or "fit"
+        self.config_file = "config.yaml" if command == "fit" else f"{command}-{time.strftime('%Y%m%d-%H%M%S')}.yaml"
+        self.save_config_kwargs["config_filename"] = self.config_file
+        if self.subcommand:
+            self._resolve_checkpoint(cfg)
         self._place_loggers(cfg)
+
+    def _entries(self) -> set[str]:
+        """The run folder's entries (and its W&B folder's): what a failed start must not remove."""
+        if self.run_dir is None or not self.run_dir.is_dir():
+            return set()
+        wandb = self.run_dir / "wandb"
+        return {p.name for p in self.run_dir.iterdir()} | (
+            {f"wandb/{p.name}" for p in wandb.iterdir()} if wandb.is_dir() else set())
+
+    def _resolve_checkpoint(self, cfg: Namespace) -> None:
+        """``--ckpt_path last`` / ``best`` name the run folder's checkpoints; ``test`` / ``validate`` / ``predict``
+        without one use the run's best checkpoint (not the untrained model); ``fit`` without one refuses a folder
+        that already holds a trained run (it would be overwritten)."""
+        assert self.run_dir is not None
+        folder = self.run_dir / "checkpoints"
+        ckpt = cfg.get("ckpt_path")
+        resume = f"lightning_gm fit --config {self.run_dir / 'config.yaml'} --ckpt_path last"
+        if ckpt == "last":
+            last = folder / "last.ckpt"
+            if not last.is_file():
+                raise ConfigError(
+                    f"--ckpt_path last: {last} does not exist, so there is nothing to resume in {self.run_dir} "
+                    "(the run stopped before its first step, or this is not its folder: resume a run with its own "
+                    "configuration, --config runs/<experiment>/<run>/config.yaml --ckpt_path last)")
+            cfg.ckpt_path = str(last)
+        elif ckpt == "best" or (ckpt is None and self.subcommand != "fit" and folder.is_dir()):
+            try:
+                cfg.ckpt_path = str(find_checkpoint(folder))
+            except LightningGMError as exc:
+                raise ConfigError(f"--ckpt_path {ckpt or '(none)'}: {exc}") from None
+        elif ckpt is None and self.subcommand == "fit" and _is_rank_zero() and any(folder.glob("*.ckpt")):
+            raise ConfigError(
+                f"{self.run_dir} already holds a trained run: resume it with `{resume}`, or start a new run "
+                "with another --run_name (or remove the folder)")
 
     @staticmethod
     def _fresh_run_name(parent: Path) -> str:
@@ -239,12 +268,17 @@ class GenerativeCLI(LightningCLI):
             args = lg.get("init_args") or Namespace()
             args.save_dir = str(self.run_dir)
             if kind == "WandbLogger":
+                if lg.class_path == "lightning.pytorch.loggers.WandbLogger":
+                    lg.class_path = "lightning_gm.loggers.WandbLogger"  # same logger, quiet and resumable
                 args.name = cfg.run_name
                 args.group = args.get("group") or cfg.experiment
-                args.job_type = self.subcommand
+                if self.subcommand == "fit":
+                    args.job_type = "fit"
                 args.tags = sorted(set(args.get("tags") or []) | set(cfg.tags or []))
-                if _wandb_needs_offline():
-                    args.offline = True
+                # one W&B run per run folder: every later command (a test, a resumed fit) continues it
+                args.id = args.get("id") or read_summary(self.run_dir).get("wandb_id") or new_wandb_id()
+                if wandb_needs_offline():
+                    os.environ["WANDB_MODE"] = "offline"
             for k, v in _LOGGER_DIRS.get(kind, {}).items():
                 args[k] = v
             lg.init_args = args
@@ -252,66 +286,184 @@ class GenerativeCLI(LightningCLI):
 
     def instantiate_trainer(self, **kwargs: Any):  # type: ignore[override]
         cfg = self._section()
-        platform = [DivergenceGuard(), RNGStateCheckpoint(),
-                    RunSummary(str(self.run_dir), cfg.experiment, cfg.run_name, tags=list(cfg.tags or []))]
+        self.summary = RunSummary(str(self.run_dir), cfg.experiment, cfg.run_name, tags=list(cfg.tags or []),
+                                  command=self.subcommand or "fit", config_file=self.config_file)
+        platform = [DivergenceGuard(), RNGStateCheckpoint(), self.summary]
         trial = os.environ.get(TRIAL_ENV)
         self.pruning = OptunaPruning.from_env(trial) if trial and self.subcommand == "fit" else None
         if self.pruning is not None:
             platform.append(self.pruning)
-        configured = self._get(self.config_init, "trainer", default={}).get("callbacks") or []
-        if not any(isinstance(c, ModelCheckpoint) for c in configured):
-            platform.append(
-                ModelCheckpoint(
-                    dirpath=str(self.run_dir / "checkpoints"),
-                    filename="best-{epoch:03d}",
-                    monitor=getattr(self.model, "monitor", None),
-                    mode=getattr(self.model, "monitor_mode", "min"),
-                    save_top_k=1,
-                    save_last=True,
-                )
-            )
-        extra = [self._get(self.config_init, c) for c in self._parser(self.subcommand).callback_keys]
         trainer_config = {**self._get(self.config_init, "trainer", default={}), **kwargs}
+        configured = trainer_config.get("callbacks") or []
+        configured = configured if isinstance(configured, list) else [configured]
+        if not any(isinstance(c, ModelCheckpoint) for c in configured):
+            folder = str(self.run_dir / "checkpoints")
+            platform += [best_checkpoint(folder, getattr(self.model, "monitor", None),
+                                         getattr(self.model, "monitor_mode", "min")),
+                         LastCheckpoint(folder)]
+        if trainer_config.get("enable_progress_bar") is not False and not any(
+                isinstance(c, ProgressBar) for c in configured):
+            platform.append(EpochProgressBar())
+        if trainer_config.get("enable_model_summary") is not False and not any(
+                isinstance(c, ModelSummary) for c in configured):
+            platform.append(OneLineSummary())
+        trainer_config["enable_autolog_hparams"] = False  # the resolved config is logged once, nested
+        extra = [self._get(self.config_init, c) for c in self._parser(self.subcommand).callback_keys]
         return self._instantiate_trainer(trainer_config, extra + platform)
 
-    # --- after the subcommand --------------------------------------------------------------------
+    # --- before and after the subcommand ----------------------------------------------------------
+    def _preflight(self, stage: str) -> None:
+        """Read the data before any logger, W&B run or file is created: a missing or broken data file is then
+        a failed start that leaves nothing behind."""
+        if _is_rank_zero() and self.datamodule is not None:
+            self.datamodule.prepare_data()
+            self.datamodule.setup(stage)
+
+    def _announce(self, what: str) -> None:
+        if _is_rank_zero():
+            print(f"lightning_gm {self.subcommand}: {what}", flush=True)
+
+    def before_fit(self) -> None:
+        self._preflight("fit")
+        ckpt = self._section().get("ckpt_path")
+        self._announce(f"run folder {self.run_dir}" + (f", resuming from {ckpt}" if ckpt else ""))
+
+    def before_test(self) -> None:
+        self._preflight("test")
+        self._announce(f"run folder {self.run_dir}, checkpoint {self._section().get('ckpt_path') or '(none: the model as built)'}")
+
+    def before_validate(self) -> None:
+        self._preflight("validate")
+        self._announce(f"run folder {self.run_dir}, checkpoint {self._section().get('ckpt_path') or '(none)'}")
+
+    def before_predict(self) -> None:
+        self._preflight("predict")
+
+    def test(self, model: Any, datamodule: Any = None, verbose: bool = True, **kwargs: Any) -> Any:
+        """``trainer.test`` with the platform's table (estimator first) instead of Lightning's."""
+        return self.trainer.test(model, datamodule=datamodule, verbose=False, **kwargs)
+
     def after_fit(self) -> None:
         if self.pruning is not None and self.pruning.pruned:
             self.exit_code = PRUNED_EXIT_CODE
-            for cb in self.trainer.callbacks:
-                if isinstance(cb, RunSummary):
-                    cb.mark(self.trainer, self.model, status="pruned")
+            if self.summary is not None:
+                self.summary.mark(self.trainer, self.model, status="pruned")
         elif self._section().test_after_fit and not self.trainer.interrupted:
-            ckpt = "best" if getattr(self.trainer.checkpoint_callback, "best_model_path", "") else None
-            self.trainer.test(self.model, datamodule=self.datamodule, ckpt_path=ckpt)
+            best = getattr(self.trainer.checkpoint_callback, "best_model_path", "") or None
+            self.trainer.test(self.model, datamodule=self.datamodule, ckpt_path=best, verbose=False)
+            self._print_test()
         self._finish_wandb()
 
     def after_test(self) -> None:
+        self._print_test()
         self._finish_wandb()
 
     def after_validate(self) -> None:
         self._finish_wandb()
+
+    def _print_test(self) -> None:
+        if not self.trainer.is_global_zero or self.run_dir is None:
+            return
+        summary = read_summary(self.run_dir)
+        if summary.get("test"):
+            ckpt = summary.get("tested_checkpoint")
+            ckpt = _relative(ckpt) if ckpt else "the model as built"
+            print(f"\nTest of {self.run_dir} ({ckpt}):\n{format_test_table(summary)}", flush=True)
 
     def _finish_wandb(self) -> None:
         for lg in self.trainer.loggers:
             if isinstance(lg, WandbLogger) and lg._experiment is not None:
                 lg.experiment.finish()
 
+    # --- when the command does not end normally ------------------------------------------------------
+    def stopped(self, exc: BaseException) -> int:
+        """Settle a command that ended in an exception: a failed start leaves nothing behind; an interruption
+        (SIGINT, SIGTERM) is recorded, said in one line with the way to resume, and becomes the exit code
+        128 + signal; anything else is re-raised (after the clean-up) for the entry point to report."""
+        sig = signals.stop_signal_of(exc) or (signals.received() if isinstance(exc, SystemExit) else None)
+        if isinstance(exc, SystemExit) and self.summary is not None:
+            sig = sig or self.summary.stop_signal  # Lightning turns a Ctrl-C into sys.exit(1) after recording it
+        if isinstance(exc, SystemExit) and sig is None:
+            raise exc  # the parser's own exit (help, --print_config, a bad option)
+        started = self.summary is not None and self.summary.started
+        self._close_wandb(signals.exit_code(sig) if sig else 1)
+        if not started:
+            self._remove_failed_start()
+        if sig is None:
+            if not started and not isinstance(exc, LightningGMError):
+                unloadable = self._unloadable_checkpoint(exc)
+                if unloadable is not None:
+                    raise unloadable from exc
+            raise exc
+        if not _is_rank_zero():
+            return signals.exit_code(sig)
+        if not started:
+            print(f"lightning_gm {self.subcommand}: stopped by {sig} before the run started; nothing was written",
+                  file=sys.stderr)
+            return signals.exit_code(sig)
+        print(f"lightning_gm {self.subcommand}: {self._stop_message(sig)}", file=sys.stderr, flush=True)
+        return signals.exit_code(sig)
+
+    def _unloadable_checkpoint(self, exc: BaseException) -> Optional[ConfigError]:
+        """A checkpoint that Lightning could not load into this model, as one line naming it (the weights of another
+        configuration: the first mismatch; a file torch cannot read: its first line, without torch's advice)."""
+        if getattr(self, "subcommand", None) is None or getattr(self, "config", None) is None:
+            return None
+        ckpt = self._section().get("ckpt_path")
+        text = str(exc)
+        if not ckpt or not (text.startswith("Error(s) in loading state_dict") or "Weights only load failed" in text
+                            or type(exc).__name__ in ("UnpicklingError", "EOFError")):
+            return None
+        detail = next((ln.strip() for ln in text.splitlines()[1:] if ln.strip()), "") \
+            if text.startswith("Error(s)") else text.splitlines()[0].split(". ")[0] if text else type(exc).__name__
+        hint = " (trained with another configuration? give its run's: --config <run>/config.yaml)" \
+            if text.startswith("Error(s)") else ""
+        return ConfigError(f"checkpoint {ckpt} does not load into this {type(self.model).__name__}: {detail}{hint}")
+
+    def _stop_message(self, sig: str) -> str:
+        assert self.run_dir is not None
+        summary = read_summary(self.run_dir)
+        last = self.run_dir / "checkpoints" / "last.ckpt"
+        entry = (summary.get("history") or [{}])[-1]
+        if self.subcommand == "fit" and entry.get("command") == "fit":
+            summary["last_checkpoint"] = str(last) if last.is_file() else None
+            write_json_atomic(self.run_dir / "summary.json", summary)
+            where = entry.get("error", f"stopped by {sig}").replace("stopped by ", "")
+            if last.is_file():
+                return (f"stopped by {where}; {last} holds the last state. Resume with: lightning_gm fit --config "
+                        f"{self.run_dir / 'config.yaml'} --ckpt_path last")
+            return f"stopped by {where}, before the first training step: no checkpoint was written"
+        return (f"{entry.get('command', self.subcommand)} stopped by {sig}; the run's status and earlier results in "
+                f"{self.run_dir / 'summary.json'} are unchanged")
+
+    def _remove_failed_start(self) -> None:
+        """Remove what this command created before its loop started: the whole run folder if it is new, else
+        the entries it added (its config file, its W&B files)."""
+        if self.run_dir is None or not self.run_dir.exists() or not _is_rank_zero():
+            return
+        if self.created_run_dir:
+            shutil.rmtree(self.run_dir, ignore_errors=True)
+            return
+        for name in sorted(self._entries() - self._existing):
+            path = self.run_dir / name
+            if path.is_dir() and not path.is_symlink():
+                shutil.rmtree(path, ignore_errors=True)
+            else:
+                path.unlink(missing_ok=True)
+
+    @staticmethod
+    def _close_wandb(code: int) -> None:
+        wandb = sys.modules.get("wandb")
+        if wandb is not None and getattr(wandb, "run", None) is not None:
+            wandb.run.finish(exit_code=code)
 
 
-
-#: our own subcommands beside Lightning's, ``name -> fn(argv) -> exit code`` (sweep, compare, ...)
-EXTRA_COMMANDS: dict[str, Callable[[list[str]], int]] = {"sweep": sweep_main, "compare": compare_main}
-
-
-def main(argv: Optional[list[str]] = None) -> int:
-    """Entry point of the ``lightning_gm`` command (and ``python -m lightning_gm``)."""
-    args = sys.argv[1:] if argv is None else argv
+def run(args: Optional[list[str]] = None) -> int:
+    """Run one Lightning command (``fit ...``, ``test ...``) and return its exit code; used by
+    :func:`lightning_gm.command.main` after its early checks."""
+    cli = GenerativeCLI.__new__(GenerativeCLI)  # bound before __init__ runs the command, to settle its failure
     try:
-        if args and args[0] in EXTRA_COMMANDS:
-            return EXTRA_COMMANDS[args[0]](args[1:])
-        cli = GenerativeCLI(args=argv)  # None: LightningCLI reads sys.argv itself
-        return cli.exit_code
-    except LightningGMError as exc:
-        print(f"lightning_gm: error: {exc}", file=sys.stderr)
-        return 1
+        GenerativeCLI.__init__(cli, args=args)
+    except BaseException as exc:  # noqa: BLE001 (settled or re-raised by `stopped`)
+        return cli.stopped(exc)
+    return cli.exit_code

@@ -1,20 +1,47 @@
-"""A CSV logger that keeps a resumed run's earlier rows.
+"""The platform's loggers: Lightning's CSV and W&B loggers, fitted to run folders.
 
-Lightning's ``CSVLogger`` deletes an existing ``metrics.csv`` when its writer starts, so a run
-resumed from ``last.ckpt`` would lose the record of the epochs before the interruption.
-:class:`CSVLogger` here appends to the file instead (rows carry ``epoch`` and ``step``), and is what
-every shipped config uses.
+* :class:`CSVLogger` keeps a resumed run's earlier rows. Lightning's ``CSVLogger`` deletes an existing
+  ``metrics.csv`` when its writer starts, so a run resumed from ``last.ckpt`` would lose the record of the epochs
+  before the interruption; this one appends (rows carry ``epoch`` and ``step``). Every shipped config uses it.
+* :class:`WandbLogger` is Lightning's (same arguments) with the run folder created before ``wandb.init`` (else
+  W&B warns that its git root does not exist) and without the ``anonymous`` argument Lightning always passes
+  (W&B warns that it has no effect). The command gives every run folder one W&B run id (kept in
+  ``summary.json``), so a later ``test`` or a resumed ``fit`` continues the same W&B run (``resume="allow"``).
 """
 
 from __future__ import annotations
 
 import csv
+import netrc
+import os
+import secrets
+import string
+from pathlib import Path
+from typing import Any
 
 from lightning.fabric.loggers.logger import rank_zero_experiment
 from lightning.pytorch.loggers import CSVLogger as LightningCSVLogger
+from lightning.pytorch.loggers import WandbLogger as LightningWandbLogger
 from lightning.pytorch.loggers.csv_logs import ExperimentWriter
 
-__all__ = ["CSVLogger"]
+__all__ = ["CSVLogger", "WandbLogger", "new_wandb_id", "wandb_needs_offline"]
+
+
+def new_wandb_id() -> str:
+    """A fresh W&B run id (8 characters of ``[a-z0-9]``, as W&B's own)."""
+    alphabet = string.ascii_lowercase + string.digits
+    return "".join(secrets.choice(alphabet) for _ in range(8))
+
+
+def wandb_needs_offline() -> bool:
+    """W&B goes offline unless the user chose a mode (``WANDB_MODE``) or has credentials
+    (``WANDB_API_KEY`` or a ``wandb login`` entry in ~/.netrc): no prompt, no hang, ``wandb sync`` later."""
+    if os.environ.get("WANDB_MODE") or os.environ.get("WANDB_API_KEY"):
+        return False
+    try:
+        return netrc.netrc().authenticators("api.wandb.ai") is None
+    except (OSError, netrc.NetrcParseError):
+        return True
 
 
 class _AppendingWriter(ExperimentWriter):
@@ -35,3 +62,20 @@ class CSVLogger(LightningCSVLogger):
             self._fs.makedirs(self.root_dir, exist_ok=True)
             self._experiment = _AppendingWriter(log_dir=self.log_dir)
         return self._experiment
+
+
+class WandbLogger(LightningWandbLogger):
+    """Lightning's WandbLogger (same arguments) that creates its folder before the W&B run starts and does not
+    pass W&B the deprecated ``anonymous`` setting unless it was asked for."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        if self._wandb_init.get("anonymous") is None:
+            self._wandb_init.pop("anonymous", None)
+
+    @property
+    @rank_zero_experiment
+    def experiment(self) -> Any:
+        if self._experiment is None and self.save_dir:
+            Path(self.save_dir).mkdir(parents=True, exist_ok=True)
+        return super().experiment

@@ -12,6 +12,7 @@ A sweep file names a base config and a search space over its dotted keys::
     pruner: {name: median, n_startup_trials: 3, n_warmup_steps: 1}   # median | hyperband | none
     storage: null                          # default sqlite:///<runs_dir>/sweeps/<study>.db; any RDB URL
     runs_dir: runs
+    test: best                             # test the best trial at the end (best), every trial (each), or none
     overrides: {trainer.max_epochs: 5}     # fixed for every trial
     enqueue:                               # optional points to try first (part of n_trials)
       - {model.init_args.latent_dim: 8}
@@ -23,9 +24,14 @@ A sweep file names a base config and a search space over its dotted keys::
         {type: int, low: 2, high: 8, when: {model.class_path: lightning_gm.models.Flow}}
 
 Each trial is a full ``lightning_gm fit`` in its own process (so crashes, NaNs, out-of-memory kills and
-DDP re-launches stay inside the trial), in ``<runs_dir>/<study>/trial-NNNN/``, W&B-grouped by study and
-tagged with the trial number. The trial process reports ``metric`` after every validation epoch to the
-study and stops early when the pruner says so. The study's budget of ``n_trials`` is enqueued once,
+DDP re-launches stay inside the trial), in the study's own folder ``<runs_dir>/sweeps/<study>/trial-NNNN/``
+(its console in ``trial-NNNN.log`` beside it), W&B-grouped by study and tagged with the trial number. The
+trial process reports ``metric`` after every validation epoch to the study and stops early when the pruner
+says so. A line is printed as each trial ends (its value, state and time), the trial's ``summary.json``
+records its ``sweep`` value (the leaderboard's column), and the best trial (or each) is tested. SIGINT or
+SIGTERM stops the worker within seconds: the running trial is stopped the same way (its ``last.ckpt`` and
+status written), marked failed with the signal as its reason and queued again, and the report is written;
+the same command continues the study. The study's budget of ``n_trials`` is enqueued once,
 when the study is created, and workers pop trials from that queue atomically, so several workers on
 several machines (PostgreSQL storage) run exactly ``n_trials`` trials between them. Trials have a
 heartbeat: a worker killed mid-trial leaves its trial marked failed by the next living worker,
@@ -38,7 +44,9 @@ import argparse
 import json
 import math
 import os
+import re
 import shutil
+import signal
 import subprocess
 import sys
 import threading
@@ -52,12 +60,9 @@ import yaml
 
 from lightning_gm.errors import ConfigError
 
-__all__ = ["Param", "SweepSpec", "load_sweep", "run_sweep", "main", "TRIAL_ENV", "PRUNED_EXIT_CODE"]
+__all__ = ["Param", "SweepSpec", "load_sweep", "run_sweep", "main"]
 
-#: environment variable through which a trial process learns its study and trial
-TRIAL_ENV = "LIGHTNING_GM_OPTUNA_TRIAL"
-#: exit code of a trial process that the pruner stopped
-PRUNED_EXIT_CODE = 3
+_TESTS = ("none", "best", "each")
 _ENQUEUED_ATTR = "lightning_gm:n_trials_enqueued"
 _TYPES = ("float", "int", "categorical")
 
@@ -130,6 +135,7 @@ class SweepSpec:
     grace_period: int = 30
     max_retry: int = 2
     enqueue: list[dict[str, Any]] = field(default_factory=list)
+    test: str = "best"
 
     @property
     def storage_url(self) -> str:
@@ -141,12 +147,13 @@ class SweepSpec:
 
     @property
     def out_dir(self) -> Path:
+        """The study's folder: its trials' run folders and logs, its report (``study.json``, ``best.yaml``, plots)."""
         return Path(self.runs_dir) / "sweeps" / self.study_name
 
 
 _SWEEP_KEYS = {
     "base_config", "study_name", "metric", "direction", "space", "n_trials", "timeout", "sampler", "pruner",
-    "storage", "runs_dir", "overrides", "heartbeat_interval", "grace_period", "max_retry", "enqueue",
+    "storage", "runs_dir", "overrides", "heartbeat_interval", "grace_period", "max_retry", "enqueue", "test",
 }
 
 
@@ -173,7 +180,7 @@ def resolved_base_config(base: Path) -> dict[str, Any]:
     import contextlib
     import io
 
-    from lightning_gm.cli import main as cli_main
+    from lightning_gm.command import main as cli_main
 
     buf = io.StringIO()
     with contextlib.redirect_stdout(buf), warnings.catch_warnings():
@@ -223,7 +230,10 @@ def load_sweep(path: str | os.PathLike, storage: Optional[str] = None, check_key
         runs_dir=str(raw.get("runs_dir", "runs")), overrides=dict(raw.get("overrides") or {}),
         heartbeat_interval=int(raw.get("heartbeat_interval", 10)), grace_period=int(raw.get("grace_period", 30)),
         max_retry=int(raw.get("max_retry", 2)), enqueue=list(raw.get("enqueue") or []),
+        test=str(raw.get("test", "best")).lower(),
     )
+    if spec.test not in _TESTS:
+        raise ConfigError(f"{where}: test must be one of {list(_TESTS)}, got {raw.get('test')!r}")
     keys = {p.key for p in space}
     for i, point in enumerate(spec.enqueue):
         bad = set(point) - keys if isinstance(point, dict) else {"(not a mapping)"}
@@ -253,32 +263,20 @@ def load_sweep(path: str | os.PathLike, storage: Optional[str] = None, check_key
 
 
 def make_sampler(spec: dict[str, Any], where: str = "sweep") -> Any:
+    """The Optuna sampler a sweep file's ``sampler: {name: tpe | random, ...}`` describes."""
     import optuna
 
-    name = str(spec.get("name", "tpe")).lower()
-    kwargs = {k: v for k, v in spec.items() if k != "name"}
+    from lightning_gm.callbacks.pruning import from_spec
+
     samplers = {"tpe": optuna.samplers.TPESampler, "random": optuna.samplers.RandomSampler}
-    if name not in samplers:
-        raise ConfigError(f"{where}: sampler.name must be one of {sorted(samplers)}, got {name!r}")
-    try:
-        return samplers[name](**kwargs)
-    except TypeError as exc:
-        raise ConfigError(f"{where}: sampler {name}: {exc}") from exc
+    return from_spec("sampler", samplers, spec, "tpe", where)
 
 
 def make_pruner(spec: dict[str, Any], where: str = "sweep") -> Any:
-    import optuna
+    """The study's pruner (:func:`lightning_gm.callbacks.pruning.make_pruner`, which the trial processes use)."""
+    from lightning_gm.callbacks.pruning import make_pruner as pruner
 
-    name = str(spec.get("name", "median")).lower()
-    kwargs = {k: v for k, v in spec.items() if k != "name"}
-    pruners = {"median": optuna.pruners.MedianPruner, "hyperband": optuna.pruners.HyperbandPruner,
-               "none": optuna.pruners.NopPruner}
-    if name not in pruners:
-        raise ConfigError(f"{where}: pruner.name must be one of {sorted(pruners)}, got {name!r}")
-    try:
-        return pruners[name](**kwargs)
-    except TypeError as exc:
-        raise ConfigError(f"{where}: pruner {name}: {exc}") from exc
+    return pruner(spec, where)
 
 
 def _format(value: Any) -> str:
@@ -408,7 +406,7 @@ def _best_value(run_dir: Path, metric: str, direction: str) -> float:
     return max(finite) if direction == "maximize" else min(finite)
 
 
-def _failure_reason(run_dir: Path, code: int, stderr: str) -> str:
+def _failure_reason(run_dir: Path, code: int, console: str) -> str:
     summary = run_dir / "summary.json"
     if summary.is_file():
         try:
@@ -419,32 +417,77 @@ def _failure_reason(run_dir: Path, code: int, stderr: str) -> str:
             pass
     if code < 0:
         return f"killed by signal {-code}" + (" (out of memory?)" if -code == 9 else "")
-    lines = [ln for ln in stderr.strip().splitlines() if ln.strip()]
-    ours = [i for i, ln in enumerate(lines) if ln.startswith("lightning_gm: error:")]
+    lines = [ln for ln in console.strip().splitlines() if ln.strip()]
+    ours = [i for i, ln in enumerate(lines) if re.match(r"^lightning_gm( \w+)?: error:", ln)]
     if ours:
         return " ".join(ln.strip() for ln in lines[ours[-1]:])[:2000]
-    errs = [ln for ln in lines if "error" in ln.lower() or "Error" in ln]
+    errs = [ln for ln in lines if "error" in ln.lower()]
     return (errs or lines or [f"exit code {code}"])[-1][:2000]
 
 
+def _duration(seconds: float) -> str:
+    """``42s``, ``3m07s``, ``1h02m``."""
+    s = int(round(seconds))
+    return f"{s}s" if s < 60 else f"{s // 60}m{s % 60:02d}s" if s < 3600 else f"{s // 3600}h{s % 3600 // 60:02d}m"
+
+
+def _run_process(args: list[str], env: dict[str, str], log_path: Path) -> int:
+    """Run one ``lightning_gm`` process with its console in ``log_path``; a SIGINT or SIGTERM that reaches this
+    worker is passed on to it (a SIGINT from a terminal already reached it: it is sent again only if the process
+    is still running after a grace period), and the worker waits for it to stop cleanly before raising."""
+    from lightning_gm import signals
+
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    with open(log_path, "w") as console:
+        proc = subprocess.Popen(args, env=env, stdout=console, stderr=subprocess.STDOUT)
+        try:
+            return proc.wait()
+        except KeyboardInterrupt as exc:
+            name = signals.stop_signal_of(exc) or "SIGINT"
+            if name == "SIGINT":
+                try:
+                    proc.wait(timeout=2.0)
+                except subprocess.TimeoutExpired:
+                    proc.send_signal(signal.SIGINT)
+            else:
+                proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(timeout=120)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+            raise
+
+
+def _record(run_dir: Path, **fields: Any) -> None:
+    """Add ``fields`` to a trial's ``summary.json`` (written by its finished process)."""
+    from lightning_gm.callbacks.summary import read_summary, write_json_atomic
+
+    if (run_dir / "summary.json").is_file():
+        write_json_atomic(run_dir / "summary.json", {**read_summary(run_dir), **fields})
+
+
 def run_trial(spec: SweepSpec, study: Any, trial: Any, base_flat: dict[str, Any], log: Any = print) -> None:
-    """Sample the trial's values, run its ``fit`` in a subprocess and tell the study how it ended."""
+    """Sample the trial's values, run its ``fit`` in a subprocess and tell the study how it ended (one line)."""
     from optuna.trial import TrialState
+
+    from lightning_gm import signals
+    from lightning_gm.callbacks.pruning import PRUNED_EXIT_CODE, TRIAL_ENV
 
     values: dict[str, Any] = {}
     for p in spec.space:
         if _condition_holds(p, values, base_flat):
             values[p.key] = p.suggest(trial)
     run_name = f"trial-{trial.number:04d}"
-    run_dir = Path(spec.runs_dir) / spec.study_name / run_name
+    run_dir = spec.out_dir / run_name
     if run_dir.exists():  # a retried trial starts clean
         shutil.rmtree(run_dir)
     args = [sys.executable, "-m", "lightning_gm", "fit", "--config", str(spec.base_config)]
     args += [_override(k, v) for k, v in spec.overrides.items()]
     args += [_override(k, v) for k, v in values.items()]
-    args += [f"--experiment={spec.study_name}", f"--run_name={run_name}", f"--runs_dir={spec.runs_dir}",
-             f"--tags=[\"sweep:{spec.study_name}\", \"trial:{trial.number}\"]", "--test_after_fit=false",
-             "--trainer.enable_progress_bar=false"]
+    args += [f"--experiment={spec.study_name}", f"--run_name={run_name}", f"--runs_dir={spec.out_dir.parent}",
+             f"--tags=[\"sweep:{spec.study_name}\", \"trial:{trial.number}\"]",
+             f"--test_after_fit={'true' if spec.test == 'each' else 'false'}", "--trainer.enable_progress_bar=false"]
     env = dict(os.environ)
     env[TRIAL_ENV] = json.dumps({
         "storage": spec.storage_url, "study": spec.study_name, "trial_id": trial._trial_id,
@@ -452,50 +495,142 @@ def run_trial(spec: SweepSpec, study: Any, trial: Any, base_flat: dict[str, Any]
     })
     trial.set_user_attr("run_dir", str(run_dir))
     trial.set_user_attr("command", " ".join(args))
-    log(f"[sweep {spec.study_name}] trial {trial.number}: {values}")
-    with _Heartbeat(study._storage, trial._trial_id, spec.heartbeat_interval):
-        proc = subprocess.run(args, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    if proc.returncode == PRUNED_EXIT_CODE:
+    name = f"[sweep {spec.study_name}] trial {trial.number}"
+    log(f"{name} started: {values}")
+    start = time.time()
+    log_path = spec.out_dir / f"{run_name}.log"
+    try:
+        with _Heartbeat(study._storage, trial._trial_id, spec.heartbeat_interval):
+            code = _run_process(args, env, log_path)
+    except KeyboardInterrupt as exc:
+        sig = signals.stop_signal_of(exc) or "SIGINT"
+        reason = f"interrupted by {sig}"
+        trial.set_user_attr("fail_reason", reason)
+        study.tell(trial, state=TrialState.FAIL)
+        study.enqueue_trial(dict(trial.params), user_attrs={"retry_of": trial.number}, skip_if_exists=False)
+        _record(run_dir, sweep={"study": spec.study_name, "trial": trial.number, "metric": spec.metric,
+                                "direction": spec.direction, "value": None, "state": "FAIL"})
+        log(f"{name} FAIL in {_duration(time.time() - start)}: {reason} (queued again; {run_dir})")
+        raise
+    took = _duration(time.time() - start)
+    record = {"study": spec.study_name, "trial": trial.number, "metric": spec.metric, "direction": spec.direction}
+    if code == PRUNED_EXIT_CODE:
         study.tell(trial, state=TrialState.PRUNED)
-        log(f"[sweep {spec.study_name}] trial {trial.number}: pruned")
+        steps = study._storage.get_trial(trial._trial_id).intermediate_values
+        last = f" at epoch {max(steps) + 1} ({spec.metric} = {steps[max(steps)]:.6g})" if steps else ""
+        _record(run_dir, sweep={**record, "value": steps[max(steps)] if steps else None, "state": "PRUNED"})
+        log(f"{name} PRUNED{last} in {took}")
         return
-    if proc.returncode == 0:
+    if code == 0:
         try:
             value = _best_value(run_dir, spec.metric, spec.direction)
         except RuntimeError as exc:
             trial.set_user_attr("fail_reason", str(exc))
             study.tell(trial, state=TrialState.FAIL)
-            log(f"[sweep {spec.study_name}] trial {trial.number}: failed: {exc}")
+            log(f"{name} FAIL in {took}: {exc}")
             return
         study.tell(trial, value)
-        log(f"[sweep {spec.study_name}] trial {trial.number}: {spec.metric} = {value:.6g}")
+        _record(run_dir, sweep={**record, "value": value, "state": "COMPLETE"})
+        log(f"{name} COMPLETE {spec.metric} = {value:.6g} in {took} ({run_dir})")
         return
-    reason = _failure_reason(run_dir, proc.returncode, proc.stderr)
+    console = log_path.read_text(errors="replace") if log_path.is_file() else ""
+    reason = _failure_reason(run_dir, code, console)
     trial.set_user_attr("fail_reason", reason)
     study.tell(trial, state=TrialState.FAIL)
-    log(f"[sweep {spec.study_name}] trial {trial.number}: failed: {reason}")
+    _record(run_dir, sweep={**record, "value": None, "state": "FAIL"})
+    log(f"{name} FAIL in {took}: {reason}")
+
+
+def test_trial(spec: SweepSpec, trial: Any, log: Any = print) -> Optional[dict[str, Any]]:
+    """Test a finished trial's best checkpoint in its run folder (``lightning_gm test``); its numbers go to the
+    trial's ``summary.json`` and W&B run. Returns that summary, or ``None`` if the test failed."""
+    from lightning_gm.callbacks.summary import read_summary
+
+    run_dir = Path(trial.user_attrs.get("run_dir", ""))
+    name = f"[sweep {spec.study_name}] trial {trial.number}"
+    if not (run_dir / "config.yaml").is_file():
+        log(f"{name}: not tested, no {run_dir / 'config.yaml'}")
+        return None
+    args = [sys.executable, "-m", "lightning_gm", "test", "--config", str(run_dir / "config.yaml"),
+            "--trainer.enable_progress_bar=false"]
+    start = time.time()
+    log_path = spec.out_dir / f"{run_dir.name}-test.log"
+    code = _run_process(args, dict(os.environ), log_path)
+    summary = read_summary(run_dir)
+    test = summary.get("test") or {}
+    if code != 0 or not test:
+        log(f"{name}: test FAIL in {_duration(time.time() - start)} (see {log_path})")
+        return None
+    nll = test.get("test/nll")
+    err = test.get("test/nll_stderr")
+    shown = (f"test/nll = {nll:.2f}" + (f" ± {err:.2f}" if isinstance(err, float) else "")
+             + f" ({summary.get('estimator')})") if isinstance(nll, float) else "tested"
+    log(f"{name}: {shown} in {_duration(time.time() - start)}")
+    return summary
 
 
 def run_sweep(spec: SweepSpec, log: Any = print) -> dict[str, Any]:
-    """Run trials of the study until its queue is empty (or this worker's ``timeout``), then report."""
+    """Run trials of the study until its queue is empty (or this worker's ``timeout``), then report. A SIGINT or
+    SIGTERM stops the running trial cleanly (it is queued again), writes the report and is raised again."""
     import optuna
     from optuna.storages import fail_stale_trials
 
+    from lightning_gm import signals
+
     warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
+    optuna.logging.set_verbosity(optuna.logging.WARNING)  # the worker prints one line per trial instead
     study = open_study(spec)
     base_flat = _flatten(resolved_base_config(spec.base_config))
     start = time.time()
-    while spec.timeout is None or time.time() - start < spec.timeout:
-        fail_stale_trials(study)  # trials of dead workers: failed, and re-queued by the retry callback
-        trial = _pop_trial(study)
-        if trial is None:
-            break
-        run_trial(spec, study, trial, base_flat, log)
-    return report(spec, study, log)
+    log(f"[sweep {spec.study_name}] {spec.n_trials} trials of {spec.base_config.name} in {spec.out_dir}, "
+        f"{spec.direction} {spec.metric}; storage {spec.storage_url}")
+    try:
+        while spec.timeout is None or time.time() - start < spec.timeout:
+            fail_stale_trials(study)  # trials of dead workers: failed, and re-queued by the retry callback
+            trial = _pop_trial(study)
+            if trial is None:
+                break
+            run_trial(spec, study, trial, base_flat, log)
+        summary = report(spec, study, log)
+        if spec.test == "best":
+            _test_best(spec, study, summary, log)
+        return summary
+    except KeyboardInterrupt as exc:
+        report(spec, study, log)
+        name = signals.stop_signal_of(exc) or "SIGINT"
+        log(f"[sweep {spec.study_name}] stopped by {name}; the same command continues the study")
+        raise
+
+
+def _test_best(spec: SweepSpec, study: Any, summary: dict[str, Any], log: Any) -> None:
+    """Test the study's best trial once the study is done (no trial waiting or running) and not yet tested."""
+    from optuna.trial import TrialState
+
+    from lightning_gm.callbacks.summary import read_summary
+
+    if "best_trial" not in summary:
+        return
+    if any(t.state in (TrialState.WAITING, TrialState.RUNNING) for t in study.get_trials(deepcopy=False)):
+        return  # other workers are still running trials: the last one to finish tests the best
+    best = study.best_trial
+    run_dir = Path(best.user_attrs.get("run_dir", ""))
+    if (read_summary(run_dir).get("test") or {}).get("test/nll") is not None:
+        return
+    tested = test_trial(spec, best, log)
+    if tested is not None:
+        summary["best_test"] = {k: v for k, v in (tested.get("test") or {}).items() if k.startswith("test/nll")}
+        summary["best_estimator"] = tested.get("estimator")
+        _write_study_json(spec.out_dir, summary)
+
+
+def _write_study_json(out: Path, summary: dict[str, Any]) -> None:
+    tmp = out / ".study.json.tmp"
+    tmp.write_text(json.dumps(summary, indent=2, default=str) + "\n")
+    os.replace(tmp, out / "study.json")
 
 
 def report(spec: SweepSpec, study: Any, log: Any = print) -> dict[str, Any]:
-    """The best trial, a ready-to-run config of it, importance and history plots, and a summary."""
+    """The best trial, a ready-to-run config of it, importance and history plots, and ``study.json``."""
     from optuna.trial import TrialState
 
     out = spec.out_dir
@@ -515,8 +650,9 @@ def report(spec: SweepSpec, study: Any, log: Any = print) -> dict[str, Any]:
         src = Path(best.user_attrs.get("run_dir", "")) / "config.yaml"
         if src.is_file():
             cfg = yaml.safe_load(src.read_text())
-            cfg["experiment"], cfg["run_name"] = f"{spec.study_name}_best", None
+            cfg["experiment"], cfg["run_name"], cfg["runs_dir"] = f"{spec.study_name}_best", None, spec.runs_dir
             cfg["test_after_fit"] = True
+            cfg["tags"] = [t for t in cfg.get("tags") or [] if not str(t).startswith(("sweep:", "trial:"))]
             best_cfg = out / "best.yaml"
             header = (f"# Best trial {best.number} of study {spec.study_name}: {spec.metric} = {best.value}\n"
                       f"# Reproduce with: lightning_gm fit --config {best_cfg}\n")
@@ -525,10 +661,8 @@ def report(spec: SweepSpec, study: Any, log: Any = print) -> dict[str, Any]:
         summary["plots"] = _plots(study, out)
         log(f"[sweep {spec.study_name}] best trial {best.number}: {spec.metric} = {best.value:.6g} "
             f"with {best.params}")
-    tmp = out / ".summary.json.tmp"
-    tmp.write_text(json.dumps(summary, indent=2, default=str) + "\n")
-    os.replace(tmp, out / "summary.json")
-    log(f"[sweep {spec.study_name}] {summary['trials']}; report in {out}")
+    _write_study_json(out, summary)
+    log(f"[sweep {spec.study_name}] {summary['trials']}; report in {out / 'study.json'}")
     return summary
 
 
@@ -555,12 +689,14 @@ def _plots(study: Any, out: Path) -> list[str]:
 
 
 def main(argv: list[str]) -> int:
-    """``lightning_gm sweep --config SWEEP.yaml [--storage URL] [--n_trials N] [--timeout S]``."""
+    """``lightning_gm sweep --config SWEEP.yaml [--storage URL] [--n_trials N] [--timeout S] [--test best|each|none]``."""
     parser = argparse.ArgumentParser(prog="lightning_gm sweep", description=__doc__.split("\n\n")[0])
     parser.add_argument("--config", "-c", required=True, help="the sweep file (YAML)")
     parser.add_argument("--storage", default=None, help="Optuna storage URL (overrides the file's)")
     parser.add_argument("--n_trials", type=int, default=None, help="study budget (overrides the file's)")
     parser.add_argument("--timeout", type=float, default=None, help="seconds this worker starts new trials")
+    parser.add_argument("--test", choices=_TESTS, default=None,
+                        help="test the best trial at the end, each trial, or none (overrides the file's; default best)")
     parser.add_argument("--check", action="store_true", help="only validate the sweep file and exit")
     args = parser.parse_args(argv)
     spec = load_sweep(args.config, storage=args.storage)
@@ -568,8 +704,10 @@ def main(argv: list[str]) -> int:
         spec.n_trials = args.n_trials
     if args.timeout is not None:
         spec.timeout = args.timeout
+    if args.test is not None:
+        spec.test = args.test
     if args.check:
         print(f"{args.config}: OK ({len(spec.space)} parameters over {spec.base_config})")
         return 0
-    run_sweep(spec)
+    run_sweep(spec, log=lambda line: print(line, flush=True))
     return 0

@@ -22,6 +22,9 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 import torch  # noqa: E402
 
 torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
+# Lightning's log handler writes to the sys.stderr of the moment it is imported: import it now, not inside a test
+# whose captured stream is closed afterwards (later tests' messages would then fail to print).
+import lightning.pytorch  # noqa: E402, F401
 
 
 @pytest.fixture(autouse=True)
@@ -33,6 +36,14 @@ def _torch_threads():
     torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
     yield
     torch.set_num_threads(previous)
+
+
+@pytest.fixture(autouse=True)
+def _no_inherited_wandb_service():
+    """A test that uses W&B in-process leaves its service's address in ``WANDB_SERVICE``; a later test's
+    ``lightning_gm`` subprocess would attach to that service (gone, or serving another run) and write no run log."""
+    os.environ.pop("WANDB_SERVICE", None)
+    yield
 
 
 def has_mnist() -> bool:

@@ -1,5 +1,7 @@
 """The ``lightning_gm`` command end to end: run folders, training that improves, re-testing, resuming,
-config errors, interpolation, shipped configs, W&B offline and a 2-process DDP fit."""
+config errors, interpolation, shipped configs, W&B offline and a 2-process DDP fit. Help, early errors and the
+console are in ``test_command.py``; run-folder history, checkpoints, failed starts and signals in
+``test_run_folder.py``."""
 
 from __future__ import annotations
 
@@ -55,8 +57,12 @@ def test_fit_writes_one_complete_run_folder(fitted):
     assert "last.ckpt" in ckpts and any(n.startswith("best-epoch=") for n in ckpts)
     assert (run / "samples" / "samples_epoch=004.png").is_file()
     assert (run / "samples" / "reconstructions_epoch=004.png").is_file()
+    assert (run / "samples" / "samples_epoch=005.png").is_file()  # the last epoch is always drawn
+    assert not (run / "hparams.yaml").exists()  # config.yaml is the record
     summary = json.loads((run / "summary.json").read_text())
     assert summary["status"] == "tested" and summary["estimator"] == "iwae-200"
+    assert [(h["command"], h["status"]) for h in summary["history"]] == [("fit", "finished"), ("test", "finished")]
+    assert "error" not in summary and summary["tested_checkpoint"] == summary["best_checkpoint"]
     assert summary["family"] == "vae" and summary["data"]["dataset"] == "digits" and summary["epochs"] == 6
     assert summary["experiment"] == "vae_digits" and summary["run_name"] == "r1"
     t = summary["test"]
@@ -64,7 +70,7 @@ def test_fit_writes_one_complete_run_folder(fitted):
     assert t["test/nll"] < -t["test/elbo"]
     assert t["test/bpd"] == pytest.approx(t["test/nll"] / (64 * 0.6931471805599453), rel=1e-5)
     saved = (run / "config.yaml").read_text()
-    assert "run_name: r1" in saved and "experiment: vae_digits" in saved
+    assert "run_name: r1" in saved and "experiment: vae_digits" in saved and "ckpt_path: null" in saved
 
 
 def test_fit_improves_validation_elbo(fitted):
@@ -78,6 +84,7 @@ def test_fit_improves_validation_elbo(fitted):
 def test_test_subcommand_reevaluates_a_saved_run(fitted, monkeypatch):
     monkeypatch.chdir(fitted.parents[2])
     before = json.loads((fitted / "summary.json").read_text())
+    config = (fitted / "config.yaml").read_bytes()
     ckpt = fitted / "checkpoints" / "last.ckpt"
     code = _cli("test", "--config", str(fitted / "config.yaml"), "--ckpt_path", str(ckpt),
                 "--model.init_args.test_k=2000", "--trainer.enable_progress_bar=false")
@@ -85,6 +92,11 @@ def test_test_subcommand_reevaluates_a_saved_run(fitted, monkeypatch):
     after = json.loads((fitted / "summary.json").read_text())
     assert after["estimator"] == "iwae-2000" and after["status"] == "tested"
     assert after["best_score"] == before["best_score"]  # the training record is kept
+    # the run's config is left as the fit wrote it; the test's own resolved config is beside it
+    assert (fitted / "config.yaml").read_bytes() == config
+    (own,) = fitted.glob("test-*.yaml")
+    assert "test_k: 2000" in own.read_text() and after["history"][-1]["config"] == own.name
+    assert after["history"][-1]["checkpoint"] == str(ckpt) and after["tested_checkpoint"] == str(ckpt)
     # more importance samples: a bound at least as tight, up to Monte Carlo error
     tol = 3 * (before["test"]["test/nll_stderr"] / 10)
     assert after["test"]["test/nll"] <= before["test"]["test/nll"] + tol
@@ -120,6 +132,7 @@ def _env() -> dict:
     return env
 
 
+@pytest.mark.multiprocess
 def test_killed_process_resumes_from_last_checkpoint(tmp_path):
     args = [sys.executable, "-m", "lightning_gm", "fit", "--config", DIGITS, "--run_name=k",
             "--trainer.max_epochs=1000", "--test_after_fit=false", "--trainer.enable_progress_bar=false"]
@@ -140,38 +153,51 @@ def test_killed_process_resumes_from_last_checkpoint(tmp_path):
     assert out.returncode == 0, out.stderr[-2000:]
     summary = json.loads((run / "summary.json").read_text())
     assert summary["status"] == "fitted" and summary["epochs"] == epoch + 3
+    assert [h["status"] for h in summary["history"]] == ["killed", "finished"]  # the SIGKILLed fit said nothing
     assert summary["global_step"] == (epoch + 3) * 24
 
 
 @pytest.mark.parametrize(
     "override,expected",
     [
-        ("--model.init_args.latnt_dim=3", "Option 'latnt_dim' is not accepted"),
-        ("--model.init_args.latent_dim=abc", 'Parser key "latent_dim":\n          Expected a <class \'int\'>. Got value: abc'),
+        ("--model.init_args.latnt_dim=3", "Problem with given class_path 'lightning_gm.models.VAE': "
+                                          "Option 'latnt_dim' is not accepted"),
+        ("--model.init_args.latent_dim=abc", 'Parser key "latent_dim": Expected a <class \'int\'>. Got value: abc'),
         ("--model=lightning_gm.models.Nope", "module 'lightning_gm.models' has no attribute 'Nope'"),
-        ("--trainer.max_epoch=3", "unrecognized arguments: --trainer.max_epoch=3"),
+        ("--trainer.max_epoch=3", "trainer.max_epoch is not an option of lightning_gm fit "
+                                  "(did you mean trainer.max_epochs?)"),
     ],
 )
 def test_config_errors_name_the_key(run_cli, capsys, override, expected):
     assert run_cli("fit", "--config", DIGITS, override) == 2
     err = capsys.readouterr().err
-    assert expected in err
+    assert err.startswith("lightning_gm fit: error: ") and err.count("\n") == 1, err  # one line
+    assert expected in err and "vae_digits.yaml" not in err  # the key was on the command line, not in the file
     assert "Traceback" not in err and "Does not validate against any of the Union subtypes" not in err
 
 
-def test_wrong_key_in_a_config_file(run_cli, capsys, tmp_path):
-    (tmp_path / "bad.yaml").write_text("trainer:\n  max_epoch: 2\n")
+@pytest.mark.parametrize("content, expected", [
+    ("trainer:\n  max_epoch: 2\n", "bad.yaml: trainer.max_epoch is not an option of lightning_gm fit "
+                                    "(did you mean trainer.max_epochs?)"),
+    ("model:\n  init_args:\n    latnt_dim: 3\n", "bad.yaml: Parser key \"model\": - Problem with given class_path "
+                                                 "'lightning_gm.models.VAE': Option 'latnt_dim' is not accepted"),
+])
+def test_wrong_key_in_a_config_file_names_the_file(run_cli, capsys, tmp_path, content, expected):
+    (tmp_path / "bad.yaml").write_text(content)
     assert run_cli("fit", "--config", DIGITS, "--config", str(tmp_path / "bad.yaml")) == 2
-    assert "does not accept option 'trainer.max_epoch'" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and f"{tmp_path}/{expected}" in err, err
 
 
-def test_missing_data_file_is_one_clear_message(run_cli, capsys, tmp_path):
+def test_missing_data_file_is_one_clear_message_and_leaves_nothing(run_cli, capsys, tmp_path, monkeypatch):
+    monkeypatch.setenv("WANDB_MODE", "offline")  # the config's W&B logger would start a run: it must not
     code = run_cli("fit", "--config", str(ROOT / "conf" / "vae.yaml"), f"--data.init_args.data_dir={tmp_path}/nodata",
-                   "--data.init_args.download=false", "--trainer.logger=false")
+                   "--data.init_args.download=false")
     assert code == 1
     err = capsys.readouterr().err
     assert err.count("lightning_gm: error:") == 1 and "Traceback" not in err
     assert f"not found at {tmp_path}/nodata/MNIST/raw/train-images-idx3-ubyte.gz and download=False" in err
+    assert not (tmp_path / "runs").exists()  # no run folder, no W&B run
 
 
 def test_interpolation_and_overrides(tmp_path, monkeypatch):
@@ -226,6 +252,7 @@ def test_wandb_runs_offline_and_reads_back(run_cli, tmp_path, monkeypatch):
     assert run_cli("fit", "--config", DIGITS, "--trainer.max_epochs=1", "--run_name=w", *FAST) == 0
     offline = list((tmp_path / "runs/vae_digits/w/wandb").glob("offline-run-*"))
     assert len(offline) == 1
+    assert offline[0].name.endswith(json.loads((tmp_path / "runs/vae_digits/w/summary.json").read_text())["wandb_id"])
     wandb_cli = Path(sys.executable).with_name("wandb")
     out = subprocess.run([str(wandb_cli), "leet", "inspect", "--summary", str(offline[0])],
                          capture_output=True, text=True, timeout=120)
@@ -237,8 +264,15 @@ def test_wandb_runs_offline_and_reads_back(run_cli, tmp_path, monkeypatch):
     # the whole resolved config is the run's config: trainer and data keys too, not only the model's
     config_section = out.stdout.split("\nconfig\n", 1)[1]
     assert "max_epochs" in config_section and "DigitsDataModule" in config_section
+    # logged once, nested: no flattened copy of the model's arguments beside the resolved config
+    as_json = subprocess.run([str(wandb_cli), "leet", "inspect", "--summary", "--json", str(offline[0].parent)],
+                             capture_output=True, text=True, timeout=120)
+    config = json.loads(as_json.stdout)["config"]
+    assert {"model", "trainer", "data"} <= set(config) and not set(config) & {"latent_dim", "hidden", "_class_path"}
+    assert config["model"]["init_args"]["latent_dim"] == 8
 
 
+@pytest.mark.multiprocess
 def test_ddp_two_processes_write_one_run(tmp_path):
     args = [sys.executable, "-m", "lightning_gm", "fit", "--config", DIGITS, "--run_name=ddp",
             "--trainer.max_epochs=2", "--trainer.strategy=ddp", "--trainer.devices=2", "--trainer.accelerator=cpu",

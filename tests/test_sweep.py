@@ -1,6 +1,7 @@
-"""``lightning_gm sweep``: search-space validation, a real study with pruning and a failing trial, the
-best config reproducing its trial, two workers sharing a PostgreSQL study, and a killed worker's trial
-retried by a living one."""
+"""``lightning_gm sweep``: search-space validation, a real study with pruning and a failing trial (a line per
+trial, trials in the study's folder, the best trial tested, the optimised value in each trial's summary), the best
+config reproducing its trial, two workers sharing a PostgreSQL study, a killed worker's trial retried by a living
+one, and a worker stopped by SIGTERM that stops its trial cleanly and queues it again."""
 
 from __future__ import annotations
 
@@ -32,6 +33,7 @@ def _sweep_file(tmp_path: Path, **fields) -> Path:
         "base_config": DIGITS, "study_name": "s", "metric": "val/elbo", "direction": "maximize", "n_trials": 2,
         "overrides": {"trainer.max_epochs": 2, "model.init_args.test_k": 10},
         "space": {"model.init_args.latent_dim": {"type": "int", "low": 2, "high": 8}},
+        "test": "none",
     }
     spec.update(fields)
     path = tmp_path / "sweep.yaml"
@@ -93,10 +95,11 @@ def _best_val_elbo(run: Path) -> float:
     return max(float(r["val/elbo"]) for r in rows if r.get("val/elbo"))
 
 
+@pytest.mark.multiprocess
 def test_study_prunes_survives_a_failing_trial_and_writes_a_reproducible_best_config(tmp_path):
     lr, act = "model.init_args.optimizer.init_args.lr", "model.init_args.activation"
     sweep = _sweep_file(
-        tmp_path, n_trials=5, sampler={"name": "tpe", "seed": 0},
+        tmp_path, n_trials=5, sampler={"name": "tpe", "seed": 0}, test="best",
         pruner={"name": "median", "n_startup_trials": 2, "n_warmup_steps": 0},
         overrides={"trainer.max_epochs": 3},
         space={
@@ -109,7 +112,7 @@ def test_study_prunes_survives_a_failing_trial_and_writes_a_reproducible_best_co
     )
     out = _sweep(tmp_path, sweep)
     assert out.returncode == 0, out.stderr[-3000:]
-    summary = json.loads((tmp_path / "runs/sweeps/s/summary.json").read_text())
+    summary = json.loads((tmp_path / "runs/sweeps/s/study.json").read_text())
     trials = summary["trials"]
     assert sum(trials.values()) == 5  # the whole budget ran: a failure did not stop the study
     import optuna
@@ -122,9 +125,24 @@ def test_study_prunes_survives_a_failing_trial_and_writes_a_reproducible_best_co
     assert summary["best_value"] == max(t.value for t in study.get_trials() if t.state.name == "COMPLETE")
     for name in ("history.png", "importance.png", "best.yaml"):
         assert (tmp_path / "runs/sweeps/s" / name).is_file()
-    # each trial has its own run folder, tagged with the study and its number
+    # a line per trial as it ended: its state, value and time
+    ended = {int(m.group(1)): m.group(2) for m in
+             re.finditer(r"^\[sweep s\] trial (\d+) (COMPLETE|PRUNED|FAIL)\b.* in \d+s", out.stdout, re.M)}
+    assert ended == {0: "COMPLETE", 1: "COMPLETE", 2: "PRUNED", 3: "FAIL", 4: states[4]}, out.stdout
+    assert re.search(r"^\[sweep s\] trial 2 PRUNED at epoch 1 \(val/elbo = -?[\d.]+\) in \d+s$", out.stdout, re.M)
+    # each trial has its own run folder in the study's folder, tagged with the study and its number, and holding
+    # the value the study optimised (the leaderboard's column)
+    assert summary["best_run_dir"] == f"runs/sweeps/s/trial-{summary['best_trial']:04d}"
     trial_summary = json.loads((Path(tmp_path) / summary["best_run_dir"] / "summary.json").read_text())
     assert trial_summary["tags"] == ["sweep:s", f"trial:{summary['best_trial']}"]
+    assert trial_summary["sweep"] == {"study": "s", "trial": summary["best_trial"], "metric": "val/elbo",
+                                      "direction": "maximize", "value": summary["best_value"], "state": "COMPLETE"}
+    assert not (tmp_path / "runs/vae_digits").exists()  # nothing mixed with plain fits of the base config
+    # the best trial was tested at the end, into its own run folder
+    assert trial_summary["status"] == "tested" and trial_summary["estimator"] == "iwae-1000"
+    assert summary["best_test"]["test/nll"] == trial_summary["test"]["test/nll"]
+    assert re.search(rf"^\[sweep s\] trial {summary['best_trial']}: test/nll = [\d.]+ ± [\d.]+ \(iwae-1000\)",
+                     out.stdout, re.M)
     # the best config reproduces the best trial
     rerun = subprocess.run([sys.executable, "-m", "lightning_gm", "fit", "--config", "runs/sweeps/s/best.yaml",
                             "--run_name=again", "--test_after_fit=false"], cwd=tmp_path, env=_env(),
@@ -167,6 +185,7 @@ def postgres(tmp_path):
         shutil.rmtree(data, ignore_errors=True)
 
 
+@pytest.mark.multiprocess
 def test_two_workers_share_one_postgres_study(tmp_path, postgres):
     import optuna
 
@@ -180,13 +199,14 @@ def test_two_workers_share_one_postgres_study(tmp_path, postgres):
     trials = study.get_trials()
     assert sorted(t.number for t in trials) == [0, 1, 2, 3]  # no trial lost, none run twice, no extra
     assert all(t.state == optuna.trial.TrialState.COMPLETE for t in trials)
-    done = re.compile(r"^\[sweep s\] trial (\d+): val/elbo = ")
+    done = re.compile(r"^\[sweep s\] trial (\d+) COMPLETE val/elbo = ")
     ran = [sorted(int(m.group(1)) for m in map(done.match, log.splitlines()) if m) for log in logs]
     assert sorted(ran[0] + ran[1]) == [0, 1, 2, 3] and ran[0] and ran[1], ran  # both workers ran trials
-    dirs = sorted(p.name for p in (tmp_path / "runs/s").iterdir())
+    dirs = sorted(p.name for p in (tmp_path / "runs/sweeps/s").iterdir() if p.is_dir())
     assert dirs == ["trial-0000", "trial-0001", "trial-0002", "trial-0003"]
 
 
+@pytest.mark.multiprocess
 def test_killed_worker_trial_is_failed_and_retried(tmp_path):
     import optuna
 
@@ -194,7 +214,7 @@ def test_killed_worker_trial_is_failed_and_retried(tmp_path):
                         overrides={"trainer.max_epochs": 30})
     first = subprocess.Popen([sys.executable, "-m", "lightning_gm", "sweep", "--config", str(sweep)], cwd=tmp_path,
                              env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
-    ckpt = tmp_path / "runs/s/trial-0000/metrics.csv"
+    ckpt = tmp_path / "runs/sweeps/s/trial-0000/metrics.csv"
     deadline = time.time() + 180
     while time.time() < deadline and not ckpt.is_file():
         time.sleep(0.5)
@@ -212,3 +232,35 @@ def test_killed_worker_trial_is_failed_and_retried(tmp_path):
     assert len(retried) == 1 and retried[0].state == optuna.trial.TrialState.COMPLETE
     assert retried[0].params == by_number[0].params  # the same point of the space, run again
     assert by_number[1].state == optuna.trial.TrialState.COMPLETE and len(by_number) == 3
+
+
+@pytest.mark.multiprocess
+def test_sigterm_stops_a_sweep_and_its_trial_cleanly(tmp_path):
+    """SIGTERM to the worker: its running trial is stopped the same way (last.ckpt, status SIGTERM), marked failed
+    with the signal as its reason and queued again with the same parameters, the report is written, and the worker
+    exits 143 within seconds."""
+    import optuna
+
+    sweep = _sweep_file(tmp_path, n_trials=2, pruner={"name": "none"}, overrides={"trainer.max_epochs": 500})
+    worker = subprocess.Popen([sys.executable, "-m", "lightning_gm", "sweep", "--config", str(sweep)], cwd=tmp_path,
+                              env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    trial = tmp_path / "runs/sweeps/s/trial-0000"
+    deadline = time.time() + 240
+    while time.time() < deadline and not (trial / "checkpoints/last.ckpt").is_file():
+        time.sleep(0.5)
+    assert (trial / "checkpoints/last.ckpt").is_file()
+    start = time.time()
+    worker.send_signal(signal.SIGTERM)
+    out, err = worker.communicate(timeout=180)
+    assert worker.returncode == 143 and time.time() - start < 30, err[-3000:]
+    assert re.search(r"^\[sweep s\] trial 0 FAIL in \d+s: interrupted by SIGTERM \(queued again", out, re.M), out
+    assert "[sweep s] stopped by SIGTERM; the same command continues the study" in out
+    trial_summary = json.loads((trial / "summary.json").read_text())
+    assert trial_summary["status"] == "interrupted" and trial_summary["signal"] == "SIGTERM"
+    study = optuna.load_study(study_name="s", storage=f"sqlite:///{tmp_path}/runs/sweeps/s.db")
+    trials = study.get_trials()
+    assert trials[0].state.name == "FAIL" and trials[0].user_attrs["fail_reason"] == "interrupted by SIGTERM"
+    retry = [t for t in trials if t.user_attrs.get("retry_of") == 0]
+    assert len(retry) == 1 and retry[0].state.name == "WAITING"
+    assert retry[0].system_attrs["fixed_params"] == trials[0].params  # the same point, run again
+    assert json.loads((tmp_path / "runs/sweeps/s/study.json").read_text())["trials"] == {"fail": 1, "waiting": 2}

@@ -15,9 +15,10 @@ __all__ = ["SamplePictures"]
 
 
 class SamplePictures(pl.Callback):
-    """Every ``every_n_epochs`` validation epochs, draw ``num_samples`` samples (and reconstructions of
-    the first validation examples when the model has ``reconstruct``) and write them to
-    ``<run>/samples/`` as PNG, and to W&B.
+    """Every ``every_n_epochs`` validation epochs, and after the last one, draw ``num_samples`` samples (and
+    reconstructions of the first validation examples when the model has ``reconstruct``) and write them to
+    ``<run>/samples/`` as PNG, and to W&B. The last epoch's pictures are always written, so a run shorter
+    than ``every_n_epochs`` (or stopped by ``max_time``) still shows what it learned.
 
     Args:
         every_n_epochs: how often (in validation epochs).
@@ -30,6 +31,8 @@ class SamplePictures(pl.Callback):
         self.num_samples = num_samples
         self.num_reconstructions = num_reconstructions
         self.last_paths: list[Path] = []
+        self._last_epoch: Optional[int] = None  # the latest validation epoch, and whether it was drawn
+        self._drawn: Optional[int] = None
 
     def _folder(self, trainer: pl.Trainer) -> Path:
         return Path(trainer.default_root_dir) / "samples"
@@ -40,11 +43,22 @@ class SamplePictures(pl.Callback):
                 logger.log_image(key=key, images=[str(path)], step=trainer.global_step)
 
     def on_validation_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if trainer.sanity_checking or (trainer.current_epoch + 1) % self.every_n_epochs:
+        if trainer.sanity_checking:
             return
+        self._last_epoch = trainer.current_epoch
+        if (trainer.current_epoch + 1) % self.every_n_epochs:
+            return
+        self._draw(trainer, pl_module, trainer.current_epoch)
+
+    def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if self._last_epoch is not None and self._drawn != self._last_epoch:
+            self._draw(trainer, pl_module, self._last_epoch)
+
+    def _draw(self, trainer: pl.Trainer, pl_module: Any, epoch: int) -> None:
         if not trainer.is_global_zero or not hasattr(pl_module, "sample"):
             return
-        self.write(trainer, pl_module, f"epoch={trainer.current_epoch:03d}")
+        self._drawn = epoch
+        self.write(trainer, pl_module, f"epoch={epoch:03d}")
 
     @torch.no_grad()
     def write(self, trainer: pl.Trainer, pl_module: Any, tag: str) -> list[Path]:

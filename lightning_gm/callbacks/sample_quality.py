@@ -107,8 +107,8 @@ class SampleQuality(pl.Callback):
             if self.if_missing == "skip":
                 self.skipped = f"skipped: no feature network at {self.path}"
                 if not self._warned_missing:
-                    rank_zero_warn("test/fd_lenet, test/precision and test/recall will not be computed: "
-                                   + missing_classifier_message(self.path))
+                    rank_zero_warn("test/fd_lenet, test/precision and test/recall will not be computed: no feature "
+                                   f"network at {self.path} (train it once: `{TRAIN_COMMAND}`)")
                     self._warned_missing = True
                 return
             raise ConfigError(missing_classifier_message(self.path))

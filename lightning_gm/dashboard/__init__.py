@@ -1,9 +1,9 @@
 """``lightning_gm compare``: one leaderboard for every family, as a local HTML dashboard and a table."""
 
 from lightning_gm.dashboard.collect import RunRecord, find_runs, read_run
-from lightning_gm.dashboard.render import render_html, render_table, sort_runs
+from lightning_gm.dashboard.render import default_curves, render_html, render_table, sort_runs
 
-__all__ = ["RunRecord", "find_runs", "read_run", "render_html", "render_table", "sort_runs", "main"]
+__all__ = ["RunRecord", "find_runs", "read_run", "render_html", "render_table", "sort_runs", "default_curves", "main"]
 
 
 def main(argv: list[str]) -> int:

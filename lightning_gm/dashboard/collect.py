@@ -1,7 +1,8 @@
 """Find run folders and read what the leaderboard needs from them, tolerating half-written runs.
 
 A run folder is any folder below the root that holds a ``summary.json`` or a ``config.yaml`` (the
-``lightning_gm`` command writes both). A folder whose summary is missing or unreadable is still
+``lightning_gm`` command writes both), sweep trials included (``runs/sweeps/<study>/trial-NNNN/``); a sweep's
+own report folder (``study.json``) is not a run. A folder whose summary is missing or unreadable is still
 listed, with its status saying why, so a crashed or running run never breaks the comparison.
 """
 
@@ -18,7 +19,7 @@ from typing import Any, Optional
 
 __all__ = ["RunRecord", "find_runs", "read_run"]
 
-_SKIP = {"checkpoints", "samples", "wandb", "sweeps", "tensorboard", "__pycache__"}
+_SKIP = {"checkpoints", "samples", "wandb", "tensorboard", "__pycache__"}
 
 
 @dataclass
@@ -36,7 +37,16 @@ class RunRecord:
     test_nll: Optional[float] = None
     nll_stderr: Optional[float] = None
     bpd: Optional[float] = None
-    estimator: str = ""
+    estimator: str = ""  #: what produced test_nll, with its subset / schedule when it is not the full protocol
+    nll_conservative: Optional[float] = None  #: the conservative counterpart (RAISE / BDMC) on a stated subset
+    nll_conservative_stderr: Optional[float] = None
+    conservative_estimator: str = ""
+    ais_ess: Optional[float] = None  #: effective sample size of the AIS runs behind log Z
+    ais_runs: Optional[int] = None
+    warnings: list[str] = field(default_factory=list)  #: what a reader must see beside the numbers
+    monitor: str = ""  #: the model's own validation metric and its best value
+    best_score: Optional[float] = None
+    sweep: dict[str, Any] = field(default_factory=dict)  #: study, trial, metric, value, state of a sweep trial
     fd_lenet: Optional[float] = None  #: sample quality (callbacks.SampleQuality): Fréchet distance, LeNet features
     precision: Optional[float] = None  #: k-NN manifold precision of the samples
     recall: Optional[float] = None  #: k-NN manifold recall of the samples
@@ -61,14 +71,18 @@ def _num(v: Any) -> Optional[float]:
 
 
 def _curves(path: Path, max_points: int = 400) -> dict[str, list[list[float]]]:
-    """Epoch-level metrics from ``metrics.csv``: ``{metric: [[epoch, value], ...]}``."""
+    """Epoch-level metrics from ``metrics.csv``: ``{metric: [[epoch, value], ...]}``. Rows whose step goes back
+    are left out: a later ``validate`` or ``test`` of the run logs at step 0 (Lightning does not restore the loop's
+    counters to evaluate), and is not a point of the training curve."""
     out: dict[str, list[list[float]]] = {}
+    latest = -math.inf
     try:
         with open(path, newline="") as fh:
             for row in csv.DictReader(fh):
-                epoch = _num(row.get("epoch"))
-                if epoch is None:
+                epoch, step = _num(row.get("epoch")), _num(row.get("step"))
+                if epoch is None or (step is not None and step < latest):
                     continue
+                latest = step if step is not None else latest
                 for key, value in row.items():
                     if not key or key in ("epoch", "step") or key.endswith("_step") or key.startswith("test/"):
                         continue
@@ -120,6 +134,17 @@ def read_run(folder: Path, root: Path) -> RunRecord:
             rec.nll_stderr = _num(test.get("test/nll_stderr"))
             rec.bpd = _num(test.get("test/bpd"))
             rec.estimator = str(s.get("estimator") or "")
+            rec.nll_conservative = _num(test.get("test/nll_conservative"))
+            rec.nll_conservative_stderr = _num(test.get("test/nll_conservative_stderr"))
+            rec.conservative_estimator = str(s.get("conservative_estimator") or "")
+            rec.ais_ess = _num(test.get("test/ais_ess"))
+            runs = _num(test.get("test/ais_runs"))
+            rec.ais_runs = int(runs) if runs is not None else None
+            rec.warnings = [str(w) for w in s.get("warnings") or [] if str(w).strip()]
+            rec.monitor = str(s.get("monitor") or "")
+            rec.best_score = _num(s.get("best_score"))
+            sweep = s.get("sweep")
+            rec.sweep = dict(sweep) if isinstance(sweep, dict) else {}
             rec.fd_lenet = _num(test.get("test/fd_lenet"))
             rec.precision = _num(test.get("test/precision"))
             rec.recall = _num(test.get("test/recall"))
@@ -132,6 +157,18 @@ def read_run(folder: Path, root: Path) -> RunRecord:
     return rec
 
 
+def _is_study_report(folder: Path) -> bool:
+    """A sweep's report folder (``study.json``, or an older ``summary.json`` of a study): not a run."""
+    if (folder / "study.json").is_file() and not (folder / "config.yaml").is_file():
+        return True
+    try:
+        data = json.loads((folder / "summary.json").read_text())
+    except (OSError, ValueError, UnicodeDecodeError):
+        return False
+    return isinstance(data, dict) and not (folder / "config.yaml").is_file() and (
+        not data or ("study" in data and "trials" in data))
+
+
 def find_runs(root: str | Path) -> list[RunRecord]:
     """Every run folder below ``root`` (``root`` itself may be one), sorted by experiment and name."""
     root = Path(root)
@@ -140,7 +177,7 @@ def find_runs(root: str | Path) -> list[RunRecord]:
     folders = set()
     for marker in ("summary.json", "config.yaml"):
         for p in root.rglob(marker):
-            if not _SKIP.intersection(p.relative_to(root).parts[:-1]):
+            if not _SKIP.intersection(p.relative_to(root).parts[:-1]) and not _is_study_report(p.parent):
                 folders.add(p.parent)
     return sorted((read_run(f, root) for f in folders), key=lambda r: (r.experiment, r.run_name, r.path))
 

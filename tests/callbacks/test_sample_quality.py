@@ -143,7 +143,7 @@ def test_missing_classifier_with_skip_warns_and_the_summary_says_why(tmp_path, m
         "model:\n  class_path: tests.callbacks.test_sample_quality.Replay\n"
         "data:\n  class_path: tests.callbacks.test_sample_quality.TinyImages\n"
     )
-    with pytest.warns(UserWarning, match="will not be computed: SampleQuality needs the MNIST feature network"):
+    with pytest.warns(UserWarning, match="will not be computed: no feature network at"):
         assert run_cli("fit", "--config", str(cfg), "--run_name=r") == 0
     summary = json.loads((tmp_path / "runs" / "skip" / "r" / "summary.json").read_text())
     assert "test/nll" in summary["test"] and "test/fd_lenet" not in summary["test"]
