@@ -118,7 +118,16 @@ class Flow(GenerativeModel):
 
     # --- training -----------------------------------------------------------------------------------
     def loss_terms(self, x: Tensor, stage: str) -> dict[str, Tensor]:
-        nll = -self.log_prob(x).mean()
+        return self._terms(self.log_prob(x), stage)
+
+    def test_terms(self, x: Tensor) -> tuple[dict[str, Tensor], Tensor]:
+        """One pass of the flow gives both the test loss and the per-example ``log p(x)``."""
+        log_prob = self.log_prob(x)
+        return self._terms(log_prob, "test"), log_prob
+
+    def _terms(self, log_prob: Tensor, stage: str) -> dict[str, Tensor]:
+        """The loss terms from the per-example ``log p(x)`` of a batch."""
+        nll = -log_prob.mean()
         terms = {"loss": nll}
         if stage == "test":  # the base logs test/nll (and test/bpd) itself, from every example
             return terms
