@@ -34,15 +34,16 @@ References:
 from __future__ import annotations
 
 import math
-from typing import Any, Callable, Optional, Sequence
+from typing import Any, Callable, Literal, Optional, Sequence
 
 import torch
 import torch.distributed as dist
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from torch import Tensor
 
+from lightning_gm.errors import ConfigError
 from lightning_gm.models.base import GenerativeModel, _adam
-from lightning_gm.nn.flows import ActNorm, FlowLayer, FlowSequence, LogitTransform, RealNVP
+from lightning_gm.nn.flows import ActNorm, BatchNormFlow, FlowLayer, FlowSequence, LogitTransform, RealNVP
 
 __all__ = ["Flow", "FlowFactory", "standard_normal_log_prob"]
 
@@ -68,6 +69,11 @@ class Flow(GenerativeModel):
             (dequantised images); its log-det is part of ``log_prob``. ``None`` for real-valued data.
         optimizer: optimiser factory (default Adam, lr 1e-3).
         lr_scheduler: optional scheduler factory.
+        lr_scheduler_interval: step the scheduler every ``"epoch"`` or every optimiser ``"step"`` (a per-step
+            linear warm-up, as Glow's, needs ``"step"``).
+
+    The :class:`~lightning_gm.nn.flows.BatchNormFlow` layers of the flow forget their statistics at the start of
+    every training epoch, so validation and test use the statistics of the last epoch's training data.
     """
 
     family = "flow"
@@ -81,9 +87,14 @@ class Flow(GenerativeModel):
         logit_alpha: Optional[float] = None,
         optimizer: OptimizerCallable = _adam,
         lr_scheduler: Optional[LRSchedulerCallable] = None,
+        lr_scheduler_interval: Literal["epoch", "step"] = "epoch",
     ) -> None:
         super().__init__(data_shape, optimizer, lr_scheduler)
         self.save_hyperparameters(ignore=["flow", "optimizer", "lr_scheduler"])
+        if lr_scheduler_interval not in ("epoch", "step"):
+            raise ConfigError(f"model.init_args.lr_scheduler_interval must be 'epoch' or 'step', got "
+                              f"{lr_scheduler_interval!r}")
+        self.lr_scheduler_interval = lr_scheduler_interval
         body = flow if isinstance(flow, FlowLayer) else (flow or RealNVP)(self.data_shape)
         if not isinstance(body, FlowLayer):
             raise TypeError(f"model.flow must build a lightning_gm.nn.flows.FlowLayer, got {type(body).__name__}")
@@ -168,3 +179,15 @@ class Flow(GenerativeModel):
     def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
         x = batch[0] if isinstance(batch, (tuple, list)) else batch
         self.initialize_actnorm(x)
+
+    def on_train_epoch_start(self) -> None:
+        """Batch-norm layers gather the statistics of this epoch's training data afresh."""
+        for m in self.flow.modules():
+            if isinstance(m, BatchNormFlow):
+                m.reset_statistics()
+
+    def configure_optimizers(self) -> Any:
+        config = super().configure_optimizers()
+        if isinstance(config, dict):
+            config["lr_scheduler"]["interval"] = self.lr_scheduler_interval
+        return config

@@ -19,7 +19,9 @@ from torch import Tensor, nn
 
 from lightning_gm.nn.flows import (
     MADE,
+    MAF,
     ActNorm,
+    BatchNormFlow,
     AffineCoupling,
     ChannelShuffle,
     ElementwiseAffine,
@@ -58,6 +60,7 @@ class Case:
     shape: Tuple[int, ...]
     context: int = 0  # context features, 0 = unconditional
     unit_interval: bool = False  # inputs in (0, 1) instead of R
+    perturb: float = 0.3  # scale of the random perturbation of the parameters away from the initialisation
 
     def inputs(self, batch: int, gen: torch.Generator) -> Tuple[Tensor, Optional[Tensor]]:
         if self.unit_interval:
@@ -134,14 +137,30 @@ CASES = [
         ),
         (4,),
     ),
+    Case("batchnorm_vec", lambda: BatchNormFlow(4), (4,)),
+    Case("batchnorm_img", lambda: BatchNormFlow(2, eps=1e-4), (2, 4, 4)),
+    Case("maf_batchnorm", lambda: MAF((5,), num_layers=2, hidden_features=(8,), batch_norm=True, scale="exp"), (5,)),
+    Case(
+        "realnvp_multiscale_resnet_bn",
+        lambda: realnvp_multiscale((1, 4, 4), num_levels=2, hidden_channels=8, num_blocks=2, batch_norm=True),
+        (1, 4, 4),
+        perturb=0.05,  # ten couplings of deep residual nets: at 0.3 the outputs reach 1e7 and lose float64 digits
+    ),
+    Case(
+        "glow_split_prior_learn_top",
+        lambda: glow_multiscale((2, 4, 4), num_levels=2, depth=1, hidden_channels=8, split_prior=True, learn_top=True),
+        (2, 4, 4),
+        perturb=0.1,  # the split prior's scale is an unbounded exp, as in Glow
+    ),
     Case("inverse_planar", lambda: InverseFlow(PlanarFlow(4)), (4,)),
     Case("inverse_radial", lambda: InverseFlow(RadialFlow(4)), (4,)),
 ]
 IDS = [c.name for c in CASES]
 
 
-def prepare(case: Case, seed: int, scale: float = 0.3) -> FlowLayer:
+def prepare(case: Case, seed: int, scale: Optional[float] = None) -> FlowLayer:
     """Build in float64, run the data-dependent init on a batch, perturb all parameters."""
+    scale = case.perturb if scale is None else scale
     torch.manual_seed(seed)
     layer = case.factory().to(DTYPE)
     gen = torch.Generator().manual_seed(1000 + seed)
@@ -228,6 +247,7 @@ def test_state_dict_roundtrip(case: Case) -> None:
     fresh = case.factory().to(DTYPE)
     fresh.load_state_dict(torch.load(buf))
     fresh.train()  # an initialised ActNorm must not re-initialise after loading
+    layer.train()  # (and batch norm uses the batch's moments on both sides)
     x, ctx = case.inputs(5, torch.Generator().manual_seed(7))
     z1, l1 = layer(x, ctx)
     z2, l2 = fresh(x, ctx)
@@ -551,3 +571,45 @@ def test_multiscale_shapes_and_log_prob() -> None:
     # the factored-out half of level 0 is exactly the first channels after that level
     h, _ = flow.levels[0](x)
     assert torch.allclose(pieces[0], h[:, :4])
+
+
+# ---------------------------------------------------------------------------- batch norm
+
+
+def test_batchnorm_evaluates_with_the_statistics_of_all_training_values_seen() -> None:
+    """Training mode standardises with the batch's moments (log-det -1/2 sum log v per position); evaluation
+    uses the exact mean and variance of every value seen in training since the last reset, (0, 1) before any."""
+    torch.manual_seed(0)
+    bn = BatchNormFlow(3, eps=1e-5).double()
+    bn.eval()
+    x = torch.randn(7, 3, 2, 2, dtype=DTYPE) * 3 + 1
+    z, ladj = bn(x)
+    assert torch.allclose(z, x / math.sqrt(1 + 1e-5)) and torch.allclose(ladj, torch.full((7,), -2 * 3 * math.log1p(1e-5), dtype=DTYPE))
+    bn.train()
+    batches = [torch.randn(5, 3, 2, 2, dtype=DTYPE) * torch.tensor([1.0, 2.0, 0.5], dtype=DTYPE).view(1, 3, 1, 1) + 4
+               for _ in range(4)]
+    z, ladj = bn(batches[0])
+    per_channel = z.transpose(0, 1).reshape(3, -1)
+    assert torch.allclose(per_channel.mean(1), torch.zeros(3, dtype=DTYPE), atol=1e-12)
+    assert torch.allclose(per_channel.var(1, unbiased=False), torch.ones(3, dtype=DTYPE), atol=1e-4)
+    var = batches[0].transpose(0, 1).reshape(3, -1).var(1, unbiased=False) + 1e-5
+    assert torch.allclose(ladj, (-0.5 * var.log().sum() * 4).expand(5))
+    for b in batches[1:]:
+        bn(b)
+    seen = torch.cat(batches).transpose(0, 1).reshape(3, -1)
+    mean, var = bn.statistics()
+    assert torch.allclose(mean, seen.mean(1)) and torch.allclose(var, seen.var(1, unbiased=False) + 1e-5)
+    bn.reset_statistics()
+    assert torch.equal(bn.statistics()[0], torch.zeros(3, dtype=DTYPE))
+
+
+def test_flow_model_resets_batchnorm_statistics_every_training_epoch() -> None:
+    from lightning_gm.models import Flow
+
+    model = Flow(data_shape=(5,), flow=MAF((5,), num_layers=2, hidden_features=(8,), batch_norm=True))
+    layers = [m for m in model.modules() if isinstance(m, BatchNormFlow)]
+    model.train()
+    model.log_prob(torch.randn(10, 5))
+    assert len(layers) == 2 and all(float(m.stat_count) == 10 for m in layers)  # 10 values per feature
+    model.on_train_epoch_start()
+    assert all(float(m.stat_count) == 0 for m in layers)
