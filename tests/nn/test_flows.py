@@ -47,6 +47,7 @@ from lightning_gm.nn.flows import (
     maf_flow,
     realnvp_flow,
     realnvp_multiscale,
+    set_batch_norm_statistics,
 )
 
 DTYPE = torch.float64
@@ -576,40 +577,62 @@ def test_multiscale_shapes_and_log_prob() -> None:
 # ---------------------------------------------------------------------------- batch norm
 
 
-def test_batchnorm_evaluates_with_the_statistics_of_all_training_values_seen() -> None:
-    """Training mode standardises with the batch's moments (log-det -1/2 sum log v per position); evaluation
-    uses the exact mean and variance of every value seen in training since the last reset, (0, 1) before any."""
+def test_batchnorm_standardises_with_batch_moments_in_training_and_set_statistics_in_evaluation() -> None:
+    """Training mode: the batch's moments (output mean 0, variance 1; log-det -1/2 sum log v per position).
+    Evaluation: (0, 1) before any statistics, then the exact mean and variance of the data set passed through
+    ``set_batch_norm_statistics``; the modes are restored."""
     torch.manual_seed(0)
-    bn = BatchNormFlow(3, eps=1e-5).double()
-    bn.eval()
+    bn = BatchNormFlow(3, eps=1e-5).double().eval()
     x = torch.randn(7, 3, 2, 2, dtype=DTYPE) * 3 + 1
     z, ladj = bn(x)
-    assert torch.allclose(z, x / math.sqrt(1 + 1e-5)) and torch.allclose(ladj, torch.full((7,), -2 * 3 * math.log1p(1e-5), dtype=DTYPE))
+    assert torch.allclose(z, x / math.sqrt(1 + 1e-5))
+    assert torch.allclose(ladj, torch.full((7,), -2 * 3 * math.log1p(1e-5), dtype=DTYPE))
+    scale = torch.tensor([1.0, 2.0, 0.5], dtype=DTYPE).view(1, 3, 1, 1)
+    batches = [torch.randn(5, 3, 2, 2, dtype=DTYPE) * scale + 4 for _ in range(4)]
     bn.train()
-    batches = [torch.randn(5, 3, 2, 2, dtype=DTYPE) * torch.tensor([1.0, 2.0, 0.5], dtype=DTYPE).view(1, 3, 1, 1) + 4
-               for _ in range(4)]
     z, ladj = bn(batches[0])
     per_channel = z.transpose(0, 1).reshape(3, -1)
     assert torch.allclose(per_channel.mean(1), torch.zeros(3, dtype=DTYPE), atol=1e-12)
     assert torch.allclose(per_channel.var(1, unbiased=False), torch.ones(3, dtype=DTYPE), atol=1e-4)
     var = batches[0].transpose(0, 1).reshape(3, -1).var(1, unbiased=False) + 1e-5
     assert torch.allclose(ladj, (-0.5 * var.log().sum() * 4).expand(5))
-    for b in batches[1:]:
-        bn(b)
+    assert float(bn.stat_count) == 0  # training steps do not gather statistics
+    bn.eval()
+    assert set_batch_norm_statistics(bn, batches) == 20 and not bn.training
     seen = torch.cat(batches).transpose(0, 1).reshape(3, -1)
     mean, var = bn.statistics()
     assert torch.allclose(mean, seen.mean(1)) and torch.allclose(var, seen.var(1, unbiased=False) + 1e-5)
-    bn.reset_statistics()
-    assert torch.equal(bn.statistics()[0], torch.zeros(3, dtype=DTYPE))
 
 
-def test_flow_model_resets_batchnorm_statistics_every_training_epoch() -> None:
+def test_set_statistics_on_one_batch_makes_evaluation_equal_training_mode() -> None:
+    """Statistics gathered from one chunk holding the whole data set are that chunk's moments at every layer, so
+    the stacked flow evaluates it exactly as in training mode (MAF's full-training-set statistics)."""
+    torch.manual_seed(0)
+    flow = MAF((5,), num_layers=3, hidden_features=(16,), batch_norm=True).double()
+    with torch.no_grad():
+        for p in flow.parameters():
+            p.add_(0.2 * torch.randn_like(p))
+    x = torch.randn(300, 5, dtype=DTYPE) * 2 + 1
+    flow.train()
+    z_train, ladj_train = flow(x)
+    flow.eval()
+    set_batch_norm_statistics(flow, [x])
+    z_eval, ladj_eval = flow(x)
+    assert torch.allclose(z_eval, z_train, atol=1e-10) and torch.allclose(ladj_eval, ladj_train, atol=1e-10)
+
+
+def test_flow_model_sets_batchnorm_statistics_from_a_prefix_of_its_loader_without_touching_the_rng() -> None:
     from lightning_gm.models import Flow
 
-    model = Flow(data_shape=(5,), flow=MAF((5,), num_layers=2, hidden_features=(8,), batch_norm=True))
-    layers = [m for m in model.modules() if isinstance(m, BatchNormFlow)]
+    torch.manual_seed(0)
+    model = Flow(data_shape=(5,), flow=MAF((5,), num_layers=2, hidden_features=(8,), batch_norm=True),
+                 batch_norm_examples=250).double().eval()
+    x = torch.randn(300, 5, dtype=DTYPE)
+    state = torch.random.get_rng_state()
+    assert model.set_batch_norm_statistics([x[:100], x[100:200], x[200:]]) == 250
+    assert torch.equal(torch.random.get_rng_state(), state)
+    first = next(m for m in model.modules() if isinstance(m, BatchNormFlow))
+    assert float(first.stat_count) == 250 and not first.training
+    lp_eval = model.log_prob(x[:250])
     model.train()
-    model.log_prob(torch.randn(10, 5))
-    assert len(layers) == 2 and all(float(m.stat_count) == 10 for m in layers)  # 10 values per feature
-    model.on_train_epoch_start()
-    assert all(float(m.stat_count) == 0 for m in layers)
+    assert torch.allclose(lp_eval, model.log_prob(x[:250]), atol=1e-9)

@@ -48,6 +48,7 @@ from lightning_gm.nn.flows.elementwise import (
     PlanarFlow,
     RadialFlow,
     SigmoidTransform,
+    set_batch_norm_statistics,
 )
 from lightning_gm.nn.flows.glow import GlowStep, InvertibleConv1x1
 from lightning_gm.nn.flows.made import MADE, MaskedLinear
@@ -65,6 +66,7 @@ __all__ = [
     "RadialFlow",
     "ActNorm",
     "BatchNormFlow",
+    "set_batch_norm_statistics",
     "ElementwiseAffine",
     "LogitTransform",
     "SigmoidTransform",

@@ -17,7 +17,7 @@ References:
 from __future__ import annotations
 
 import math
-from typing import Optional, Sequence, Tuple, Union
+from typing import Iterable, Optional, Sequence, Tuple, Union
 
 import torch
 import torch.nn.functional as F
@@ -30,6 +30,7 @@ __all__ = [
     "RadialFlow",
     "ActNorm",
     "BatchNormFlow",
+    "set_batch_norm_statistics",
     "ElementwiseAffine",
     "LogitTransform",
     "SigmoidTransform",
@@ -264,14 +265,11 @@ class BatchNormFlow(FlowLayer):
 
     with :math:`\log\gamma, \beta` learned (initially 0: the layer starts as plain standardisation). In
     training mode :math:`m, v` are the batch's per-channel mean and biased variance plus ``eps`` (gradients flow
-    through them, as in Dinh et al. and Papamakarios et al.), and the layer accumulates
-    :math:`\sum x`, :math:`\sum x^2` and the count of the values it has seen since the last
-    :meth:`reset_statistics`. In evaluation mode (and in ``inverse``) it uses the mean and variance of all
-    those values, :math:`m = \overline{x}`, :math:`v = \overline{x^2} - \overline{x}^2 + \epsilon`: reset at
-    the start of every training epoch (``Flow`` does), these are the statistics of the epoch's whole training
-    set, as the MAF authors set them (their code recomputes them on the full training set before each
-    validation) rather than an exponential running average. Before any statistics exist, evaluation uses
-    :math:`m = 0, v = 1` (the authors' initial values). The sums are float64 buffers, saved in checkpoints.
+    through them, as in Dinh et al. and Papamakarios et al.). In evaluation mode (and in ``inverse``) they are
+    the mean and variance of the data set last passed through :func:`set_batch_norm_statistics` (the MAF
+    authors' ``set_batch_norm_stats``: the statistics of the training set under the current parameters,
+    recomputed before every validation), :math:`m = 0, v = 1` (their initial values) before that. The
+    statistics are float64 buffers, saved in checkpoints.
 
     Args:
         num_features: number of channels :math:`C`.
@@ -296,9 +294,11 @@ class BatchNormFlow(FlowLayer):
         self.register_buffer("stat_sum", torch.zeros(num_features, dtype=torch.float64))
         self.register_buffer("stat_sum_sq", torch.zeros(num_features, dtype=torch.float64))
         self.register_buffer("stat_count", torch.zeros((), dtype=torch.float64))
+        #: accumulate the values seen in training mode into the statistics (set by set_batch_norm_statistics)
+        self.collecting = False
 
     def reset_statistics(self) -> None:
-        """Forget the accumulated statistics (the next evaluation uses those gathered from now on)."""
+        """Forget the statistics (evaluation then uses :math:`m = 0, v = 1` until new ones are gathered)."""
         self.stat_sum.zero_()
         self.stat_sum_sq.zero_()
         self.stat_count.zero_()
@@ -318,11 +318,12 @@ class BatchNormFlow(FlowLayer):
         dims = [d for d in range(x.dim()) if d != 1]
         mean = x.mean(dim=dims)
         var = (x - _channel_view(mean, x.dim())).pow(2).mean(dim=dims) + self.eps
-        with torch.no_grad():
-            flat = x.detach().transpose(0, 1).reshape(self.num_features, -1).double()
-            self.stat_sum.add_(flat.sum(1))
-            self.stat_sum_sq.add_(flat.pow(2).sum(1))
-            self.stat_count.add_(flat.shape[1])
+        if self.collecting:
+            with torch.no_grad():
+                flat = x.detach().transpose(0, 1).reshape(self.num_features, -1).double()
+                self.stat_sum.add_(flat.sum(1))
+                self.stat_sum_sq.add_(flat.pow(2).sum(1))
+                self.stat_count.add_(flat.shape[1])
         return mean, var
 
     def _ladj(self, var: Tensor, x: Tensor) -> Tensor:
@@ -340,6 +341,35 @@ class BatchNormFlow(FlowLayer):
         scale = _channel_view(torch.exp(0.5 * torch.log(var) - self.log_gamma), z.dim())
         x = (z - _channel_view(self.beta, z.dim())) * scale + _channel_view(mean, z.dim())
         return x, -self._ladj(var, z)
+
+
+@torch.no_grad()
+def set_batch_norm_statistics(flow: nn.Module, batches: Iterable[Tensor],
+                              context: Optional[Iterable[Optional[Tensor]]] = None) -> int:
+    r"""Set the evaluation statistics of every :class:`BatchNormFlow` in ``flow`` from a data set.
+
+    The data are passed through ``flow`` with only its batch-norm layers in training mode (every other module
+    keeps its mode), so each layer normalises with its batch's moments, as in training, and accumulates the
+    mean and variance of all the values it sees: with the training set this is the MAF authors'
+    ``set_batch_norm_stats``. The modes are restored afterwards. Returns the number of examples passed.
+    """
+    layers = [m for m in flow.modules() if isinstance(m, BatchNormFlow)]
+    modes = [(m, m.training) for m in layers]
+    seen = 0
+    try:
+        for m in layers:
+            m.reset_statistics()
+            m.collecting = True
+            m.train()
+        contexts = iter(context) if context is not None else None
+        for x in batches:
+            flow(x, next(contexts) if contexts is not None else None)
+            seen += x.shape[0]
+    finally:
+        for m, mode in modes:
+            m.collecting = False
+            m.train(mode)
+    return seen
 
 
 class ElementwiseAffine(FlowLayer):
