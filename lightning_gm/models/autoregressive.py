@@ -98,6 +98,12 @@ class AutoregressiveBinaryModel(GenerativeModel):
         nll = -bernoulli_log_prob(flat, self.logits(flat)).mean()
         return {"loss": nll, "nll": nll.detach()}
 
+    def test_terms(self, x: Tensor) -> tuple[dict[str, Tensor], Tensor]:
+        """One evaluation of the conditionals gives both the test loss and the per-example ``log p(x)``."""
+        log_prob = self.log_prob(x)
+        nll = -log_prob.mean()
+        return {"loss": nll, "nll": nll}, log_prob
+
     @property
     def estimator(self) -> str:
         return "exact"
@@ -244,15 +250,28 @@ class MADEDensity(AutoregressiveBinaryModel):
             nll = -self.mixture_log_prob(x, self.val_num_masks).mean()
         return {"loss": nll, "nll": nll}
 
+    def test_terms(self, x: Tensor) -> tuple[dict[str, Tensor], Tensor]:
+        """The per-mask log-likelihoods are computed once, for the larger of ``val_num_masks`` and
+        ``test_num_masks``: the loss (the ``val_num_masks`` mixture, as in validation) and ``log p(x)`` (the
+        ``test_num_masks`` mixture) are both read from them."""
+        per_mask = self._per_mask_log_prob(x, max(self.val_num_masks, self.test_num_masks))
+        nll = -log_mean_exp(per_mask[: self.val_num_masks], 0).mean()
+        return {"loss": nll, "nll": nll}, log_mean_exp(per_mask[: self.test_num_masks], 0)
+
     @torch.no_grad()
     def mixture_log_prob(self, x: Tensor, num_masks: int) -> Tensor:
         r""":math:`\log \frac1K \sum_{k<K} p_k(x)` over the first ``num_masks`` connectivities, ``(B,)``."""
+        return log_mean_exp(self._per_mask_log_prob(x, num_masks), 0)
+
+    @torch.no_grad()
+    def _per_mask_log_prob(self, x: Tensor, num_masks: int) -> Tensor:
+        """:math:`\log p_k(x)` for the first ``num_masks`` connectivities, ``(num_masks, B)``."""
         flat = x.flatten(1)
         per_mask = []
         for k in range(num_masks):
             self.use_mask(k)
             per_mask.append(torch.cat([bernoulli_log_prob(c, self.logits(c)) for c in flat.split(self.eval_chunk)]))
-        return log_mean_exp(torch.stack(per_mask), 0)
+        return torch.stack(per_mask)
 
     def log_prob(self, x: Tensor) -> Tensor:
         return self.mixture_log_prob(x, self.test_num_masks)

@@ -255,13 +255,17 @@ class GenerativeModel(pl.LightningModule):
         if stage == "train":
             self._log_train_terms(terms, x.shape[0])
             return terms["loss"]
+        self._log_eval_terms(terms, stage, x.shape[0])
+        return terms["loss"]
+
+    def _log_eval_terms(self, terms: dict[str, Tensor], stage: str, batch_size: int) -> None:
+        """Log a validation/test batch's terms as epoch means ``f"{stage}/{name}"`` (averaged over processes)."""
         self.log_dict(
             {f"{stage}/{k}": v.detach() for k, v in terms.items() if k != "loss"},
-            on_step=False, on_epoch=True, prog_bar=False, batch_size=x.shape[0], sync_dist=True,
+            on_step=False, on_epoch=True, prog_bar=False, batch_size=batch_size, sync_dist=True,
         )
         self.log(f"{stage}/loss", terms["loss"], on_step=False, on_epoch=True, prog_bar=True,
-                 batch_size=x.shape[0], sync_dist=True)
-        return terms["loss"]
+                 batch_size=batch_size, sync_dist=True)
 
     def is_logging_step(self) -> bool:
         """Whether Lightning writes this training step's logged values (``trainer.log_every_n_steps``): a family
@@ -371,10 +375,20 @@ class GenerativeModel(pl.LightningModule):
     def validation_step(self, batch: Any, batch_idx: int) -> Tensor:
         return self._common_step(batch, "val")
 
+    def test_terms(self, x: Tensor) -> tuple[dict[str, Tensor], Tensor]:
+        """The loss terms of a test batch (as :meth:`loss_terms` with ``stage="test"``) and its per-example
+        ``log p(x)`` (as :meth:`log_prob`), shape ``(B,)``.
+
+        The default evaluates the model twice, once for each. A family whose ``log_prob`` already yields the
+        loss terms (flows, autoregressive and other exact models: the loss is ``-log_prob(x).mean()``)
+        overrides it to evaluate once, which halves the cost of its test epoch."""
+        return self.loss_terms(x, "test"), self.log_prob(x)
+
     def test_step(self, batch: Any, batch_idx: int) -> None:
         x = batch[0] if isinstance(batch, (tuple, list)) else batch
-        self._common_step(batch, "test")
-        self.test_nll.update(-self.log_prob(x))
+        terms, log_prob = self.test_terms(x)
+        self._log_eval_terms(terms, "test", x.shape[0])
+        self.test_nll.update(-log_prob)
 
     def on_test_epoch_end(self) -> None:
         nll, stderr, _ = self.test_nll.compute()

@@ -168,3 +168,70 @@ def test_vae_update_batch_size_keeps_the_updates_and_the_kl_warmup() -> None:
     assert kl == pytest.approx([min(1.0, s / 16) for s in range(16)])  # 8 updates per epoch, 2 warm-up epochs
     assert kl_split == pytest.approx(kl)
     torch.testing.assert_close(params_split, params)
+
+
+# --- one forward pass per test batch ----------------------------------------------------------------
+def _one_pass_cases() -> dict[str, Any]:
+    from functools import partial
+
+    from lightning_gm.models import NADE, PPCA, Flow, MADEDensity
+    from lightning_gm.nn.flows import MAF
+
+    D = 6
+
+    def flow() -> Any:
+        return Flow(data_shape=(D,), flow=partial(MAF, num_layers=2, hidden_features=(16,)))
+
+    def ppca() -> Any:
+        model = PPCA((D,), latent_dim=2)
+        model.fit_data(torch.randn(200, D, generator=torch.Generator().manual_seed(3)).split(100))
+        return model
+
+    # (model factory, binary data?, the module whose call is one evaluation, evaluations per batch one pass / two)
+    return {
+        "flow": (flow, False, "flow", 1, 2),
+        "nade": (lambda: NADE((D,), hidden=8), True, "logits", 1, 2),
+        # the loss is the val_num_masks=2 mixture, log p(x) the test_num_masks=3 mixture: 3 passes, not 2 + 3
+        "made": (lambda: MADEDensity((D,), hidden=(8,), ordering="random", hidden_degrees="random", num_masks=4,
+                                     val_num_masks=2, test_num_masks=3), True, "made", 3, 5),
+        "ppca": (ppca, False, "log_marginal", 1, 2),
+    }
+
+
+@pytest.mark.parametrize("name", ["flow", "nade", "made", "ppca"])
+def test_exact_families_evaluate_once_per_test_batch_with_unchanged_numbers(name: str):
+    """Flows, autoregressive and linear-Gaussian models read the test loss and log p(x) from one evaluation
+    (``test_terms``): the evaluations per batch drop from two to one, and the logged test/nll, test/loss and
+    test/nll_stderr equal those of the base's two-evaluation default."""
+    factory, binary, evaluated, one, two = _one_pass_cases()[name]
+    g = torch.Generator().manual_seed(0)
+    x = torch.rand(60, 6, generator=g)
+    x = torch.bernoulli(x, generator=g) if binary else x
+    loader = DataLoader(TensorDataset(x, torch.zeros(60)), batch_size=20)
+
+    def test(model: GenerativeModel) -> tuple[dict[str, float], int]:
+        calls = [0]
+        target = getattr(model, evaluated)
+        if isinstance(target, torch.nn.Module):
+            target.register_forward_hook(lambda *a: calls.__setitem__(0, calls[0] + 1))
+        else:
+            def counted(*a: Any, **k: Any) -> Any:
+                calls[0] += 1
+                return target(*a, **k)
+            setattr(model, evaluated, counted)
+        trainer = pl.Trainer(accelerator="cpu", logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                             enable_model_summary=False)
+        out = trainer.test(model, dataloaders=loader, verbose=False)[0]
+        return out, calls[0]
+
+    torch.manual_seed(0)
+    model = factory()
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    new, new_calls = test(model)
+    model.load_state_dict(state)
+    model.test_terms = lambda x: GenerativeModel.test_terms(model, x)  # the base's default: loss_terms + log_prob
+    old, old_calls = test(model)
+    assert (new_calls, old_calls) == (3 * one, 3 * two)
+    assert set(new) == set(old) and {"test/nll", "test/loss", "test/nll_stderr"} <= set(new)
+    for key in old:
+        assert new[key] == pytest.approx(old[key], rel=1e-6, abs=1e-6), key

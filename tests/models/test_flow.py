@@ -323,3 +323,23 @@ def test_eight_gaussians_within_005_nats_of_the_entropy_with_the_shipped_config(
     entropy, _ = toy_entropy("eight_gaussians")
     nll = summary["test"]["test/nll"]
     assert -0.02 < nll - entropy < 0.05, (nll, entropy)
+
+
+def test_per_step_scheduler_interval_warms_the_learning_rate_up_every_update():
+    """``lr_scheduler_interval="step"`` (Glow's warm-up): the scheduler steps after every update, not every epoch."""
+    from torch.utils.data import DataLoader, TensorDataset
+
+    lrs: list[float] = []
+
+    class Record(pl.Callback):
+        def on_train_batch_start(self, trainer: pl.Trainer, *args: Any) -> None:
+            lrs.append(trainer.optimizers[0].param_groups[0]["lr"])
+
+    torch.manual_seed(0)
+    model = Flow(data_shape=(2,), flow=partial(RealNVP, num_layers=2, hidden_features=8),
+                 optimizer=lambda p: torch.optim.Adamax(p, lr=1e-3),
+                 lr_scheduler=lambda opt: torch.optim.lr_scheduler.LinearLR(opt, 0.25, 1.0, total_iters=3),
+                 lr_scheduler_interval="step")
+    loader = DataLoader(TensorDataset(torch.randn(40, 2)), batch_size=8)
+    _quiet_trainer(max_epochs=1, limit_val_batches=0, callbacks=[Record()]).fit(model, loader)
+    assert lrs == pytest.approx([2.5e-4, 5e-4, 7.5e-4, 1e-3, 1e-3])

@@ -19,7 +19,9 @@ from torch import Tensor, nn
 
 from lightning_gm.nn.flows import (
     MADE,
+    MAF,
     ActNorm,
+    BatchNormFlow,
     AffineCoupling,
     ChannelShuffle,
     ElementwiseAffine,
@@ -45,6 +47,7 @@ from lightning_gm.nn.flows import (
     maf_flow,
     realnvp_flow,
     realnvp_multiscale,
+    set_batch_norm_statistics,
 )
 
 DTYPE = torch.float64
@@ -58,6 +61,7 @@ class Case:
     shape: Tuple[int, ...]
     context: int = 0  # context features, 0 = unconditional
     unit_interval: bool = False  # inputs in (0, 1) instead of R
+    perturb: float = 0.3  # scale of the random perturbation of the parameters away from the initialisation
 
     def inputs(self, batch: int, gen: torch.Generator) -> Tuple[Tensor, Optional[Tensor]]:
         if self.unit_interval:
@@ -134,14 +138,30 @@ CASES = [
         ),
         (4,),
     ),
+    Case("batchnorm_vec", lambda: BatchNormFlow(4), (4,)),
+    Case("batchnorm_img", lambda: BatchNormFlow(2, eps=1e-4), (2, 4, 4)),
+    Case("maf_batchnorm", lambda: MAF((5,), num_layers=2, hidden_features=(8,), batch_norm=True, scale="exp"), (5,)),
+    Case(
+        "realnvp_multiscale_resnet_bn",
+        lambda: realnvp_multiscale((1, 4, 4), num_levels=2, hidden_channels=8, num_blocks=2, batch_norm=True),
+        (1, 4, 4),
+        perturb=0.05,  # ten couplings of deep residual nets: at 0.3 the outputs reach 1e7 and lose float64 digits
+    ),
+    Case(
+        "glow_split_prior_learn_top",
+        lambda: glow_multiscale((2, 4, 4), num_levels=2, depth=1, hidden_channels=8, split_prior=True, learn_top=True),
+        (2, 4, 4),
+        perturb=0.1,  # the split prior's scale is an unbounded exp, as in Glow
+    ),
     Case("inverse_planar", lambda: InverseFlow(PlanarFlow(4)), (4,)),
     Case("inverse_radial", lambda: InverseFlow(RadialFlow(4)), (4,)),
 ]
 IDS = [c.name for c in CASES]
 
 
-def prepare(case: Case, seed: int, scale: float = 0.3) -> FlowLayer:
+def prepare(case: Case, seed: int, scale: Optional[float] = None) -> FlowLayer:
     """Build in float64, run the data-dependent init on a batch, perturb all parameters."""
+    scale = case.perturb if scale is None else scale
     torch.manual_seed(seed)
     layer = case.factory().to(DTYPE)
     gen = torch.Generator().manual_seed(1000 + seed)
@@ -228,6 +248,7 @@ def test_state_dict_roundtrip(case: Case) -> None:
     fresh = case.factory().to(DTYPE)
     fresh.load_state_dict(torch.load(buf))
     fresh.train()  # an initialised ActNorm must not re-initialise after loading
+    layer.train()  # (and batch norm uses the batch's moments on both sides)
     x, ctx = case.inputs(5, torch.Generator().manual_seed(7))
     z1, l1 = layer(x, ctx)
     z2, l2 = fresh(x, ctx)
@@ -551,3 +572,67 @@ def test_multiscale_shapes_and_log_prob() -> None:
     # the factored-out half of level 0 is exactly the first channels after that level
     h, _ = flow.levels[0](x)
     assert torch.allclose(pieces[0], h[:, :4])
+
+
+# ---------------------------------------------------------------------------- batch norm
+
+
+def test_batchnorm_standardises_with_batch_moments_in_training_and_set_statistics_in_evaluation() -> None:
+    """Training mode: the batch's moments (output mean 0, variance 1; log-det -1/2 sum log v per position).
+    Evaluation: (0, 1) before any statistics, then the exact mean and variance of the data set passed through
+    ``set_batch_norm_statistics``; the modes are restored."""
+    torch.manual_seed(0)
+    bn = BatchNormFlow(3, eps=1e-5).double().eval()
+    x = torch.randn(7, 3, 2, 2, dtype=DTYPE) * 3 + 1
+    z, ladj = bn(x)
+    assert torch.allclose(z, x / math.sqrt(1 + 1e-5))
+    assert torch.allclose(ladj, torch.full((7,), -2 * 3 * math.log1p(1e-5), dtype=DTYPE))
+    scale = torch.tensor([1.0, 2.0, 0.5], dtype=DTYPE).view(1, 3, 1, 1)
+    batches = [torch.randn(5, 3, 2, 2, dtype=DTYPE) * scale + 4 for _ in range(4)]
+    bn.train()
+    z, ladj = bn(batches[0])
+    per_channel = z.transpose(0, 1).reshape(3, -1)
+    assert torch.allclose(per_channel.mean(1), torch.zeros(3, dtype=DTYPE), atol=1e-12)
+    assert torch.allclose(per_channel.var(1, unbiased=False), torch.ones(3, dtype=DTYPE), atol=1e-4)
+    var = batches[0].transpose(0, 1).reshape(3, -1).var(1, unbiased=False) + 1e-5
+    assert torch.allclose(ladj, (-0.5 * var.log().sum() * 4).expand(5))
+    assert float(bn.stat_count) == 0  # training steps do not gather statistics
+    bn.eval()
+    assert set_batch_norm_statistics(bn, batches) == 20 and not bn.training
+    seen = torch.cat(batches).transpose(0, 1).reshape(3, -1)
+    mean, var = bn.statistics()
+    assert torch.allclose(mean, seen.mean(1)) and torch.allclose(var, seen.var(1, unbiased=False) + 1e-5)
+
+
+def test_set_statistics_on_one_batch_makes_evaluation_equal_training_mode() -> None:
+    """Statistics gathered from one chunk holding the whole data set are that chunk's moments at every layer, so
+    the stacked flow evaluates it exactly as in training mode (MAF's full-training-set statistics)."""
+    torch.manual_seed(0)
+    flow = MAF((5,), num_layers=3, hidden_features=(16,), batch_norm=True).double()
+    with torch.no_grad():
+        for p in flow.parameters():
+            p.add_(0.2 * torch.randn_like(p))
+    x = torch.randn(300, 5, dtype=DTYPE) * 2 + 1
+    flow.train()
+    z_train, ladj_train = flow(x)
+    flow.eval()
+    set_batch_norm_statistics(flow, [x])
+    z_eval, ladj_eval = flow(x)
+    assert torch.allclose(z_eval, z_train, atol=1e-10) and torch.allclose(ladj_eval, ladj_train, atol=1e-10)
+
+
+def test_flow_model_sets_batchnorm_statistics_from_a_prefix_of_its_loader_without_touching_the_rng() -> None:
+    from lightning_gm.models import Flow
+
+    torch.manual_seed(0)
+    model = Flow(data_shape=(5,), flow=MAF((5,), num_layers=2, hidden_features=(8,), batch_norm=True),
+                 batch_norm_examples=250).double().eval()
+    x = torch.randn(300, 5, dtype=DTYPE)
+    state = torch.random.get_rng_state()
+    assert model.set_batch_norm_statistics([x[:100], x[100:200], x[200:]]) == 250
+    assert torch.equal(torch.random.get_rng_state(), state)
+    first = next(m for m in model.modules() if isinstance(m, BatchNormFlow))
+    assert float(first.stat_count) == 250 and not first.training
+    lp_eval = model.log_prob(x[:250])
+    model.train()
+    assert torch.allclose(lp_eval, model.log_prob(x[:250]), atol=1e-9)

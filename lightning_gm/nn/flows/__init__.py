@@ -33,18 +33,22 @@ from lightning_gm.nn.flows.coupling import (
     alternating_mask,
     channel_mask,
     checkerboard_mask,
+    ResidualBlock,
     conv_conditioner,
     mlp_conditioner,
     realnvp_flow,
+    resnet_conditioner,
     zero_init_last_layer,
 )
 from lightning_gm.nn.flows.elementwise import (
     ActNorm,
+    BatchNormFlow,
     ElementwiseAffine,
     LogitTransform,
     PlanarFlow,
     RadialFlow,
     SigmoidTransform,
+    set_batch_norm_statistics,
 )
 from lightning_gm.nn.flows.glow import GlowStep, InvertibleConv1x1
 from lightning_gm.nn.flows.made import MADE, MaskedLinear
@@ -61,6 +65,8 @@ __all__ = [
     "PlanarFlow",
     "RadialFlow",
     "ActNorm",
+    "BatchNormFlow",
+    "set_batch_norm_statistics",
     "ElementwiseAffine",
     "LogitTransform",
     "SigmoidTransform",
@@ -74,6 +80,8 @@ __all__ = [
     "channel_mask",
     "mlp_conditioner",
     "conv_conditioner",
+    "resnet_conditioner",
+    "ResidualBlock",
     "zero_init_last_layer",
     "realnvp_flow",
     "MaskedLinear",

@@ -34,7 +34,7 @@ from torch import Tensor, nn
 from lightning_gm.nn.flows.autoregressive import MaskedAutoregressiveFlow
 from lightning_gm.nn.flows.base import FlowLayer, FlowSequence
 from lightning_gm.nn.flows.coupling import AffineCoupling, alternating_mask, mlp_conditioner
-from lightning_gm.nn.flows.elementwise import ActNorm, PlanarFlow, RadialFlow
+from lightning_gm.nn.flows.elementwise import ActNorm, BatchNormFlow, PlanarFlow, RadialFlow
 from lightning_gm.nn.flows.multiscale import MultiScaleFlow, glow_multiscale, realnvp_multiscale
 from lightning_gm.nn.flows.permutation import RandomPermutation, ReversePermutation
 
@@ -178,8 +178,11 @@ class MAF(FlowSequence):
         num_layers: number of autoregressive layers (MAF (5) in the paper: 5).
         hidden_features: MADE hidden widths (the paper's MNIST model: ``[1024]``).
         permutation: ``"reverse"`` (the paper) or ``"random"`` (seeded) order between layers.
-        actnorm: put an :class:`ActNorm` after each layer (a stand-in for the paper's batch norm).
-        scale: log-scale map (``"tanh"`` soft clamp by default).
+        actnorm: put an :class:`ActNorm` after each layer.
+        batch_norm: put a :class:`BatchNormFlow` after each layer (the paper's MAF: batch norm between the
+            MADEs and after the last one).
+        scale: log-scale map (``"tanh"`` soft clamp by default; ``"exp"`` is the paper's unconstrained
+            :math:`\alpha_i`).
         clamp: soft-clamp bound of ``"tanh"``.
         seed: seed of the random permutations.
 
@@ -195,6 +198,7 @@ class MAF(FlowSequence):
         hidden_features: Sequence[int] = (64, 64),
         permutation: str = "reverse",
         actnorm: bool = False,
+        batch_norm: bool = False,
         scale: str = "tanh",
         clamp: float = 3.0,
         seed: int = 0,
@@ -208,6 +212,8 @@ class MAF(FlowSequence):
             layers.append(MaskedAutoregressiveFlow(dim, tuple(hidden_features), scale=scale, clamp=clamp))
             if actnorm:
                 layers.append(ActNorm(dim))
+            if batch_norm:
+                layers.append(BatchNormFlow(dim))
         super().__init__(layers)
 
 
@@ -225,9 +231,13 @@ class MultiScaleRealNVP(MultiScaleFlow):
         hidden_channels: width of each convolutional conditioner.
         scale: scale map (``"tanh"`` soft clamp by default).
         clamp: soft-clamp bound of ``"tanh"``.
+        num_blocks: residual blocks per conditioner (RealNVP's ResNets; 8 for its CIFAR-10 model); 0 = a plain
+            three-layer conv conditioner.
+        batch_norm: batch normalisation inside the residual conditioners and after every coupling
+            (:class:`BatchNormFlow`), as in RealNVP.
 
     References:
-        Dinh, Sohl-Dickstein & Bengio, "Density estimation using Real NVP", ICLR 2017 (Sec. 3.6, 4.1).
+        Dinh, Sohl-Dickstein & Bengio, "Density estimation using Real NVP", ICLR 2017 (Sec. 3.6, 3.7, 4.1).
     """
 
     def __init__(
@@ -237,10 +247,13 @@ class MultiScaleRealNVP(MultiScaleFlow):
         hidden_channels: int = 64,
         scale: str = "tanh",
         clamp: float = 2.0,
+        num_blocks: int = 0,
+        batch_norm: bool = False,
     ) -> None:
         if len(shape) != 3:
             raise ValueError(f"MultiScaleRealNVP needs image data (C, H, W), got shape {tuple(shape)}: set data.flatten=false")
-        built = realnvp_multiscale(tuple(shape), num_levels, hidden_channels, scale, clamp)
+        built = realnvp_multiscale(tuple(shape), num_levels, hidden_channels, scale, clamp,
+                                   num_blocks=num_blocks, batch_norm=batch_norm)
         super().__init__(built.input_shape, list(built.levels))
 
 
@@ -260,6 +273,9 @@ class Glow(MultiScaleFlow):
         hidden_channels: width of each convolutional conditioner.
         scale: coupling scale map (``"sigmoid"`` as in Glow).
         lu: LU-parameterise the 1x1 convolutions.
+        split_prior: learned conditional prior of each factored-out half given the kept half (Glow's
+            ``split2d``).
+        learn_top: learned mean and scale of the top level's prior (Glow's ``--learntop``).
 
     References:
         Kingma & Dhariwal, "Glow: Generative Flow with Invertible 1x1 Convolutions", NeurIPS 2018.
@@ -273,10 +289,13 @@ class Glow(MultiScaleFlow):
         hidden_channels: int = 64,
         scale: str = "sigmoid",
         lu: bool = True,
+        split_prior: bool = False,
+        learn_top: bool = False,
     ) -> None:
         if len(shape) != 3:
             raise ValueError(f"Glow needs image data (C, H, W), got shape {tuple(shape)}: set data.flatten=false")
-        built = glow_multiscale(tuple(shape), num_levels, depth, hidden_channels, scale, lu)
+        built = glow_multiscale(tuple(shape), num_levels, depth, hidden_channels, scale, lu,
+                                split_prior=split_prior, learn_top=learn_top)
         super().__init__(built.input_shape, list(built.levels))
 
 

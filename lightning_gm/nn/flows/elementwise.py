@@ -1,4 +1,4 @@
-r"""Element-wise and low-rank flow layers: planar, radial, ActNorm, affine, logit, sigmoid.
+r"""Element-wise and low-rank flow layers: planar, radial, ActNorm, batch norm, affine, logit, sigmoid.
 
 All layers follow :class:`~lightning_gm.nn.flows.base.FlowLayer`'s convention:
 ``forward`` = data -> noise returning ``log|det dz/dx|`` of shape ``(B,)``,
@@ -17,7 +17,7 @@ References:
 from __future__ import annotations
 
 import math
-from typing import Optional, Sequence, Tuple, Union
+from typing import Iterable, Optional, Sequence, Tuple, Union
 
 import torch
 import torch.nn.functional as F
@@ -29,6 +29,8 @@ __all__ = [
     "PlanarFlow",
     "RadialFlow",
     "ActNorm",
+    "BatchNormFlow",
+    "set_batch_norm_statistics",
     "ElementwiseAffine",
     "LogitTransform",
     "SigmoidTransform",
@@ -250,6 +252,124 @@ class ActNorm(FlowLayer):
         log_scale = _channel_view(self.log_scale, z.dim())
         x = z * torch.exp(log_scale) + loc
         return x, -self._ladj(z)
+
+
+class BatchNormFlow(FlowLayer):
+    r"""Batch normalisation as an invertible layer (RealNVP, MAF), per channel on ``(B, C)`` or ``(B, C, *spatial)``.
+
+    .. math::
+
+        z = e^{\log\gamma} \odot \frac{x - m}{\sqrt{v}} + \beta, \qquad
+        \log\left|\det \frac{\partial z}{\partial x}\right| =
+        \Big(\prod \text{spatial}\Big) \sum_{c=1}^C \Big[\log\gamma_c - \tfrac12 \log v_c\Big],
+
+    with :math:`\log\gamma, \beta` learned (initially 0: the layer starts as plain standardisation). In
+    training mode :math:`m, v` are the batch's per-channel mean and biased variance plus ``eps`` (gradients flow
+    through them, as in Dinh et al. and Papamakarios et al.). In evaluation mode (and in ``inverse``) they are
+    the mean and variance of the data set last passed through :func:`set_batch_norm_statistics` (the MAF
+    authors' ``set_batch_norm_stats``: the statistics of the training set under the current parameters,
+    recomputed before every validation), :math:`m = 0, v = 1` (their initial values) before that. The
+    statistics are float64 buffers, saved in checkpoints.
+
+    Args:
+        num_features: number of channels :math:`C`.
+        eps: added to the variance (``1e-5`` in the MAF code, ``1e-4`` in RealNVP's).
+
+    References:
+        Dinh, Sohl-Dickstein & Bengio, "Density estimation using Real NVP", ICLR 2017 (Sec. 3.7).
+        Papamakarios, Pavlakou & Murray, "Masked Autoregressive Flow for Density Estimation", NeurIPS 2017 (Sec. 3.4).
+        Ioffe & Szegedy, "Batch Normalization", ICML 2015.
+    """
+
+    stat_sum: Tensor
+    stat_sum_sq: Tensor
+    stat_count: Tensor
+
+    def __init__(self, num_features: int, eps: float = 1e-5) -> None:
+        super().__init__()
+        self.num_features = num_features
+        self.eps = eps
+        self.log_gamma = nn.Parameter(torch.zeros(num_features))
+        self.beta = nn.Parameter(torch.zeros(num_features))
+        self.register_buffer("stat_sum", torch.zeros(num_features, dtype=torch.float64))
+        self.register_buffer("stat_sum_sq", torch.zeros(num_features, dtype=torch.float64))
+        self.register_buffer("stat_count", torch.zeros((), dtype=torch.float64))
+        #: accumulate the values seen in training mode into the statistics (set by set_batch_norm_statistics)
+        self.collecting = False
+
+    def reset_statistics(self) -> None:
+        """Forget the statistics (evaluation then uses :math:`m = 0, v = 1` until new ones are gathered)."""
+        self.stat_sum.zero_()
+        self.stat_sum_sq.zero_()
+        self.stat_count.zero_()
+
+    def statistics(self) -> Tuple[Tensor, Tensor]:
+        """The evaluation-mode ``(mean, variance + eps)``, each ``(C,)``, in the dtype of the parameters."""
+        if float(self.stat_count) == 0:
+            mean, var = torch.zeros_like(self.stat_sum), torch.ones_like(self.stat_sum)
+        else:
+            mean = self.stat_sum / self.stat_count
+            var = (self.stat_sum_sq / self.stat_count - mean * mean).clamp_min(0.0)
+        return mean.to(self.beta.dtype), (var + self.eps).to(self.beta.dtype)
+
+    def _moments(self, x: Tensor) -> Tuple[Tensor, Tensor]:
+        if not self.training:
+            return self.statistics()
+        dims = [d for d in range(x.dim()) if d != 1]
+        mean = x.mean(dim=dims)
+        var = (x - _channel_view(mean, x.dim())).pow(2).mean(dim=dims) + self.eps
+        if self.collecting:
+            with torch.no_grad():
+                flat = x.detach().transpose(0, 1).reshape(self.num_features, -1).double()
+                self.stat_sum.add_(flat.sum(1))
+                self.stat_sum_sq.add_(flat.pow(2).sum(1))
+                self.stat_count.add_(flat.shape[1])
+        return mean, var
+
+    def _ladj(self, var: Tensor, x: Tensor) -> Tensor:
+        spatial = int(math.prod(x.shape[2:]))
+        return ((self.log_gamma - 0.5 * torch.log(var)).sum() * spatial).expand(x.shape[0])
+
+    def forward(self, x: Tensor, context: Optional[Tensor] = None) -> Tuple[Tensor, Tensor]:
+        mean, var = self._moments(x)
+        scale = _channel_view(torch.exp(self.log_gamma - 0.5 * torch.log(var)), x.dim())
+        z = (x - _channel_view(mean, x.dim())) * scale + _channel_view(self.beta, x.dim())
+        return z, self._ladj(var, x)
+
+    def inverse(self, z: Tensor, context: Optional[Tensor] = None) -> Tuple[Tensor, Tensor]:
+        mean, var = self.statistics()
+        scale = _channel_view(torch.exp(0.5 * torch.log(var) - self.log_gamma), z.dim())
+        x = (z - _channel_view(self.beta, z.dim())) * scale + _channel_view(mean, z.dim())
+        return x, -self._ladj(var, z)
+
+
+@torch.no_grad()
+def set_batch_norm_statistics(flow: nn.Module, batches: Iterable[Tensor],
+                              context: Optional[Iterable[Optional[Tensor]]] = None) -> int:
+    r"""Set the evaluation statistics of every :class:`BatchNormFlow` in ``flow`` from a data set.
+
+    The data are passed through ``flow`` with only its batch-norm layers in training mode (every other module
+    keeps its mode), so each layer normalises with its batch's moments, as in training, and accumulates the
+    mean and variance of all the values it sees: with the training set this is the MAF authors'
+    ``set_batch_norm_stats``. The modes are restored afterwards. Returns the number of examples passed.
+    """
+    layers = [m for m in flow.modules() if isinstance(m, BatchNormFlow)]
+    modes = [(m, m.training) for m in layers]
+    seen = 0
+    try:
+        for m in layers:
+            m.reset_statistics()
+            m.collecting = True
+            m.train()
+        contexts = iter(context) if context is not None else None
+        for x in batches:
+            flow(x, next(contexts) if contexts is not None else None)
+            seen += x.shape[0]
+    finally:
+        for m, mode in modes:
+            m.collecting = False
+            m.train(mode)
+    return seen
 
 
 class ElementwiseAffine(FlowLayer):

@@ -25,13 +25,15 @@ References:
 from __future__ import annotations
 
 import math
+from functools import partial
 from typing import List, Optional, Sequence, Tuple
 
 import torch
 from torch import Tensor, nn
 
 from lightning_gm.nn.flows.base import FlowLayer, FlowSequence
-from lightning_gm.nn.flows.coupling import AffineCoupling, channel_mask, checkerboard_mask
+from lightning_gm.nn.flows.coupling import AffineCoupling, channel_mask, checkerboard_mask, resnet_conditioner
+from lightning_gm.nn.flows.elementwise import BatchNormFlow, ElementwiseAffine
 from lightning_gm.nn.flows.glow import GlowStep
 
 __all__ = ["Squeeze", "MultiScaleFlow", "glow_multiscale", "realnvp_multiscale"]
@@ -171,8 +173,17 @@ def glow_multiscale(
     scale: str = "sigmoid",
     lu: bool = True,
     context_features: int = 0,
+    split_prior: bool = False,
+    learn_top: bool = False,
 ) -> MultiScaleFlow:
-    """Glow: ``num_levels`` levels of [Squeeze, ``depth`` x GlowStep], splitting between levels.
+    r"""Glow: ``num_levels`` levels of [Squeeze, ``depth`` x GlowStep], splitting between levels.
+
+    With ``split_prior`` the factored-out half :math:`z_o` of a level gets the learned conditional prior
+    :math:`\mathcal N(\mu(z_k), \sigma(z_k)^2)` given the kept half :math:`z_k` (Glow's ``split2d``), written as
+    the flow layer :math:`z_o \mapsto (z_o - \mu)/\sigma` (an affine coupling whose conditioner is one
+    zero-initialised conv3x3, so it starts as the identity) before a standard normal. With ``learn_top`` the
+    last level's output gets a learned per-position mean and scale (Glow's ``learntop``; an
+    :class:`ElementwiseAffine`, initially the identity).
 
     Args:
         input_shape: ``(C, H, W)``; ``H, W`` divisible by ``2**num_levels``.
@@ -182,6 +193,8 @@ def glow_multiscale(
         scale: coupling scale map.
         lu: LU-parameterised 1x1 convolutions.
         context_features: context channels (0 = unconditional).
+        split_prior: learned conditional prior of each factored-out half.
+        learn_top: learned mean and scale of the top level's prior.
 
     Returns:
         A :class:`MultiScaleFlow` mapping ``(B, C, H, W)`` to ``(B, C H W)``.
@@ -198,6 +211,11 @@ def glow_multiscale(
             GlowStep(c, hidden_channels, scale=scale, lu=lu, context_features=context_features, parity=k % 2)
             for k in range(depth)
         ]
+        if i < num_levels - 1 and split_prior:
+            # MultiScaleFlow factors out the first c // 2 channels: condition on the rest (channel_mask parity 1)
+            steps.append(AffineCoupling(channel_mask(c, 1), nn.Conv2d(c, 2 * c, 3, padding=1), scale="exp"))
+        if i == num_levels - 1 and learn_top:
+            steps.append(ElementwiseAffine((c, h, w)))
         levels.append(FlowSequence(steps))
         c = c - c // 2
     return MultiScaleFlow(input_shape, levels)
@@ -210,16 +228,22 @@ def realnvp_multiscale(
     scale: str = "tanh",
     clamp: float = 2.0,
     context_features: int = 0,
+    num_blocks: int = 0,
+    batch_norm: bool = False,
 ) -> MultiScaleFlow:
     """RealNVP: per scale 3 checkerboard couplings, squeeze, 3 channel couplings, split; last scale 4 checkerboard couplings.
 
     Args:
         input_shape: ``(C, H, W)``; ``H, W`` divisible by ``2**(num_levels - 1)``.
         num_levels: number of scales.
-        hidden_channels: conditioner width (default conv conditioner; RealNVP used ResNets).
+        hidden_channels: conditioner width.
         scale: coupling scale map.
         clamp: soft-clamp bound for ``"tanh"``.
         context_features: context channels (0 = unconditional).
+        num_blocks: residual blocks of each conditioner (:func:`resnet_conditioner`, as in RealNVP); 0 = the
+            plain conv3x3-conv1x1-conv3x3 conditioner.
+        batch_norm: batch normalisation in the residual conditioners and a :class:`BatchNormFlow` after every
+            coupling (RealNVP's Sec. 3.7).
 
     Returns:
         A :class:`MultiScaleFlow` mapping ``(B, C, H, W)`` to ``(B, C H W)``.
@@ -227,19 +251,31 @@ def realnvp_multiscale(
     References:
         Dinh, Sohl-Dickstein & Bengio, "Density estimation using Real NVP", ICLR 2017 (Sec. 3.6 / 4.1).
     """
-    kw = dict(hidden_features=hidden_channels, scale=scale, clamp=clamp, context_features=context_features)
+    if num_blocks < 0:
+        raise ValueError(f"num_blocks must be >= 0, got {num_blocks}")
+    kw: dict = dict(hidden_features=hidden_channels, scale=scale, clamp=clamp, context_features=context_features)
+    if num_blocks > 0:
+        kw["conditioner_factory"] = partial(resnet_conditioner, hidden_channels=hidden_channels, num_blocks=num_blocks,
+                                            batch_norm=batch_norm)
+
+    def couplings(masks: List[Tensor], channels: int) -> List[FlowLayer]:
+        out: List[FlowLayer] = []
+        for mask in masks:
+            out.append(AffineCoupling(mask, **kw))
+            if batch_norm:
+                out.append(BatchNormFlow(channels, eps=1e-4))
+        return out
+
     c, h, w = input_shape
     levels: List[FlowLayer] = []
     for i in range(num_levels):
         if i == num_levels - 1:
-            levels.append(
-                FlowSequence([AffineCoupling(checkerboard_mask(c, h, w, k % 2), **kw) for k in range(4)])  # type: ignore[arg-type]
-            )
+            levels.append(FlowSequence(couplings([checkerboard_mask(c, h, w, k % 2) for k in range(4)], c)))
             break
-        layers: List[FlowLayer] = [AffineCoupling(checkerboard_mask(c, h, w, k % 2), **kw) for k in range(3)]  # type: ignore[arg-type]
+        layers = couplings([checkerboard_mask(c, h, w, k % 2) for k in range(3)], c)
         layers.append(Squeeze())
         c, h, w = 4 * c, h // 2, w // 2
-        layers += [AffineCoupling(channel_mask(c, k % 2), **kw) for k in range(3)]  # type: ignore[arg-type]
+        layers += couplings([channel_mask(c, k % 2) for k in range(3)], c)
         levels.append(FlowSequence(layers))
         c = c - c // 2
     return MultiScaleFlow(input_shape, levels)
