@@ -3,19 +3,19 @@ per-example numbers behind ``test/nll`` written to the run folder.
 
 How the pieces meet (one source for every number):
 
-* the **model** owns :math:`\log Z`: its ``ensure_log_partition()`` computes it once per set of parameters
-  with the *test schedule* of its own config (``ais_runs``, ``ais_steps``, ``ais_seed``; exact enumeration
-  when the smaller layer is small), its ``log_prob(x) = log_prob_unnormalized(x) - log Z`` feeds the base
-  class's ``test/nll``, and it logs ``test/logZ``, ``test/logZ_stderr``, the :math:`\pm 3\sigma` interval
-  ``test/logZ_lower``/``test/logZ_upper`` and the matching ``test/nll_lower``/``test/nll_upper``;
-* this **callback** calls ``ensure_log_partition`` at ``on_test_start`` (before the model's own hook, so
-  the model finds it done) with a tqdm progress bar on rank 0, collects the per-example unnormalised
-  log-probabilities (:math:`-F(v)` for an RBM) and saves them with the AIS log-weights to
-  ``<run>/ais/test.pt``; with ``every_n_epochs > 0`` it also runs a cheaper AIS (``val_runs`` x
-  ``val_steps``) at the end of those validation epochs and logs ``val/nll_ais`` and ``val/logZ``.
+* the **model** owns :math:`\log Z` (:class:`~lightning_gm.models.energy.PartitionMixin`): its
+  ``ensure_log_partition()`` computes it once per set of parameters with the *test schedule* of its own
+  config (``ais.runs``, ``ais.steps``, ``ais.seed``; exact enumeration when small), with a progress bar; its
+  ``log_prob(x) = log_prob_unnormalized(x) - log Z`` feeds the base class's ``test/nll``, and it logs
+  ``test/logZ``, ``test/logZ_stderr``, the interval ``test/logZ_lower``/``test/logZ_upper``, the ESS and the
+  matching ``test/nll_lower``/``test/nll_upper``;
+* this **callback** (for any model with ``ensure_log_partition`` and ``log_prob_unnormalized``) collects the
+  per-example unnormalised log-probabilities (:math:`-F(v)` for an RBM) and saves them with the AIS
+  log-weights to ``<run>/ais/test.pt``; with ``every_n_epochs > 0`` it also runs a cheaper AIS (``val_runs``
+  x ``val_steps``) at the end of those validation epochs and logs ``val/nll_ais`` and ``val/logZ``.
 
 Under DDP the AIS runs are split across processes and the log-weights all-gathered (see
-:class:`~lightning_gm.models.rbm.PartitionMixin`), so every process holds the same :math:`\log\hat Z`;
+:class:`~lightning_gm.models.energy.PartitionMixin`), so every process holds the same :math:`\log\hat Z`;
 the per-example values are all-gathered before rank 0 writes the file.
 
 .. math:: \widehat{\mathrm{NLL}} = \frac1N\sum_n F(v_n) + \log\hat Z
@@ -35,30 +35,9 @@ import torch
 from torch import Tensor
 
 from lightning_gm.errors import ConfigError
+from lightning_gm.progress import trainer_progress
 
 __all__ = ["AISEvaluation"]
-
-
-class _Bar:
-    """A tqdm bar driven by the estimators' ``progress(step, total)`` hook (silent off rank 0)."""
-
-    def __init__(self, enabled: bool, desc: str) -> None:
-        self.enabled, self.desc, self.bar = enabled, desc, None
-        self.seen = 0
-
-    def __call__(self, step: int, total: int) -> None:
-        if not self.enabled:
-            return
-        if self.bar is None:
-            from tqdm.auto import tqdm
-
-            self.bar = tqdm(total=total, desc=self.desc, unit="beta", leave=False, dynamic_ncols=True)
-        self.bar.update(step - self.seen)
-        self.seen = step
-
-    def close(self) -> None:
-        if self.bar is not None:
-            self.bar.close()
 
 
 class AISEvaluation(pl.Callback):
@@ -70,7 +49,7 @@ class AISEvaluation(pl.Callback):
         val_runs: AIS chains of the validation estimate.
         val_steps: intermediate distributions of the validation estimate (cheap; the test schedule is the
             model's ``ais_steps``).
-        progress: show a progress bar (rank 0).
+        progress: show a progress bar of the validation AIS (rank 0; the test's is the model's).
         save: write ``<run>/ais/test.pt`` (per-example unnormalised log-probabilities, AIS log-weights,
             log Z and its interval).
     """
@@ -95,18 +74,10 @@ class AISEvaluation(pl.Callback):
                 f"AISEvaluation needs an RBM-family model (with ensure_log_partition); got {type(pl_module).__name__}"
             )
 
-    def _bar(self, trainer: pl.Trainer, desc: str) -> _Bar:
-        return _Bar(self.progress and trainer.is_global_zero, desc)
-
     # ------------------------------------------------------------------ test
     def on_test_start(self, trainer: pl.Trainer, pl_module: Any) -> None:
         self._check(pl_module)
         self._values = []
-        bar = self._bar(trainer, f"AIS log Z ({pl_module.ais_runs} runs x {pl_module.ais_steps} betas)")
-        try:
-            pl_module.ensure_log_partition(progress=bar)
-        finally:
-            bar.close()
 
     def on_test_batch_end(self, trainer: pl.Trainer, pl_module: Any, outputs: Any, batch: Any, batch_idx: int,
                           dataloader_idx: int = 0) -> None:
@@ -129,11 +100,11 @@ class AISEvaluation(pl.Callback):
                 "log_prob_unnormalized": values,  # -F(v) for an RBM; log p = this - log_z
                 "log_z": lp.log_z,
                 "log_z_interval": lp.interval,
-                "log_z_std_error": lp.std_error,
+                "log_z_stderr": lp.stderr,
                 "estimator": pl_module.estimator,
                 "log_weights": lp.log_weights,
-                "n_runs": lp.n_runs,
-                "n_steps": lp.n_steps,
+                "runs": lp.runs,
+                "steps": lp.steps,
             },
             path,
         )
@@ -157,7 +128,8 @@ class AISEvaluation(pl.Callback):
         if not self._due(trainer) or not self._val_values:
             return
         self._check(pl_module)
-        bar = self._bar(trainer, f"val AIS ({self.val_runs} runs x {self.val_steps} betas)")
+        bar = trainer_progress(trainer, f"val AIS ({self.val_runs} runs x {self.val_steps} betas)", unit="beta",
+                               enabled=self.progress)
         try:
             lp = pl_module.compute_log_partition(self.val_runs, self.val_steps, progress=bar)
         finally:

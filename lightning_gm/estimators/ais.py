@@ -1,6 +1,6 @@
 r"""Annealed Importance Sampling (AIS) estimates of log-partition functions.
 
-AIS (Neal 2001) moves ``n_runs`` independent chains along a path of unnormalised densities
+AIS (Neal 2001) moves ``runs`` independent chains along a path of unnormalised densities
 :math:`f_0, f_1, \dots, f_K` from a tractable base (:math:`Z_0` known, exact samples) to the target
 :math:`f_K` and accumulates importance weights
 
@@ -22,7 +22,10 @@ where :math:`T_k` leaves :math:`p_k = f_k / Z_k` invariant. Then :math:`E[w] = Z
 
 The loop (:func:`run_ais`) is generic over an :class:`AnnealingPath` (unnormalised log density at
 :math:`\beta` and a :math:`\beta`-invariant transition); :class:`RBMAnnealingPath` is the
-Bernoulli-RBM path of Salakhutdinov & Murray (2008), and a DBM path can plug into the same loop.
+Bernoulli-RBM path of Salakhutdinov & Murray (2008), and every other energy model (the RBM variants,
+the convolutional RBM, the DBM) plugs its own path into the same loop through the one entry point
+:func:`ais_log_partition`. :class:`AISSchedule` is the parameter group a model takes for it (runs, steps,
+seed, the exact-enumeration limit), with the same names down to the loop.
 
 References:
     Neal (2001), Annealed importance sampling, Statistics and Computing 11;
@@ -36,20 +39,24 @@ from __future__ import annotations
 import math
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
-from typing import Callable, Generic, Sequence, TypeVar
+from typing import Callable, ClassVar, Generic, Optional, Sequence, TypeVar
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from lightning_gm.groups import ParameterGroup
 from lightning_gm.nn.rbm import BernoulliRBM, GaussianBernoulliRBM, RBMBase, bernoulli
 
 __all__ = [
+    "AISSchedule",
     "AnnealingPath",
     "RBMAnnealingPath",
     "GaussianRBMAnnealingPath",
     "AISResult",
     "ProgressFn",
+    "FULL_RUNS",
+    "FULL_STEPS",
     "default_betas",
     "betas_schedule",
     "as_beta_list",
@@ -68,28 +75,64 @@ ProgressFn = Callable[[int, int], None]
 # Segments of the literature schedule: (start, end, number of intervals) with spacings 1e-3, 1e-4, 1e-5.
 _SCHEDULE_SEGMENTS: tuple[tuple[float, float, int], ...] = ((0.0, 0.5, 500), (0.5, 0.9, 4000), (0.9, 1.0, 10000))
 
+#: the literature protocol of Salakhutdinov & Murray (2008): 100 runs x 14,500 steps
+FULL_RUNS, FULL_STEPS = 100, 14500
+
+
+@dataclass(frozen=True)
+class AISSchedule(ParameterGroup):
+    """How a model obtains its :math:`\log Z` at test: exact enumeration when small enough, else forward AIS.
+
+    Args:
+        runs: AIS chains (runs), >= 1 (the literature: 100). Split over the DDP processes.
+        steps: annealing steps, i.e. intermediate distributions (:func:`betas_schedule`), >= 3 (the literature:
+            14,500). A schedule other than 100 x 14,500 is stated in the estimator label (``ais 100x1,000``).
+        seed: seed of the AIS chains (process ``r`` uses :func:`~lightning_gm.nn.rbm.chain_seed` ``(seed, r)``).
+        exact_max_units: enumerate :math:`\log Z` exactly (estimator ``exact``) when the model's smaller
+            enumerable side has at most this many binary units, >= 0 (0 = always AIS).
+
+    References:
+        Salakhutdinov & Murray (2008), On the quantitative analysis of deep belief networks, ICML.
+    """
+
+    key: ClassVar[str] = "model.init_args.ais"
+    runs: int = FULL_RUNS
+    steps: int = FULL_STEPS
+    seed: int = 0
+    exact_max_units: int = 20
+
+    def __post_init__(self) -> None:
+        self.require("runs", self.runs >= 1, ">= 1")
+        self.require("steps", self.steps >= 3, ">= 3")
+        self.require("exact_max_units", self.exact_max_units >= 0, ">= 0")
+
+    @property
+    def is_full(self) -> bool:
+        """Whether this is the literature protocol (100 runs x 14,500 steps)."""
+        return (self.runs, self.steps) == (FULL_RUNS, FULL_STEPS)
+
 
 # ---------------------------------------------------------------------------------------- schedules
-def betas_schedule(n_intervals: int, dtype: torch.dtype = torch.float64) -> Tensor:
+def betas_schedule(steps: int, dtype: torch.dtype = torch.float64) -> Tensor:
     r"""Inverse temperatures :math:`0 = \beta_0 < \dots < \beta_K = 1` shaped like the literature schedule.
 
     Three linearly spaced segments ``[0, 0.5]``, ``[0.5, 0.9]``, ``[0.9, 1]`` receive
-    ``500 : 4000 : 10000`` of the ``K = n_intervals`` steps (each segment at least one), i.e. the
+    ``500 : 4000 : 10000`` of the ``K = steps`` steps (each segment at least one), i.e. the
     schedule of Salakhutdinov & Murray (2008) scaled to ``K`` steps: dense near :math:`\beta = 1`
     where the distributions change fastest for a trained model.
 
     Args:
-        n_intervals: number of annealing steps ``K >= 3``.
+        steps: number of annealing steps ``K >= 3``.
         dtype: of the result.
 
     Returns:
         ``(K + 1,)`` strictly increasing tensor from 0 to 1.
     """
-    if n_intervals < 3:
-        raise ValueError(f"n_intervals must be >= 3, got {n_intervals}")
+    if steps < 3:
+        raise ValueError(f"steps must be >= 3, got {steps}")
     total = sum(n for _, _, n in _SCHEDULE_SEGMENTS)
-    counts = [max(1, round(n_intervals * n / total)) for _, _, n in _SCHEDULE_SEGMENTS]
-    counts[-1] = n_intervals - sum(counts[:-1])  # exact total; the last segment is the largest
+    counts = [max(1, round(steps * n / total)) for _, _, n in _SCHEDULE_SEGMENTS]
+    counts[-1] = steps - sum(counts[:-1])  # exact total; the last segment is the largest
     pieces = [torch.zeros(1, dtype=torch.float64)]
     for (lo, hi, _), n in zip(_SCHEDULE_SEGMENTS, counts):
         pieces.append(torch.linspace(lo, hi, n + 1, dtype=torch.float64)[1:])  # drop the shared endpoint
@@ -109,17 +152,12 @@ def default_betas(dtype: torch.dtype = torch.float64) -> Tensor:
     Returns:
         ``(14501,)`` tensor.
     """
-    return betas_schedule(14500, dtype)
+    return betas_schedule(FULL_STEPS, dtype)
 
 
-def as_beta_list(betas: Tensor | Sequence[float] | int | None) -> list[float]:
-    """A beta schedule as a list: ``None`` the default 14,500 steps, an int that many steps, else the values."""
-    if betas is None:
-        b = default_betas()
-    elif isinstance(betas, int):
-        b = betas_schedule(betas)
-    else:
-        b = torch.as_tensor(betas, dtype=torch.float64).flatten()
+def as_beta_list(betas: Tensor | Sequence[float]) -> list[float]:
+    """An explicit schedule checked (``0 = beta_0 <= ... <= beta_K = 1``, ``K >= 1``) and as a list of floats."""
+    b = torch.as_tensor(betas, dtype=torch.float64).flatten()
     if b.numel() < 2:
         raise ValueError("betas must contain at least the two endpoints 0 and 1")
     if float(b[0]) != 0.0 or float(b[-1]) != 1.0:
@@ -136,7 +174,7 @@ class AnnealingPath(ABC, Generic[StateT]):
 
     :math:`f_0` must be tractable (exact samples, known :math:`\log Z_0`) and :math:`f_1` is the
     target. ``StateT`` is whatever a chain carries (a tensor of visibles for an RBM; a DBM could
-    carry a tuple of layers), with a leading batch dimension of ``n_runs``.
+    carry a tuple of layers), with a leading batch dimension of ``runs``.
     """
 
     @abstractmethod
@@ -361,7 +399,7 @@ def run_ais(
         progress_every: period of the hook, in steps.
 
     Returns:
-        ``(n_runs,)`` float64 log-weights.
+        ``(runs,)`` float64 log-weights.
     """
     beta_list = torch.as_tensor(betas, dtype=torch.float64).flatten().tolist()
     n_steps = len(beta_list) - 1
@@ -391,7 +429,7 @@ class AISResult:
     Attributes:
         log_z: :math:`\log \hat Z`. Forward: :math:`\log Z_0 + \log \frac1M\sum_m w_m`; reverse:
             :math:`\log Z_0 - \log \frac1M\sum_m w_m` (with the reverse weights estimating :math:`Z_0 / Z`).
-        log_z_std_error: delta-method standard error of :math:`\log \frac1M\sum w`,
+        log_z_stderr: delta-method standard error of :math:`\log \frac1M\sum w`,
             :math:`\operatorname{std}(w) / (\bar w \sqrt{M})`.
         log_z_interval: ``(lower, upper)``: :math:`\bar w \pm 3\operatorname{std}(w)/\sqrt M` mapped to
             :math:`\log Z` as in Salakhutdinov & Murray (2008); an endpoint is ``-inf`` (forward) or
@@ -400,21 +438,26 @@ class AISResult:
         log_z_base: :math:`\log Z_0` of the base model.
         effective_sample_size: :math:`(\sum w)^2 / \sum w^2`, between 1 and ``M`` (a weight-degeneracy diagnostic).
         reverse: whether this is a reverse-AIS (conservative, :math:`E[\log\hat Z] \ge \log Z`) estimate.
-        n_steps: number of annealing steps ``K``.
+        steps: number of annealing steps ``K``.
     """
 
     log_z: float
-    log_z_std_error: float
+    log_z_stderr: float
     log_z_interval: tuple[float, float]
     log_weights: Tensor
     log_z_base: float
     effective_sample_size: float
     reverse: bool
-    n_steps: int
+    steps: int
+
+    @property
+    def runs(self) -> int:
+        """Number of runs ``M``."""
+        return int(self.log_weights.numel())
 
 
 def summarize_log_weights(
-    log_weights: Tensor, log_z_base: float, reverse: bool = False, n_steps: int = 0
+    log_weights: Tensor, log_z_base: float, reverse: bool = False, steps: int = 0
 ) -> AISResult:
     r"""Turn AIS log-weights into an :class:`AISResult`, entirely in log space.
 
@@ -451,17 +494,17 @@ def summarize_log_weights(
         interval = (log_z_base + mu + down, log_z_base + mu + up)
     return AISResult(
         log_z=log_z,
-        log_z_std_error=se,
+        log_z_stderr=se,
         log_z_interval=interval,
         log_weights=lw,
         log_z_base=log_z_base,
         effective_sample_size=ess,
         reverse=reverse,
-        n_steps=n_steps,
+        steps=steps,
     )
 
 
-# ---------------------------------------------------------------------------------------- RBM API
+# ---------------------------------------------------------------------------------------- the entry point
 def base_rate_log_odds(data: Tensor, eps: float = 1e-3) -> Tensor:
     r"""Visible biases of the maximum-likelihood base-rate model: :math:`\log\frac{p_i}{1-p_i}`.
 
@@ -473,61 +516,55 @@ def base_rate_log_odds(data: Tensor, eps: float = 1e-3) -> Tensor:
 
 
 def ais_log_partition(
-    rbm: BernoulliRBM | GaussianBernoulliRBM,
-    n_runs: int = 100,
-    betas: Tensor | Sequence[float] | int | None = None,
-    base_visible_bias: Tensor | None = None,
+    path: AnnealingPath[StateT],
+    runs: int = FULL_RUNS,
+    steps: int = FULL_STEPS,
+    *,
+    betas: Optional[Tensor | Sequence[float]] = None,
     generator: torch.Generator | None = None,
     progress: ProgressFn | None = None,
     progress_every: int = 100,
     reverse: bool = False,
-    initial_visibles: Tensor | None = None,
+    initial_state: Optional[StateT] = None,
 ) -> AISResult:
-    r"""Estimate :math:`\log Z` of an RBM by AIS from a base-rate model (:class:`RBMAnnealingPath`; for a
-    Gaussian-Bernoulli RBM, :class:`GaussianRBMAnnealingPath` from a Gaussian with the same :math:`\sigma`).
+    r"""Estimate :math:`\log Z` of the target of ``path`` by AIS: the one entry point for every energy model.
 
-    Forward (default): ``n_runs`` chains start from exact base samples and anneal
-    :math:`\beta: 0 \to 1`; :math:`E[\log\hat Z] \le \log Z` (log-likelihoods come out optimistic).
+    Forward (default): ``runs`` chains start from exact base samples and anneal :math:`\beta: 0 \to 1`
+    along :func:`betas_schedule` ``(steps)``; :math:`E[\log\hat Z] \le \log Z` (log-likelihoods come out
+    optimistic).
 
-    Reverse (``reverse=True``): the chains start at ``initial_visibles``, which should be samples of
-    the RBM itself (e.g. long persistent chains, or :func:`~lightning_gm.estimators.partition.sample_rbm_exact`
-    for small models), and anneal :math:`\beta: 1 \to 0`; the weights estimate :math:`Z_0 / Z` and
+    Reverse (``reverse=True``): the chains start at ``initial_state``, which should be samples of the
+    target itself (e.g. :func:`~lightning_gm.estimators.partition.sample_rbm_exact` for small models, or
+    long Gibbs chains), and anneal :math:`\beta: 1 \to 0`; the weights estimate :math:`Z_0 / Z` and
     :math:`E[\log\hat Z] \ge \log Z` when the initial samples are exact (log-likelihoods come out
     conservative). Bracketing :math:`\log Z` between both is the usual sanity check.
 
     Args:
-        rbm: the target model (Bernoulli or Gaussian-Bernoulli).
-        n_runs: number of forward chains (ignored in reverse mode: one chain per initial visible).
-        betas: ``None`` for :func:`default_betas` (14,500 steps), an ``int`` number of steps for
-            :func:`betas_schedule`, or an explicit increasing sequence from 0 to 1.
-        base_visible_bias: base-rate biases :math:`b_A` (default zeros: uniform); see :func:`base_rate_log_odds`.
-            For a Gaussian-Bernoulli RBM: the base Gaussian's mean (default the model's ``b``).
+        path: the annealing path (e.g. :class:`RBMAnnealingPath`, a DBM or conv-RBM path).
+        runs: forward chains (ignored in reverse mode: one chain per initial state).
+        steps: annealing steps ``K`` of :func:`betas_schedule` (14,500 = the literature schedule).
+        betas: an explicit schedule from 0 to 1 instead (``steps`` is then ``len(betas) - 1``).
         generator: random generator.
-        progress: optional ``progress(step, total)`` hook (e.g. to drive a progress bar).
+        progress: optional ``progress(step, total)`` hook (e.g. :mod:`lightning_gm.progress`).
         progress_every: call ``progress`` every this many steps.
-        reverse: run reverse AIS from ``initial_visibles``.
-        initial_visibles: ``(M, n_visible)`` target samples, required when ``reverse``.
+        reverse: run reverse AIS from ``initial_state``.
+        initial_state: target samples (the path's state, batch = runs), required when ``reverse``.
 
     Returns:
         :class:`AISResult`.
     """
-    path: AnnealingPath[Tensor]
-    if isinstance(rbm, GaussianBernoulliRBM):
-        path = GaussianRBMAnnealingPath(rbm, base_visible_bias)
-    else:
-        path = RBMAnnealingPath(rbm, base_visible_bias)
-    beta_list = as_beta_list(betas)
+    beta_list = betas_schedule(steps).tolist() if betas is None else as_beta_list(betas)
     if reverse:
-        if initial_visibles is None:
-            raise ValueError("reverse AIS needs initial_visibles: samples of the RBM (e.g. persistent chains)")
-        state = initial_visibles.detach().to(dtype=torch.float64, device=rbm.W.device).reshape(-1, rbm.n_visible)
+        if initial_state is None:
+            raise ValueError("reverse AIS needs initial_state: samples of the target (e.g. exact or long Gibbs chains)")
+        state = initial_state
         beta_list = beta_list[::-1]
     else:
-        if n_runs < 1:
-            raise ValueError(f"n_runs must be >= 1, got {n_runs}")
-        state = path.sample_base(n_runs, generator)
+        if runs < 1:
+            raise ValueError(f"runs must be >= 1, got {runs}")
+        state = path.sample_base(runs, generator)
     log_w = run_ais(path, beta_list, state, generator, progress, progress_every)
-    return summarize_log_weights(log_w, path.log_z_base(), reverse=reverse, n_steps=len(beta_list) - 1)
+    return summarize_log_weights(log_w, path.log_z_base(), reverse=reverse, steps=len(beta_list) - 1)
 
 
 def rbm_log_likelihood(rbm: RBMBase, v: Tensor, log_z: float | Tensor) -> Tensor:

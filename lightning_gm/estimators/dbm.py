@@ -33,7 +33,6 @@ References:
 
 from __future__ import annotations
 
-import copy
 import math
 from typing import Literal, Optional, Sequence
 
@@ -41,24 +40,11 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from lightning_gm.estimators.ais import (
-    AISResult,
-    AnnealingPath,
-    ProgressFn,
-    as_beta_list,
-    run_ais,
-    summarize_log_weights,
-)
-from lightning_gm.estimators.partition import MAX_ENUMERATION_UNITS, EnumerationTooLargeError, logsumexp_over_binary
+from lightning_gm.estimators.ais import AnnealingPath
+from lightning_gm.estimators.partition import MAX_ENUMERATION_UNITS, check_enumerable, frozen_copy, logsumexp_over_binary
 from lightning_gm.nn.dbm import BinaryDBM
 
-__all__ = ["dbm_log_partition_enumerate", "DBMAnnealingPath", "dbm_ais_log_partition", "split_layers"]
-
-
-def _float64_copy(dbm: BinaryDBM) -> BinaryDBM:
-    model = copy.deepcopy(dbm).to(torch.float64)
-    model.requires_grad_(False)
-    return model
+__all__ = ["dbm_log_partition_enumerate", "DBMAnnealingPath", "split_layers"]
 
 
 def split_layers(dbm: BinaryDBM, parity: int) -> tuple[list[int], list[int]]:
@@ -101,12 +87,8 @@ def dbm_log_partition_enumerate(
         raise ValueError(f"over must be 'auto', 'odd' or 'even', got {over!r}")
     kept, summed = split_layers(dbm, 1 if over == "odd" else 0)
     n = sum(dbm.sizes[l] for l in kept)
-    if n > max_units:
-        raise EnumerationTooLargeError(
-            f"dbm_log_partition_enumerate: 2^{n} configurations of the {over} layers exceed max_units={max_units}; "
-            "use dbm_ais_log_partition"
-        )
-    model = _float64_copy(dbm)
+    check_enumerable(n, max_units, f"dbm_log_partition_enumerate(over={over!r})")
+    model = frozen_copy(dbm)
     with torch.no_grad():
         out = logsumexp_over_binary(n, lambda x: _log_marginal_flat(model, x, kept, summed), chunk_size,
                                     torch.float64, model.weights[0].device)
@@ -125,7 +107,7 @@ class DBMAnnealingPath(AnnealingPath[list]):
     """
 
     def __init__(self, dbm: BinaryDBM, base_visible_bias: Optional[Tensor] = None) -> None:
-        self.dbm = _float64_copy(dbm)
+        self.dbm = frozen_copy(dbm)
         L = self.dbm.num_layers
         self.summed = [0, L] if L >= 2 else [0]
         self.kept = [l for l in range(L + 1) if l not in self.summed]
@@ -182,33 +164,3 @@ class DBMAnnealingPath(AnnealingPath[list]):
                 if l % 2 == first % 2:
                     state[l] = torch.bernoulli(torch.sigmoid(beta * d.layer_input(state, l)), generator=generator)
         return state
-
-
-def dbm_ais_log_partition(
-    dbm: BinaryDBM,
-    n_runs: int = 100,
-    betas: Tensor | Sequence[float] | int | None = None,
-    base_visible_bias: Optional[Tensor] = None,
-    generator: Optional[torch.Generator] = None,
-    progress: Optional[ProgressFn] = None,
-    progress_every: int = 100,
-) -> AISResult:
-    r"""Forward AIS estimate of :math:`\log Z` of a DBM along :class:`DBMAnnealingPath` (float64).
-
-    :math:`E[\log\hat Z] \le \log Z`, so the resulting test log-likelihoods err on the optimistic side.
-
-    Args:
-        dbm: the target.
-        n_runs: number of AIS chains.
-        betas: ``None`` (14,500-step literature schedule), an ``int`` number of steps, or explicit values.
-        base_visible_bias: base-rate visible biases (see :func:`~lightning_gm.estimators.ais.base_rate_log_odds`).
-        generator: random generator.
-        progress: optional ``progress(step, total)`` hook.
-        progress_every: its period in steps.
-    """
-    if n_runs < 1:
-        raise ValueError(f"n_runs must be >= 1, got {n_runs}")
-    path = DBMAnnealingPath(dbm, base_visible_bias)
-    beta_list = as_beta_list(betas)
-    log_w = run_ais(path, beta_list, path.sample_base(n_runs, generator), generator, progress, progress_every)
-    return summarize_log_weights(log_w, path.log_z_base(), n_steps=len(beta_list) - 1)

@@ -36,6 +36,10 @@ distributions it is much tighter than IWAE (Wu et al. 2017, section 4).
 The schedule is sigmoidal (Wu et al.'s code): :math:`\beta_t \propto \sigma(r(2t/T - 1)) - \sigma(-r)`,
 rescaled to :math:`[0, 1]`, with radius :math:`r = 4`; it spends its steps near both ends.
 
+The knobs are one parameter group, :class:`HMCAnnealing` (``chains``, ``steps``, ``leapfrog_steps``,
+``step_size``, ``target_accept``, ``seed``), taken by the models and callbacks that use this estimator and
+passed down under the same names.
+
 The HMC step size :math:`\epsilon` is per example (shared by its chains) and adapted after every
 transition as in Wu et al.: multiplied by 1.02 when the chains' mean acceptance probability exceeds
 ``target_accept`` and by 0.98 otherwise, clipped to ``[1e-4, max(0.5, step_size)]``. (The adaptation uses
@@ -50,15 +54,18 @@ dynamics.
 from __future__ import annotations
 
 import math
-from typing import Callable, NamedTuple, Optional
+from dataclasses import dataclass
+from typing import Callable, ClassVar, NamedTuple, Optional
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
 from lightning_gm.estimators.ais import ProgressFn
+from lightning_gm.groups import ParameterGroup
 
 __all__ = [
+    "HMCAnnealing",
     "DecoderAISResult",
     "LogLikelihoodFn",
     "decoder_ais_log_prob",
@@ -78,11 +85,43 @@ _STEP_UP, _STEP_DOWN, _STEP_MIN, _STEP_MAX = 1.02, 0.98, 1e-4, 0.5
 _LOG_2PI = math.log(2.0 * math.pi)
 
 
+@dataclass(frozen=True)
+class HMCAnnealing(ParameterGroup):
+    """AIS with HMC transitions from the prior to the posterior of a decoder-based model (module docstring).
+
+    Args:
+        chains: AIS chains per example :math:`M`, >= 1 (16 in Wu et al.).
+        steps: annealing steps :math:`T` of :func:`sigmoid_schedule`, >= 1 (Wu et al.: 1,000 to 10,000+).
+        leapfrog_steps: leapfrog steps per HMC transition, >= 1.
+        step_size: initial HMC step size (then adapted per example), > 0.
+        target_accept: HMC acceptance probability the step size is adapted toward, in (0, 1).
+        seed: seed of the evaluation's noise (prior draws, momenta, accept tests).
+
+    References:
+        Wu, Burda, Salakhutdinov & Grosse (2017); Neal (2011), MCMC using Hamiltonian dynamics.
+    """
+
+    key: ClassVar[str] = "ais"
+    chains: int = 16
+    steps: int = 1000
+    leapfrog_steps: int = 10
+    step_size: float = 0.05
+    target_accept: float = 0.65
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        self.require("chains", self.chains >= 1, ">= 1")
+        self.require("steps", self.steps >= 1, ">= 1")
+        self.require("leapfrog_steps", self.leapfrog_steps >= 1, ">= 1")
+        self.require("step_size", self.step_size > 0 and math.isfinite(self.step_size), "> 0")
+        self.require("target_accept", 0.0 < self.target_accept < 1.0, "in (0, 1)")
+
+
 class DecoderAISResult(NamedTuple):
     """Result of :func:`decoder_ais_log_prob`."""
 
     log_prob: Tensor  #: ``(B,)`` float64, :math:`\log \frac1M \sum_m w_m` per example
-    log_weights: Tensor  #: ``(n_chains, B)`` float64 per-chain log-weights
+    log_weights: Tensor  #: ``(chains, B)`` float64 per-chain log-weights
     accept_rate: float  #: mean HMC acceptance probability over all transitions, chains and examples
 
 
@@ -99,8 +138,8 @@ def log_standard_normal(z: Tensor) -> Tensor:
     return -0.5 * (z.pow(2).sum(-1) + z.shape[-1] * _LOG_2PI)
 
 
-def sigmoid_schedule(n_steps: int, radius: float = 4.0, dtype: torch.dtype = torch.float64) -> Tensor:
-    r"""The sigmoidal annealing schedule of Wu et al. (2017): ``n_steps + 1`` values from 0 to 1.
+def sigmoid_schedule(steps: int, radius: float = 4.0, dtype: torch.dtype = torch.float64) -> Tensor:
+    r"""The sigmoidal annealing schedule of Wu et al. (2017): ``steps + 1`` values from 0 to 1.
 
     .. math::
 
@@ -110,18 +149,18 @@ def sigmoid_schedule(n_steps: int, radius: float = 4.0, dtype: torch.dtype = tor
     strictly increasing, symmetric (:math:`\beta_t + \beta_{T-t} = 1`), densest near 0 and 1.
 
     Args:
-        n_steps: number of annealing steps ``T >= 1`` (``T = 1``: plain importance sampling from the prior).
+        steps: number of annealing steps ``T >= 1`` (``T = 1``: plain importance sampling from the prior).
         radius: :math:`r > 0`; larger concentrates more steps at the ends.
         dtype: of the result.
 
     Returns:
-        ``(n_steps + 1,)`` tensor, first entry exactly 0 and last exactly 1.
+        ``(steps + 1,)`` tensor, first entry exactly 0 and last exactly 1.
     """
-    if int(n_steps) != n_steps or n_steps < 1:
-        raise ValueError(f"n_steps must be an integer >= 1, got {n_steps}")
+    if int(steps) != steps or steps < 1:
+        raise ValueError(f"steps must be an integer >= 1, got {steps}")
     if not radius > 0:
         raise ValueError(f"radius must be > 0, got {radius}")
-    s = torch.sigmoid(torch.linspace(-radius, radius, int(n_steps) + 1, dtype=torch.float64))
+    s = torch.sigmoid(torch.linspace(-radius, radius, int(steps) + 1, dtype=torch.float64))
     b = (s - s[0]) / (s[-1] - s[0])
     b[0], b[-1] = 0.0, 1.0
     return b.to(dtype)
@@ -208,17 +247,11 @@ def hmc_transition(
     return new, log_accept.exp()
 
 
-def _check_args(x: Tensor, latent_dim: int, n_chains: int, n_steps: int, leapfrog_steps: int, step_size: float,
-                target_accept: float, chunk_size: Optional[int]) -> None:
+def _check_args(x: Tensor, latent_dim: int, chunk_size: Optional[int]) -> None:
     if x.dim() != 2:
         raise ValueError(f"x must be a flat batch of shape (B, D), got shape {tuple(x.shape)}; flatten it with x.flatten(1)")
     checks = [
         ("latent_dim", latent_dim, latent_dim >= 1, ">= 1"),
-        ("n_chains", n_chains, n_chains >= 1, ">= 1"),
-        ("n_steps", n_steps, n_steps >= 1, ">= 1"),
-        ("leapfrog_steps", leapfrog_steps, leapfrog_steps >= 1, ">= 1"),
-        ("step_size", step_size, step_size > 0 and math.isfinite(step_size), "> 0"),
-        ("target_accept", target_accept, 0.0 < target_accept < 1.0, "in (0, 1)"),
         ("chunk_size", chunk_size, chunk_size is None or chunk_size >= 1, ">= 1 or None"),
     ]
     for name, value, ok, need in checks:
@@ -230,21 +263,17 @@ def decoder_ais_log_prob(
     log_likelihood: LogLikelihoodFn,
     x: Tensor,
     latent_dim: int,
+    annealing: HMCAnnealing = HMCAnnealing(),
     *,
-    n_chains: int = 16,
-    n_steps: int = 1000,
-    leapfrog_steps: int = 10,
-    step_size: float = 0.05,
-    target_accept: float = 0.65,
     generator: Optional[torch.Generator] = None,
     progress: Optional[ProgressFn] = None,
     chunk_size: Optional[int] = None,
 ) -> DecoderAISResult:
     r"""AIS estimate of :math:`\log p(x) = \log \int \mathcal N(z; 0, I)\, p(x|z)\, dz` for every example of ``x``.
 
-    See the module docstring for the maths. ``n_chains`` independent chains per example start from the
-    prior and anneal through :func:`sigmoid_schedule` ``(n_steps)`` with :func:`hmc_transition`; the cost
-    is about ``n_chains * B * n_steps * leapfrog_steps`` evaluations of ``log_likelihood`` and its gradient.
+    See the module docstring for the maths. ``annealing.chains`` independent chains per example start from the
+    prior and anneal through :func:`sigmoid_schedule` ``(annealing.steps)`` with :func:`hmc_transition`; the
+    cost is about ``chains * B * steps * leapfrog_steps`` evaluations of ``log_likelihood`` and its gradient.
 
     Args:
         log_likelihood: ``(z, x) -> log p(x | z)``: ``z`` ``(N, latent_dim)``, ``x`` ``(N, D)`` (each example
@@ -253,26 +282,25 @@ def decoder_ais_log_prob(
             :func:`bernoulli_observation`).
         x: ``(B, D)`` flat examples.
         latent_dim: dimension of ``z`` (the prior is :math:`\mathcal N(0, I_{L})`).
-        n_chains: AIS chains per example :math:`M`.
-        n_steps: annealing steps :math:`T` (intermediate distributions).
-        leapfrog_steps: leapfrog steps per HMC transition.
-        step_size: initial HMC step size (then adapted per example).
-        target_accept: acceptance probability the step size is adapted toward.
+        annealing: chains per example, steps, leapfrog steps, initial step size and target acceptance
+            (:class:`HMCAnnealing`; its ``seed`` is the caller's, who builds ``generator`` from it).
         generator: random generator (prior draws, momenta, accept tests); default the global one.
         progress: optional ``progress(step, total)`` hook, called about 100 times over the run.
-        chunk_size: examples annealed at once (bounds memory to ``chunk_size * n_chains`` chains); default all.
+        chunk_size: examples annealed at once (bounds memory to ``chunk_size * chains`` chains); default all.
 
     Returns:
-        :class:`DecoderAISResult` (``log_prob`` ``(B,)`` and ``log_weights`` ``(n_chains, B)``, float64).
+        :class:`DecoderAISResult` (``log_prob`` ``(B,)`` and ``log_weights`` ``(chains, B)``, float64).
     """
-    _check_args(x, latent_dim, n_chains, n_steps, leapfrog_steps, step_size, target_accept, chunk_size)
+    _check_args(x, latent_dim, chunk_size)
+    chains, steps, leapfrog_steps = annealing.chains, annealing.steps, annealing.leapfrog_steps
+    step_size, target_accept = annealing.step_size, annealing.target_accept
     x = x.detach()
     if not x.is_floating_point():
         x = x.float()
     b_total = x.shape[0]
     chunk = b_total if chunk_size is None else min(chunk_size, b_total)
-    betas = sigmoid_schedule(n_steps).tolist()
-    total_steps = n_steps * max(1, math.ceil(b_total / max(chunk, 1)))
+    betas = sigmoid_schedule(steps).tolist()
+    total_steps = steps * max(1, math.ceil(b_total / max(chunk, 1)))
     every = max(1, total_steps // 100)
     done = 0
     all_lw: list[Tensor] = []
@@ -280,22 +308,22 @@ def decoder_ais_log_prob(
     for start in range(0, b_total, max(chunk, 1)):
         xb = x[start : start + chunk]
         bsz = xb.shape[0]
-        x_rep = xb.repeat(n_chains, 1)  # (M * B, D), chain-major
-        z = torch.randn(n_chains * bsz, latent_dim, generator=generator, dtype=x.dtype, device=x.device)
+        x_rep = xb.repeat(chains, 1)  # (M * B, D), chain-major
+        z = torch.randn(chains * bsz, latent_dim, generator=generator, dtype=x.dtype, device=x.device)
         state = _init_state(log_likelihood, z, x_rep)
-        log_w = torch.zeros(n_chains * bsz, dtype=torch.float64, device=x.device)
+        log_w = torch.zeros(chains * bsz, dtype=torch.float64, device=x.device)
         eps = torch.full((bsz,), float(step_size), dtype=x.dtype, device=x.device)
         eps_max = max(_STEP_MAX, float(step_size))
-        for t in range(1, n_steps + 1):
+        for t in range(1, steps + 1):
             log_w = log_w + (betas[t] - betas[t - 1]) * state.log_lik.double()
             if not torch.all(torch.isfinite(log_w)):
                 raise ValueError(
                     f"decoder AIS produced non-finite log-weights at step {t}: log_likelihood returned "
                     f"non-finite values (check the observation model, e.g. a Gaussian sigma > 0, Bernoulli logits)"
                 )
-            state, acc = hmc_transition(log_likelihood, x_rep, state, betas[t], eps.repeat(n_chains),
+            state, acc = hmc_transition(log_likelihood, x_rep, state, betas[t], eps.repeat(chains),
                                         leapfrog_steps, generator)
-            acc_mean = acc.view(n_chains, bsz).mean(0)  # per example
+            acc_mean = acc.view(chains, bsz).mean(0)  # per example
             eps = torch.where(acc_mean.to(eps.dtype) > target_accept, eps * _STEP_UP, eps * _STEP_DOWN)
             eps = eps.clamp(_STEP_MIN, eps_max)
             acc_sum += float(acc.sum())
@@ -303,9 +331,9 @@ def decoder_ais_log_prob(
             done += 1
             if progress is not None and (done % every == 0 or done == total_steps):
                 progress(done, total_steps)
-        all_lw.append(log_w.view(n_chains, bsz))
+        all_lw.append(log_w.view(chains, bsz))
     log_weights = torch.cat(all_lw, dim=1)
-    log_prob = torch.logsumexp(log_weights, dim=0) - math.log(n_chains)
+    log_prob = torch.logsumexp(log_weights, dim=0) - math.log(chains)
     return DecoderAISResult(log_prob, log_weights, acc_sum / max(acc_count, 1))
 
 

@@ -7,6 +7,8 @@ import lightning.pytorch as pl
 import pytest
 import torch
 
+from lightning_gm.estimators.ais import AISSchedule
+from lightning_gm.nn.rbm import CD
 from lightning_gm.callbacks import AISEvaluation
 from lightning_gm.data import DigitsDataModule
 from lightning_gm.estimators.ais import base_rate_log_odds
@@ -20,8 +22,8 @@ def trained(tmp_path_factory):
     root = tmp_path_factory.mktemp("ais")
     pl.seed_everything(0)
     dm = DigitsDataModule(binarize="static", batch_size=50, eval_batch_size=300)
-    model = RBM(data_shape=dm.shape, n_hidden=20, persistent=False, sample_steps=10, exact_max_units=0,
-                ais_runs=100, ais_steps=3000, momentum_warmup_epochs=1,
+    model = RBM(data_shape=dm.shape, n_hidden=20, cd=CD(persistent=False), sample_steps=10,
+                ais=AISSchedule(exact_max_units=0, runs=100, steps=3000), momentum_warmup_epochs=1,
                 optimizer=lambda p: torch.optim.SGD(p, lr=0.1, momentum=0.9))
     callback = AISEvaluation(every_n_epochs=15, val_runs=20, val_steps=500, progress=False)
     trainer = pl.Trainer(max_epochs=30, accelerator="cpu", devices=1, logger=False, enable_progress_bar=False,
@@ -49,7 +51,7 @@ def test_model_is_trained_far_from_the_base_rate(trained) -> None:
 def test_test_nll_is_the_ais_number_within_a_tenth_of_a_nat(trained) -> None:
     model, dm, res = trained["model"], trained["dm"], trained["results"]
     exact = trained["exact"]
-    assert model.estimator == "ais"
+    assert model.estimator == "ais 100x3,000"
     assert abs(res["test/logZ"] - exact) < 0.1
     assert res["test/logZ_lower"] <= res["test/logZ"] <= res["test/logZ_upper"]
     assert res["test/logZ_lower"] - 0.05 <= exact <= res["test/logZ_upper"] + 0.05
@@ -62,7 +64,7 @@ def test_test_nll_is_the_ais_number_within_a_tenth_of_a_nat(trained) -> None:
 def test_callback_stores_the_numbers_behind_test_nll(trained) -> None:
     res, cb = trained["results"], trained["callback"]
     saved = torch.load(cb.last_path, weights_only=True)
-    assert saved["estimator"] == "ais" and saved["n_runs"] == 100 and saved["n_steps"] == 3000
+    assert saved["estimator"] == "ais 100x3,000" and saved["runs"] == 100 and saved["steps"] == 3000
     assert saved["log_weights"].shape == (100,) and saved["log_prob_unnormalized"].shape == (300,)
     nll = float(-(saved["log_prob_unnormalized"] - saved["log_z"]).mean())
     assert nll == pytest.approx(res["test/nll"], abs=1e-3)

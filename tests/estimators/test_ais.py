@@ -68,10 +68,10 @@ def test_ais_is_exact_when_weights_do_not_depend_on_the_chain() -> None:
         rbm.b.copy_(torch.tensor([-1.0, 0.5, 2.0, 0.0, -3.0]))
         rbm.c.copy_(torch.tensor([1.5, -2.0, 0.7]))
     g = torch.Generator().manual_seed(0)
-    res = ais_log_partition(rbm, n_runs=7, betas=20, base_visible_bias=rbm.b.detach(), generator=g)
+    res = ais_log_partition(RBMAnnealingPath(rbm, rbm.b.detach()), runs=7, steps=20, generator=g)
     exact = log_partition_enumerate(rbm)
     assert res.log_z == pytest.approx(exact, abs=1e-12)
-    assert res.log_z_std_error == pytest.approx(0.0, abs=1e-12)
+    assert res.log_z_stderr == pytest.approx(0.0, abs=1e-12)
     assert torch.allclose(res.log_weights, res.log_weights[0].expand(7), atol=1e-12)
 
 
@@ -81,7 +81,7 @@ def test_summary_statistics_match_direct_computation() -> None:
     res = summarize_log_weights(lw, log_z_base=2.0)
     se = (w.std() / w.mean() / math.sqrt(5)).item()
     assert res.log_z == pytest.approx(2.0 + math.log(w.mean().item()))
-    assert res.log_z_std_error == pytest.approx(se)
+    assert res.log_z_stderr == pytest.approx(se)
     lo, hi = res.log_z_interval
     half = 3 * w.std().item() / math.sqrt(5)
     assert lo == pytest.approx(2.0 + math.log(w.mean().item() - half))
@@ -126,26 +126,29 @@ def test_run_ais_is_generic_over_paths(s: float) -> None:
     lw = run_ais(path, torch.linspace(0, 1, 201, dtype=torch.float64), path.sample_base(2000, g), g)
     res = summarize_log_weights(lw, path.log_z_base())
     exact = 0.5 * math.log(2 * math.pi) + math.log(s)
-    assert abs(res.log_z - exact) < 4 * res.log_z_std_error + 1e-3
+    assert abs(res.log_z - exact) < 4 * res.log_z_stderr + 1e-3
     assert res.log_z_interval[0] <= exact <= res.log_z_interval[1]
 
 
 def test_progress_hook_reports_steps() -> None:
     calls: list[tuple[int, int]] = []
     ais_log_partition(
-        BernoulliRBM(4, 3), n_runs=3, betas=250, progress=lambda k, n: calls.append((k, n)), progress_every=100
+        RBMAnnealingPath(BernoulliRBM(4, 3)), runs=3, steps=250, progress=lambda k, n: calls.append((k, n)),
+        progress_every=100,
     )
     assert calls == [(100, 250), (200, 250), (250, 250)]
 
 
 def test_invalid_arguments() -> None:
-    rbm = BernoulliRBM(4, 3)
+    path = RBMAnnealingPath(BernoulliRBM(4, 3))
     with pytest.raises(ValueError, match="start at 0"):
-        ais_log_partition(rbm, betas=torch.linspace(0.1, 1, 10))
+        ais_log_partition(path, betas=torch.linspace(0.1, 1, 10))
     with pytest.raises(ValueError, match="non-decreasing"):
-        ais_log_partition(rbm, betas=[0.0, 0.6, 0.4, 1.0])
-    with pytest.raises(ValueError, match="initial_visibles"):
-        ais_log_partition(rbm, betas=10, reverse=True)
+        ais_log_partition(path, betas=[0.0, 0.6, 0.4, 1.0])
+    with pytest.raises(ValueError, match="initial_state"):
+        ais_log_partition(path, steps=10, reverse=True)
+    with pytest.raises(ValueError, match="steps must be >= 3"):
+        ais_log_partition(path, steps=2)
 
 
 # ----------------------------------------------------------------------------- trained RBM
@@ -184,29 +187,23 @@ def test_trained_model_is_non_trivial(trained: dict) -> None:
 
 @pytest.mark.parametrize("seed", [0, 1])
 def test_forward_ais_matches_exact_log_partition(trained: dict, seed: int) -> None:
-    res = ais_log_partition(
-        trained["rbm"],
-        n_runs=100,
-        betas=3000,
-        base_visible_bias=trained["base"],
-        generator=torch.Generator().manual_seed(seed),
-    )
+    res = ais_log_partition(RBMAnnealingPath(trained["rbm"], trained["base"]), runs=100, steps=3000,
+                            generator=torch.Generator().manual_seed(seed))
     exact = trained["log_z"]
-    assert isinstance(res, AISResult) and not res.reverse and res.n_steps == 3000
+    assert isinstance(res, AISResult) and not res.reverse and res.steps == 3000 and res.runs == 100
     assert res.log_weights.shape == (100,) and res.log_weights.dtype == torch.float64
     assert res.log_z_base == pytest.approx(float(F.softplus(trained["base"]).sum()) + 20 * math.log(2.0))
     assert abs(res.log_z - exact) < 0.1
     assert res.log_z_interval[0] <= exact <= res.log_z_interval[1]
-    assert 0 < res.log_z_std_error < 0.1 and res.effective_sample_size > 50
+    assert 0 < res.log_z_stderr < 0.1 and res.effective_sample_size > 50
 
 
 @pytest.mark.parametrize("seed", [0, 1])
 def test_reverse_ais_from_exact_samples_matches_exact_log_partition(trained: dict, seed: int) -> None:
     g = torch.Generator().manual_seed(seed)
     v, _ = sample_rbm_exact(trained["rbm"], 100, generator=g)
-    res = ais_log_partition(
-        trained["rbm"], betas=3000, base_visible_bias=trained["base"], generator=g, reverse=True, initial_visibles=v
-    )
+    res = ais_log_partition(RBMAnnealingPath(trained["rbm"], trained["base"]), steps=3000, generator=g, reverse=True,
+                            initial_state=v.double())
     exact = trained["log_z"]
     assert res.reverse and res.log_weights.shape == (100,)
     assert abs(res.log_z - exact) < 0.1
@@ -220,7 +217,7 @@ def test_uniform_base_on_small_random_rbm() -> None:
         rbm.W.copy_(torch.randn(12, 8, generator=g, dtype=torch.float64))
         rbm.b.copy_(torch.randn(12, generator=g, dtype=torch.float64))
         rbm.c.copy_(torch.randn(8, generator=g, dtype=torch.float64))
-    res = ais_log_partition(rbm, n_runs=200, betas=2000, generator=g)
+    res = ais_log_partition(RBMAnnealingPath(rbm), runs=200, steps=2000, generator=g)
     exact = log_partition_enumerate(rbm)
     assert res.log_z_base == pytest.approx(12 * math.log(2.0) + 8 * math.log(2.0))
     assert abs(res.log_z - exact) < 0.1
@@ -239,8 +236,7 @@ def test_rbm_log_likelihood_normalises() -> None:
 
 @pytest.mark.slow
 def test_literature_schedule_is_tight(trained: dict) -> None:
-    res = ais_log_partition(
-        trained["rbm"], n_runs=100, base_visible_bias=trained["base"], generator=torch.Generator().manual_seed(3)
-    )
-    assert res.n_steps == 14500
-    assert abs(res.log_z - trained["log_z"]) < 0.05 and res.log_z_std_error < 0.02
+    res = ais_log_partition(RBMAnnealingPath(trained["rbm"], trained["base"]), runs=100,
+                            generator=torch.Generator().manual_seed(3))
+    assert res.steps == 14500
+    assert abs(res.log_z - trained["log_z"]) < 0.05 and res.log_z_stderr < 0.02

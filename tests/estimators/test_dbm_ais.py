@@ -9,7 +9,8 @@ import pytest
 import torch
 
 from lightning_gm.estimators.ais import base_rate_log_odds
-from lightning_gm.estimators.dbm import DBMAnnealingPath, dbm_ais_log_partition, dbm_log_partition_enumerate
+from lightning_gm.estimators.ais import ais_log_partition
+from lightning_gm.estimators.dbm import DBMAnnealingPath, dbm_log_partition_enumerate
 from lightning_gm.estimators.partition import enumerate_binary, logsumexp_over_binary
 from lightning_gm.nn.dbm import BinaryDBM
 
@@ -84,24 +85,24 @@ def test_ais_is_within_a_tenth_of_a_nat_of_exact_log_z(models, sizes, seed) -> N
     exact = dbm_log_partition_enumerate(d)
     assert float(d.W(1).abs().max()) > 0.5  # trained: non-trivial weights
     assert abs(exact - sum(d.sizes) * math.log(2.0)) > 1.0  # and far from the uniform model's log Z
-    result = dbm_ais_log_partition(d, n_runs=100, betas=1000, base_visible_bias=base_rate_log_odds(data),
-                                   generator=torch.Generator().manual_seed(seed))
+    result = ais_log_partition(DBMAnnealingPath(d, base_rate_log_odds(data)), runs=100, steps=1000,
+                               generator=torch.Generator().manual_seed(seed))
     assert abs(result.log_z - exact) < 0.1
-    assert result.log_z_std_error < 0.1 and result.n_steps == 1000
+    assert result.log_z_stderr < 0.1 and result.steps == 1000
 
 
 def test_ais_handles_a_centred_dbm() -> None:
     d, data = trained_dbm([8, 6, 4], steps=150, seed=3, centered=True)
     exact = dbm_log_partition_enumerate(d)
-    result = dbm_ais_log_partition(d, n_runs=100, betas=1000, base_visible_bias=base_rate_log_odds(data),
-                                   generator=torch.Generator().manual_seed(0))
+    result = ais_log_partition(DBMAnnealingPath(d, base_rate_log_odds(data)), runs=100, steps=1000,
+                               generator=torch.Generator().manual_seed(0))
     assert abs(result.log_z - exact) < 0.1
 
 
 def test_bad_arguments_are_named() -> None:
     d = BinaryDBM([4, 3, 2])
-    with pytest.raises(ValueError, match="n_runs"):
-        dbm_ais_log_partition(d, n_runs=0)
+    with pytest.raises(ValueError, match="runs"):
+        ais_log_partition(DBMAnnealingPath(d), runs=0)
     with pytest.raises(ValueError, match="base_visible_bias"):
         DBMAnnealingPath(d, torch.zeros(5))
     with pytest.raises(ValueError, match="max_units"):
