@@ -63,6 +63,8 @@ __all__ = [
     "base_rate_log_odds",
     "run_ais",
     "summarize_log_weights",
+    "softplus_difference",
+    "FLOAT32_INCREMENT_LIMIT",
     "ais_log_partition",
     "rbm_log_likelihood",
 ]
@@ -168,6 +170,30 @@ def as_beta_list(betas: Tensor | Sequence[float]) -> list[float]:
     return b.tolist()
 
 
+# ---------------------------------------------------------------------------------------- the increment
+#: paths use :func:`softplus_difference` in float32 while :math:`|\Delta\beta| \max|a|` stays below this (``expm1``
+#: cannot overflow), else the float64 difference of two softplus values (coarse schedules only)
+FLOAT32_INCREMENT_LIMIT = 30.0
+
+
+def softplus_difference(prob_to: Tensor, delta: Tensor) -> Tensor:
+    r""":math:`\operatorname{softplus}(a) - \operatorname{softplus}(a - \delta)` elementwise, given
+    :math:`\sigma(a)` (``prob_to``) and :math:`\delta`, accurate to the precision of the inputs:
+
+    .. math::
+
+        \operatorname{softplus}(a) - \operatorname{softplus}(a - \delta)
+        = \log\frac{1 + e^{a}}{1 + e^{a - \delta}} = -\log\big(\sigma(-a) + \sigma(a) e^{-\delta}\big)
+        = -\operatorname{log1p}\big(\sigma(a)\, \operatorname{expm1}(-\delta)\big).
+
+    An AIS step changes :math:`\beta` by :math:`10^{-5}`-:math:`10^{-3}`, so the two softplus values agree to
+    5-8 digits and their float32 difference would keep 0-2 of them; this form keeps float32's relative
+    precision of the (small) difference itself, and :math:`\sigma(a)` is the probability the Gibbs transition at
+    :math:`\beta` samples with anyway. Valid for either sign of :math:`\delta` while ``expm1(-delta)`` is finite.
+    """
+    return torch.log1p(torch.expm1(-delta).mul_(prob_to)).neg_()
+
+
 # ---------------------------------------------------------------------------------------- paths
 class AnnealingPath(ABC, Generic[StateT]):
     r"""A path of unnormalised densities :math:`f_\beta`, :math:`\beta \in [0, 1]`, for :func:`run_ais`.
@@ -200,6 +226,18 @@ class AnnealingPath(ABC, Generic[StateT]):
         """
         return self.log_unnormalized(state, beta_to) - self.log_unnormalized(state, beta_from)
 
+    def advance(self, state: StateT, beta_from: float, beta_to: float, generator: torch.Generator | None = None,
+                transition: bool = True) -> tuple[Tensor, StateT]:
+        r"""One AIS step, fused: the log-weight increment :math:`\log f_{\beta_{to}}(x) - \log f_{\beta_{from}}(x)`
+        (``(n,)`` float64) and, when ``transition``, the next state :math:`T_{\beta_{to}}(x)` (else ``state``).
+
+        The default calls :meth:`log_ratio` and :meth:`transition`; a path whose increment and transition share
+        work (the hidden pre-activations of an RBM, its sampling probabilities) overrides it, as zuko's
+        transforms fuse ``call_and_ladj``.
+        """
+        increment = self.log_ratio(state, beta_from, beta_to).to(torch.float64)
+        return increment, (self.transition(state, beta_to, generator) if transition else state)
+
 
 class RBMAnnealingPath(AnnealingPath[Tensor]):
     r"""The Salakhutdinov & Murray (2008) path from a base-rate model to a Bernoulli RBM.
@@ -225,17 +263,31 @@ class RBMAnnealingPath(AnnealingPath[Tensor]):
     ``log(1+exp(bb*Wh))``); the geometric mean :math:`p_A^{1-\beta} p_B^{\beta}` of the *marginals*
     (:math:`\beta` outside the softplus) would be a different path with no such simple transition.
 
-    Transition at :math:`\beta`: :math:`h_j \sim \sigma(\beta(c_j + v^\top W_{:j}))`, then
-    :math:`v_i \sim \sigma((1-\beta) b_{A,i} + \beta(b_i + W_{i:} h))`. Everything runs in float64 on a
-    detached copy of the parameters.
+    Transition at :math:`\beta`: :math:`h_j \sim \sigma(\beta x_j)` with :math:`x = c + W^\top v`, then
+    :math:`v_i \sim \sigma((1-\beta) b_{A,i} + \beta(b_i + W_{i:} h))`.
+
+    **One step** (:meth:`advance`, from :math:`\beta'` to :math:`\beta`) costs the two matrix products of a Gibbs
+    sweep over all chains at once, :math:`[x, (b - b_A)^\top v] = v^\top [W, b - b_A]` and :math:`W h`, in float32
+    (``dtype``), and one sigmoid per unit: the increment
+
+    .. math::
+
+        \log\frac{f_\beta(v)}{f_{\beta'}(v)} = (\beta - \beta')(b - b_A)^\top v
+            + \sum_j \big[\operatorname{softplus}(\beta x_j) - \operatorname{softplus}(\beta' x_j)\big]
+
+    is computed by :func:`softplus_difference` from :math:`\sigma(\beta x)`, the probabilities the transition
+    samples :math:`h` with, and accumulated in float64. :meth:`log_unnormalized` (the full :math:`\log f_\beta`,
+    used to start reverse annealing) runs in float64. All on a detached copy of the parameters.
 
     Args:
         rbm: the target :class:`~lightning_gm.nn.rbm.BernoulliRBM`.
         base_visible_bias: :math:`b_A`, ``(n_visible,)``; default zeros (uniform base). The data's
             log-odds (:func:`base_rate_log_odds`) give a much better base for trained models.
+        dtype: of the Gibbs chains and their products (float32; float64 for a reference run).
     """
 
-    def __init__(self, rbm: BernoulliRBM, base_visible_bias: Tensor | None = None) -> None:
+    def __init__(self, rbm: BernoulliRBM, base_visible_bias: Tensor | None = None,
+                 dtype: torch.dtype = torch.float32) -> None:
         if not isinstance(rbm, BernoulliRBM):
             raise TypeError(f"RBMAnnealingPath needs a BernoulliRBM, got {type(rbm).__name__}")
         f64 = {"dtype": torch.float64, "device": rbm.W.device}
@@ -250,18 +302,21 @@ class RBMAnnealingPath(AnnealingPath[Tensor]):
                 raise ValueError(
                     f"base_visible_bias must have shape {tuple(self.b.shape)}, got {tuple(self.b_base.shape)}"
                 )
+        self.dtype = dtype
+        # the Gibbs copies: [W, b - b_A] gives the hidden inputs and the linear term in one product
+        self._Wx = torch.cat([self.W, (self.b - self.b_base).unsqueeze(1)], 1).to(dtype).contiguous()
+        self._WT = self.W.T.to(dtype).contiguous()
+        self._c, self._b, self._b_base = self.c.to(dtype), self.b.to(dtype), self.b_base.to(dtype)
+        self._x_max = float((self.W.abs().sum(0) + self.c.abs()).max())  # bound on |x_j| for binary v
 
     def log_z_base(self) -> float:
         r""":math:`\log Z_A = \sum_i \operatorname{softplus}(b_{A,i}) + H \log 2` (independent units)."""
         return float(F.softplus(self.b_base).sum()) + self.W.shape[1] * math.log(2.0)
 
     def sample_base(self, n: int, generator: torch.Generator | None = None) -> Tensor:
-        """``(n, n_visible)`` float64 samples of the base-rate model."""
-        probs = torch.sigmoid(self.b_base).expand(n, -1)
+        """``(n, n_visible)`` samples of the base-rate model (in ``dtype``)."""
+        probs = torch.sigmoid(self._b_base).expand(n, -1)
         return bernoulli(probs, generator)
-
-    def _hidden_input(self, v: Tensor) -> Tensor:
-        return v @ self.W + self.c
 
     def log_unnormalized(self, state: Tensor, beta: float) -> Tensor:
         v = state.to(self.W.dtype)
@@ -269,32 +324,36 @@ class RBMAnnealingPath(AnnealingPath[Tensor]):
         return (
             (1.0 - beta) * (v @ self.b_base)
             + beta * (v @ self.b)
-            + F.softplus(beta * self._hidden_input(v)).sum(-1)
+            + F.softplus(beta * (v @ self.W + self.c)).sum(-1)
         )
 
-    def _cached_hidden_input(self, v: Tensor) -> Tensor:
-        # run_ais calls log_ratio(x_k) and then transition(x_k) on the same tensor: keep its hidden
-        # pre-activations (one of the three matrix products of a step) for the second call.
-        cache = getattr(self, "_cache", None)
-        if cache is not None and cache[0] is v:
-            return cache[1]
-        x = self._hidden_input(v)
-        self._cache = (v, x)
-        return x
+    def _inputs(self, v: Tensor) -> tuple[Tensor, Tensor]:
+        xa = v.to(self.dtype) @ self._Wx
+        h = self._c.shape[0]
+        return xa[:, :h].add_(self._c), xa[:, h]
+
+    def advance(self, state: Tensor, beta_from: float, beta_to: float, generator: torch.Generator | None = None,
+                transition: bool = True) -> tuple[Tensor, Tensor]:
+        x, linear = self._inputs(state)
+        step = beta_to - beta_from
+        prob = torch.sigmoid(beta_to * x)
+        if abs(step) * self._x_max < FLOAT32_INCREMENT_LIMIT:
+            hidden = softplus_difference(prob, step * x).sum(-1, dtype=torch.float64)
+        else:  # a coarse schedule: expm1 could overflow, take the float64 softplus difference
+            x64 = x.double()
+            hidden = (F.softplus(beta_to * x64) - F.softplus(beta_from * x64)).sum(-1)
+        increment = hidden.add_(linear.double(), alpha=step)
+        if not transition:
+            return increment, state
+        h = bernoulli(prob, generator)
+        logits = torch.addmm(torch.lerp(self._b_base, self._b, beta_to), h, self._WT, alpha=beta_to)
+        return increment, bernoulli(logits.sigmoid_(), generator)
 
     def log_ratio(self, state: Tensor, beta_from: float, beta_to: float) -> Tensor:
-        # f_to / f_from in one pass: the linear terms combine to (beta_to - beta_from) (b - b_A)'v and
-        # the hidden pre-activations are computed once.
-        v = state.to(self.W.dtype)
-        x = self._cached_hidden_input(v)
-        linear = (beta_to - beta_from) * (v @ (self.b - self.b_base))
-        return linear + (F.softplus(beta_to * x) - F.softplus(beta_from * x)).sum(-1)
+        return self.advance(state, beta_from, beta_to, transition=False)[0]
 
     def transition(self, state: Tensor, beta: float, generator: torch.Generator | None = None) -> Tensor:
-        v = state.to(self.W.dtype)
-        h = bernoulli(torch.sigmoid(beta * self._cached_hidden_input(v)), generator)
-        logits = (1.0 - beta) * self.b_base + beta * (h @ self.W.T + self.b)
-        return bernoulli(torch.sigmoid(logits), generator)
+        return self.advance(state, beta, beta, generator)[1]
 
 
 class GaussianRBMAnnealingPath(AnnealingPath[Tensor]):
@@ -409,12 +468,11 @@ def run_ais(
         raise ValueError(f"progress_every must be >= 1, got {progress_every}")
     state = initial_state
     log_w: Tensor | None = None
+    advance = path.advance
     with torch.no_grad():
         for k in range(1, n_steps + 1):
-            increment = path.log_ratio(state, beta_list[k - 1], beta_list[k]).to(torch.float64)
-            log_w = increment if log_w is None else log_w + increment  # accumulated in float64
-            if k < n_steps:
-                state = path.transition(state, beta_list[k], generator)
+            increment, state = advance(state, beta_list[k - 1], beta_list[k], generator, k < n_steps)
+            log_w = increment if log_w is None else log_w.add_(increment)  # accumulated in float64
             if progress is not None and (k % progress_every == 0 or k == n_steps):
                 progress(k, n_steps)
     assert log_w is not None

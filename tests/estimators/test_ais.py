@@ -50,14 +50,19 @@ def test_path_endpoints_match_base_and_target() -> None:
         rbm.W.normal_(generator=torch.Generator().manual_seed(0))
         rbm.c.fill_(0.3)
     b_base = torch.linspace(-1, 1, 6, dtype=torch.float64)
-    path = RBMAnnealingPath(rbm, b_base)
+    path = RBMAnnealingPath(rbm, b_base, dtype=torch.float64)
     v = enumerate_binary(6)
     # beta = 1: the target's -F(v); beta = 0: base-rate model with H free hidden units
     torch.testing.assert_close(path.log_unnormalized(v, 1.0), -rbm.free_energy(v).detach())
     torch.testing.assert_close(path.log_unnormalized(v, 0.0), v @ b_base + 4 * math.log(2.0))
     assert path.log_z_base() == pytest.approx(float(torch.logsumexp(path.log_unnormalized(v, 0.0), 0)))
-    expected_ratio = path.log_unnormalized(v, 0.7) - path.log_unnormalized(v, 0.3)
-    torch.testing.assert_close(path.log_ratio(v, 0.3, 0.7), expected_ratio)
+    for lo, hi in ((0.3, 0.7), (0.7, 0.3), (0.9, 0.90001), (0.5, 0.5)):
+        expected_ratio = path.log_unnormalized(v, hi) - path.log_unnormalized(v, lo)
+        torch.testing.assert_close(path.log_ratio(v, lo, hi), expected_ratio, rtol=1e-9, atol=1e-12)
+        # float32 Gibbs, float64 weights: the increment keeps float32's relative precision of the difference
+        fast = RBMAnnealingPath(rbm, b_base).log_ratio(v.float(), lo, hi)
+        assert fast.dtype == torch.float64
+        torch.testing.assert_close(fast, expected_ratio, rtol=1e-5, atol=1e-6 * abs(hi - lo))
 
 
 def test_ais_is_exact_when_weights_do_not_depend_on_the_chain() -> None:
@@ -68,9 +73,11 @@ def test_ais_is_exact_when_weights_do_not_depend_on_the_chain() -> None:
         rbm.b.copy_(torch.tensor([-1.0, 0.5, 2.0, 0.0, -3.0]))
         rbm.c.copy_(torch.tensor([1.5, -2.0, 0.7]))
     g = torch.Generator().manual_seed(0)
-    res = ais_log_partition(RBMAnnealingPath(rbm, rbm.b.detach()), runs=7, steps=20, generator=g)
+    res = ais_log_partition(RBMAnnealingPath(rbm, rbm.b.detach(), dtype=torch.float64), runs=7, steps=20, generator=g)
     exact = log_partition_enumerate(rbm)
     assert res.log_z == pytest.approx(exact, abs=1e-12)
+    fast = ais_log_partition(RBMAnnealingPath(rbm, rbm.b.detach()), runs=7, steps=20, generator=g)
+    assert fast.log_z == pytest.approx(exact, abs=1e-6)  # float32 chains: float32's precision
     assert res.log_z_stderr == pytest.approx(0.0, abs=1e-12)
     assert torch.allclose(res.log_weights, res.log_weights[0].expand(7), atol=1e-12)
 
@@ -196,6 +203,24 @@ def test_forward_ais_matches_exact_log_partition(trained: dict, seed: int) -> No
     assert abs(res.log_z - exact) < 0.1
     assert res.log_z_interval[0] <= exact <= res.log_z_interval[1]
     assert 0 < res.log_z_stderr < 0.1 and res.effective_sample_size > 50
+
+
+def test_float32_chains_leave_the_estimate_unchanged_in_law(trained: dict) -> None:
+    """The fast path (float32 products and draws, float64 log-weights) and the float64 reference path: over 6
+    independent seeds each, both mean log Z are within 3 standard errors (of the mean over seeds) of the enumerated
+    log Z and of each other."""
+    exact = trained["log_z"]
+    estimates = {}
+    for dtype in (torch.float64, torch.float32):
+        path = RBMAnnealingPath(trained["rbm"], trained["base"], dtype=dtype)
+        estimates[dtype] = torch.tensor([ais_log_partition(path, runs=50, steps=500,
+                                                           generator=torch.Generator().manual_seed(10 + s)).log_z
+                                         for s in range(6)], dtype=torch.float64)
+    for est in estimates.values():
+        se = float(est.std() / math.sqrt(len(est)))
+        assert abs(float(est.mean()) - exact) < 3 * se + 0.02
+    a, b = estimates[torch.float64], estimates[torch.float32]
+    assert abs(float(a.mean() - b.mean())) < 3 * math.sqrt(float(a.var() + b.var()) / 6) + 0.02
 
 
 @pytest.mark.parametrize("seed", [0, 1])
