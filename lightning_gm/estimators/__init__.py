@@ -95,3 +95,7 @@ from lightning_gm.estimators.decoder_ais import (  # noqa: E402
 
 __all__ += ["DecoderAISResult", "HMCAnnealing", "decoder_ais_log_prob", "gaussian_observation", "bernoulli_observation",
             "sigmoid_schedule"]
+
+from lightning_gm.estimators.reverse import Bracket, RAISEResult, ReverseStart, raise_log_prob  # noqa: E402
+
+__all__ += ["Bracket", "RAISEResult", "ReverseStart", "raise_log_prob"]

@@ -50,11 +50,12 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from lightning_gm.estimators.ais import FLOAT32_INCREMENT_LIMIT, AnnealingPath, softplus_difference
+from lightning_gm.estimators.reverse import ReverseStart
 from lightning_gm.estimators.partition import MAX_ENUMERATION_UNITS, check_enumerable, frozen_copy, logsumexp_over_binary
 from lightning_gm.nn.dbm import BinaryDBM
 from lightning_gm.nn.rbm import bernoulli
 
-__all__ = ["dbm_log_partition_enumerate", "DBMAnnealingPath", "split_layers"]
+__all__ = ["dbm_log_partition_enumerate", "DBMAnnealingPath", "dbm_reverse_start", "split_layers"]
 
 
 def split_layers(dbm: BinaryDBM, parity: int) -> tuple[list[int], list[int]]:
@@ -250,3 +251,32 @@ class DBMAnnealingPath(AnnealingPath[list]):
 
     def transition(self, state: list, beta: float, generator: Optional[torch.Generator] = None) -> list:
         return self.advance(state, beta, beta, generator)[1]
+
+
+def dbm_reverse_start(dbm: BinaryDBM, base_visible_bias: Optional[Tensor], v: Tensor, means: Sequence[Tensor],
+                      chains: int, generator: Optional[torch.Generator] = None) -> ReverseStart:
+    r"""RAISE start for a DBM: the path keeps :math:`v` and the even hidden layers (the odd ones summed out); the
+    even layers are drawn from the factorial proposal :math:`q(h_l) = \prod_j \mu_{l,j}^{h_{l,j}}(1-\mu_{l,j})^{1-h_{l,j}}`
+    of the mean-field ``means`` (Burda et al. 2015 start DBM chains from the variational posterior), so the
+    numerator is :math:`\log f_1(v, h_{\text{even}}) - \log q(h_{\text{even}} \mid v)`.
+
+    Args:
+        dbm: the model.
+        base_visible_bias: the AIS base-rate log-odds.
+        v: ``(B, D)`` binary data.
+        means: ``[v, mu_1, ..., mu_L]`` mean-field means for ``v``.
+        chains: chains per example.
+        generator: random generator of the proposal draws.
+    """
+    L = dbm.num_layers
+    path = DBMAnnealingPath(dbm, base_visible_bias, summed=list(range(1, L + 1, 2)))
+    b = v.shape[0]
+    state: list = [None] * (L + 1)
+    state[0] = v.detach().to(path.dtype).repeat(chains, 1)
+    log_q = torch.zeros(chains * b, dtype=torch.float64, device=v.device)
+    for l in range(2, L + 1, 2):
+        mu = means[l].detach().double().clamp(1e-7, 1.0 - 1e-7).repeat(chains, 1)
+        h = bernoulli(mu, generator)
+        log_q += (h * mu.log() + (1.0 - h) * (-mu).log1p()).sum(-1)
+        state[l] = h.to(path.dtype)
+    return ReverseStart(path, state, path.log_unnormalized(state, 1.0) - log_q, b)

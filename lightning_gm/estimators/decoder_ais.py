@@ -67,6 +67,8 @@ from lightning_gm.groups import ParameterGroup
 __all__ = [
     "HMCAnnealing",
     "DecoderAISResult",
+    "BDMCResult",
+    "decoder_bdmc",
     "LogLikelihoodFn",
     "decoder_ais_log_prob",
     "sigmoid_schedule",
@@ -259,6 +261,48 @@ def _check_args(x: Tensor, latent_dim: int, chunk_size: Optional[int]) -> None:
             raise ValueError(f"decoder_ais_log_prob: {name} must be {need}, got {value!r}")
 
 
+def _anneal(log_likelihood: LogLikelihoodFn, x_rep: Tensor, z: Tensor, betas: list[float], chains: int,
+            annealing: HMCAnnealing, generator: Optional[torch.Generator], tick: Callable[[], None]) -> tuple[Tensor, float, int]:
+    r"""All chains of one block of examples along ``betas`` (increasing: forward; decreasing: reverse from exact
+    posterior samples): :math:`\log w = \sum_t (\beta_t - \beta_{t-1}) \log p(x \mid z_{t-1})` with an HMC step at
+    :math:`\beta_t` after each increment, the step size adapted per example. Returns ``(log_w, acceptance sum,
+    count)``; ``log_w`` is ``(chains * B,)`` float64, chain-major."""
+    bsz = x_rep.shape[0] // chains
+    state = _init_state(log_likelihood, z, x_rep)
+    log_w = torch.zeros(chains * bsz, dtype=torch.float64, device=x_rep.device)
+    eps = torch.full((bsz,), float(annealing.step_size), dtype=z.dtype, device=z.device)
+    eps_max = max(_STEP_MAX, float(annealing.step_size))
+    acc_sum, acc_count = 0.0, 0
+    for t in range(1, len(betas)):
+        log_w = log_w + (betas[t] - betas[t - 1]) * state.log_lik.double()
+        if not torch.all(torch.isfinite(log_w)):
+            raise ValueError(
+                f"decoder AIS produced non-finite log-weights at step {t}: log_likelihood returned "
+                f"non-finite values (check the observation model, e.g. a Gaussian sigma > 0, Bernoulli logits)"
+            )
+        state, acc = hmc_transition(log_likelihood, x_rep, state, betas[t], eps.repeat(chains),
+                                    annealing.leapfrog_steps, generator)
+        acc_mean = acc.view(chains, bsz).mean(0)  # per example
+        eps = torch.where(acc_mean.to(eps.dtype) > annealing.target_accept, eps * _STEP_UP, eps * _STEP_DOWN)
+        eps = eps.clamp(_STEP_MIN, eps_max)
+        acc_sum += float(acc.sum())
+        acc_count += acc.numel()
+        tick()
+    return log_w, acc_sum, acc_count
+
+
+def _ticker(total: int, progress: Optional[ProgressFn]) -> Callable[[], None]:
+    """A per-step callback calling ``progress(done, total)`` about 100 times over ``total`` steps."""
+    every, done = max(1, total // 100), [0]
+
+    def tick() -> None:
+        done[0] += 1
+        if progress is not None and (done[0] % every == 0 or done[0] == total):
+            progress(done[0], total)
+
+    return tick
+
+
 def decoder_ais_log_prob(
     log_likelihood: LogLikelihoodFn,
     x: Tensor,
@@ -292,49 +336,76 @@ def decoder_ais_log_prob(
         :class:`DecoderAISResult` (``log_prob`` ``(B,)`` and ``log_weights`` ``(chains, B)``, float64).
     """
     _check_args(x, latent_dim, chunk_size)
-    chains, steps, leapfrog_steps = annealing.chains, annealing.steps, annealing.leapfrog_steps
-    step_size, target_accept = annealing.step_size, annealing.target_accept
+    chains = annealing.chains
     x = x.detach()
     if not x.is_floating_point():
         x = x.float()
     b_total = x.shape[0]
-    chunk = b_total if chunk_size is None else min(chunk_size, b_total)
-    betas = sigmoid_schedule(steps).tolist()
-    total_steps = steps * max(1, math.ceil(b_total / max(chunk, 1)))
-    every = max(1, total_steps // 100)
-    done = 0
+    chunk = max(b_total if chunk_size is None else min(chunk_size, b_total), 1)
+    betas = sigmoid_schedule(annealing.steps).tolist()
+    tick = _ticker(annealing.steps * max(1, math.ceil(b_total / chunk)), progress)
     all_lw: list[Tensor] = []
     acc_sum, acc_count = 0.0, 0
-    for start in range(0, b_total, max(chunk, 1)):
+    for start in range(0, b_total, chunk):
         xb = x[start : start + chunk]
         bsz = xb.shape[0]
-        x_rep = xb.repeat(chains, 1)  # (M * B, D), chain-major
         z = torch.randn(chains * bsz, latent_dim, generator=generator, dtype=x.dtype, device=x.device)
-        state = _init_state(log_likelihood, z, x_rep)
-        log_w = torch.zeros(chains * bsz, dtype=torch.float64, device=x.device)
-        eps = torch.full((bsz,), float(step_size), dtype=x.dtype, device=x.device)
-        eps_max = max(_STEP_MAX, float(step_size))
-        for t in range(1, steps + 1):
-            log_w = log_w + (betas[t] - betas[t - 1]) * state.log_lik.double()
-            if not torch.all(torch.isfinite(log_w)):
-                raise ValueError(
-                    f"decoder AIS produced non-finite log-weights at step {t}: log_likelihood returned "
-                    f"non-finite values (check the observation model, e.g. a Gaussian sigma > 0, Bernoulli logits)"
-                )
-            state, acc = hmc_transition(log_likelihood, x_rep, state, betas[t], eps.repeat(chains),
-                                        leapfrog_steps, generator)
-            acc_mean = acc.view(chains, bsz).mean(0)  # per example
-            eps = torch.where(acc_mean.to(eps.dtype) > target_accept, eps * _STEP_UP, eps * _STEP_DOWN)
-            eps = eps.clamp(_STEP_MIN, eps_max)
-            acc_sum += float(acc.sum())
-            acc_count += acc.numel()
-            done += 1
-            if progress is not None and (done % every == 0 or done == total_steps):
-                progress(done, total_steps)
+        log_w, a_sum, a_count = _anneal(log_likelihood, xb.repeat(chains, 1), z, betas, chains, annealing, generator, tick)
+        acc_sum, acc_count = acc_sum + a_sum, acc_count + a_count
         all_lw.append(log_w.view(chains, bsz))
     log_weights = torch.cat(all_lw, dim=1)
     log_prob = torch.logsumexp(log_weights, dim=0) - math.log(chains)
     return DecoderAISResult(log_prob, log_weights, acc_sum / max(acc_count, 1))
+
+
+class BDMCResult(NamedTuple):
+    """Result of :func:`decoder_bdmc` on simulated examples."""
+
+    lower: Tensor  #: ``(B,)`` float64 forward AIS :math:`\log\hat p(x)`: a stochastic lower bound
+    upper: Tensor  #: ``(B,)`` float64 reverse AIS :math:`-\log\frac1M\sum w_{\mathrm{rev}}`: a stochastic upper bound
+    accept_rate: float  #: mean HMC acceptance over both directions
+
+
+def decoder_bdmc(
+    log_likelihood: LogLikelihoodFn,
+    x: Tensor,
+    z: Tensor,
+    annealing: HMCAnnealing = HMCAnnealing(),
+    *,
+    generator: Optional[torch.Generator] = None,
+    progress: Optional[ProgressFn] = None,
+) -> BDMCResult:
+    r"""Bidirectional Monte Carlo (Grosse, Ghahramani & Adams 2016; Wu et al. 2017) on *simulated* examples.
+
+    For pairs :math:`(z, x)` drawn from the model (:math:`z \sim \mathcal N(0, I)`, :math:`x \sim p(x \mid z)`),
+    :math:`z` is an exact sample of the posterior :math:`p(z \mid x)`. Forward AIS from the prior gives
+    :math:`\mathbb E[\log \hat p(x)] \le \log p(x)`; reverse AIS from :math:`z` (the schedule reversed,
+    :math:`\log w_{\mathrm{rev}} = \sum_t (\beta_t - \beta_{t-1}) \log p(x \mid z_{t-1})` with decreasing
+    :math:`\beta`) gives :math:`\mathbb E[w_{\mathrm{rev}}] = 1 / p(x)`, so :math:`-\log\frac1M\sum_m w_{\mathrm{rev},m}`
+    is a stochastic *upper* bound. The true :math:`\log p(x)` lies between the two, and their gap bounds the error
+    of forward AIS with the same settings on data like the model's own.
+
+    Args:
+        log_likelihood: ``(z, x) -> log p(x | z)`` as for :func:`decoder_ais_log_prob`.
+        x: ``(B, D)`` simulated examples.
+        z: ``(B, latent_dim)`` the latents that generated them.
+        annealing: chains per example (in each direction), steps, HMC settings.
+        generator: random generator.
+        progress: ``progress(step, total)`` hook over both directions.
+    """
+    _check_args(x, z.shape[-1], None)
+    chains, b = annealing.chains, x.shape[0]
+    x = x.detach().to(z.dtype)
+    betas = sigmoid_schedule(annealing.steps).tolist()
+    tick = _ticker(2 * annealing.steps, progress)
+    x_rep = x.repeat(chains, 1)
+    z0 = torch.randn(chains * b, z.shape[-1], generator=generator, dtype=z.dtype, device=z.device)
+    fwd, a1, c1 = _anneal(log_likelihood, x_rep, z0, betas, chains, annealing, generator, tick)
+    rev, a2, c2 = _anneal(log_likelihood, x_rep, z.detach().repeat(chains, 1), betas[::-1], chains, annealing,
+                          generator, tick)
+    lower = torch.logsumexp(fwd.view(chains, b), 0) - math.log(chains)
+    upper = -(torch.logsumexp(rev.view(chains, b), 0) - math.log(chains))
+    return BDMCResult(lower, upper, (a1 + a2) / max(c1 + c2, 1))
 
 
 def gaussian_observation(decoder: Callable[[Tensor], Tensor], sigma: float | Tensor) -> LogLikelihoodFn:

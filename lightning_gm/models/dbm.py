@@ -66,7 +66,8 @@ from torch import Tensor, nn
 
 from lightning_gm.errors import ConfigError
 from lightning_gm.estimators.ais import AISSchedule, AnnealingPath, base_rate_log_odds
-from lightning_gm.estimators.dbm import DBMAnnealingPath, dbm_log_partition_enumerate
+from lightning_gm.estimators.dbm import DBMAnnealingPath, dbm_log_partition_enumerate, dbm_reverse_start
+from lightning_gm.estimators.reverse import ReverseStart
 from lightning_gm.models.base import GenerativeModel
 from lightning_gm.models.energy import FLAT_AIS_KEYS, PartitionMixin, batch_data, fold_flat_hparams, record_groups, sgd_dbm
 from lightning_gm.nn.dbm import BinaryDBM
@@ -436,3 +437,9 @@ class DBM(PartitionMixin, GenerativeModel):
         """Per-example mean-field lower bound on :math:`\log p(v) + \log Z` (``(B,)``)."""
         mus = self.mean_field(x.reshape(x.shape[0], -1).to(self.dbm.weights[0].dtype))
         return self.dbm.mean_field_bound(mus)
+
+    def reverse_annealing_start(self, x: Tensor, chains: int, generator: Optional[torch.Generator] = None) -> ReverseStart:
+        """RAISE from the data with the even hidden layers drawn from the mean-field posterior
+        (:func:`~lightning_gm.estimators.dbm.dbm_reverse_start`)."""
+        v = x.reshape(x.shape[0], -1).to(self.dbm.weights[0].dtype)
+        return dbm_reverse_start(self.dbm, self.base_log_odds, v, self.mean_field(v), chains, generator)

@@ -53,6 +53,7 @@ from torch import Tensor, nn
 from lightning_gm.errors import ConfigError
 from lightning_gm.estimators.ais import AISSchedule, AnnealingPath, RBMAnnealingPath, base_rate_log_odds
 from lightning_gm.estimators.partition import log_partition_enumerate
+from lightning_gm.estimators.reverse import ReverseStart
 from lightning_gm.models.base import GenerativeModel
 from lightning_gm.models.energy import (
     FLAT_AIS_KEYS,
@@ -352,6 +353,23 @@ class DBN(ChainStream, PartitionMixin, GenerativeModel):
             total = total + bernoulli_log_prob(lower, rbm.visible_logits(upper))  # log p(h_l | h_{l+1})
             total = total - bernoulli_log_prob(upper, rbm.hidden_logits(lower))  # - log q(h_{l+1} | h_l)
         return total
+
+    def reverse_annealing_start(self, x: Tensor, chains: int, generator: Optional[torch.Generator] = None) -> ReverseStart:
+        r"""RAISE for the top RBM inside the bound: for each of the ``bound_samples`` posterior samples :math:`h` of
+        an example, reverse annealing of the top RBM from :math:`h_{L-1}` replaces :math:`p_{\text{top}}(h_{L-1})`
+        by its unbiased annealing-model estimate, so the average over samples and chains (``chains * bound_samples``
+        per example) is unbiased for the DBN-with-annealed-top density and its log a stochastic lower bound
+        (Burda et al. 2015): numerator :math:`\log p(v \mid h) - \log q(h \mid v) - F_{\text{top}}(h_{L-1})`."""
+        b = x.shape[0]
+        if self.num_layers == 1:
+            top = x.reshape(b, -1).to(self.rbms[0].W.dtype)
+            numerator = -self.rbms[0].free_energy(top)
+        else:
+            hs = self.sample_posterior(x, self.bound_samples, generator)
+            numerator = self.log_weights(x, hs).reshape(-1)  # (S * B,): log p(v|h) - log q(h|v) - F_top
+            top = hs[-1].reshape(-1, hs[-1].shape[-1])
+        return ReverseStart(self.annealing_path(), top.repeat(chains, 1),
+                            numerator.detach().to(torch.float64).repeat(chains), b)
 
     def log_prob_unnormalized(self, x: Tensor) -> Tensor:
         """The importance-weighted bound with ``bound_samples`` samples, plus :math:`\\log Z_{\\text{top}}`."""

@@ -38,6 +38,7 @@ import torch
 from torch import Tensor
 
 from lightning_gm.estimators.ais import AISResult, AISSchedule, AnnealingPath, ProgressFn, ais_log_partition, summarize_log_weights
+from lightning_gm.estimators.reverse import ReverseStart
 from lightning_gm.groups import ParameterGroup
 from lightning_gm.nn.rbm import chain_generator
 from lightning_gm.progress import trainer_progress
@@ -254,6 +255,17 @@ class PartitionMixin:
         """:math:`\\log p(x) + \\log Z` per example, ``(B,)``."""
         raise NotImplementedError
 
+    def reverse_annealing_start(self, x: Tensor, chains: int, generator: Optional[torch.Generator] = None) -> ReverseStart:
+        """Where reverse annealing from the data (RAISE, :mod:`lightning_gm.estimators.reverse`) starts for examples
+        ``x``: ``chains`` copies of each. The default is for a path whose state is the data in model space
+        (``to_model_space``; the RBM family, the convolutional RBM), its numerator the model's
+        :meth:`log_prob_unnormalized` (which includes any change of variables of the data); a model whose path
+        keeps latent layers (DBM) or whose likelihood is a bound around a top RBM (DBN) overrides it."""
+        state = self.to_model_space(x)  # type: ignore[attr-defined]
+        states = state.repeat(chains, *([1] * (state.dim() - 1)))
+        numerator = self.log_prob_unnormalized(x).detach().to(torch.float64).repeat(chains)
+        return ReverseStart(self.annealing_path(), states, numerator, x.shape[0])
+
     # ------------------------------------------------------------------ the machinery
     def _partition_tensors(self) -> Iterator[Tensor]:
         # everything that can change Z; the persistent chains never do (and move during training)
@@ -373,6 +385,20 @@ class PartitionMixin:
             out["nll_lower"] = nll + lp.interval[0] - lp.log_z
             out["nll_upper"] = nll + lp.interval[1] - lp.log_z
         return out
+
+    def summary_fields(self) -> dict[str, Any]:
+        """What ``summary.json`` must say beside the numbers: warnings when the AIS estimate of :math:`\\log Z` is
+        poor (ESS under 10% of the runs, an interval wider than 1 nat)."""
+        lp = self._cached_log_partition()
+        if lp is None or lp.ais is None:
+            return {}
+        warnings = []
+        if lp.effective_sample_size < 0.1 * lp.runs:
+            warnings.append(f"AIS ESS {lp.effective_sample_size:.1f} of {lp.runs} runs (under 10%)")
+        width = lp.interval[1] - lp.interval[0]
+        if width > 1.0:
+            warnings.append(f"AIS log Z interval {width:.2f} nats wide (+-3 s.e. {lp.stderr:.2f}; over 1 nat)")
+        return {"warnings": warnings} if warnings else {}
 
     # ------------------------------------------------------------------ Lightning hooks
     def on_test_start(self) -> None:

@@ -44,7 +44,8 @@ from torch import Tensor, nn
 
 from lightning_gm.errors import ConfigError
 from lightning_gm.estimators.ais import AISSchedule, AnnealingPath, base_rate_log_odds
-from lightning_gm.estimators.dbm import DBMAnnealingPath
+from lightning_gm.estimators.dbm import DBMAnnealingPath, dbm_reverse_start
+from lightning_gm.estimators.reverse import ReverseStart
 from lightning_gm.models.base import GenerativeModel
 from lightning_gm.models.dbm import dbm_exact_log_partition
 from lightning_gm.models.energy import FLAT_AIS_KEYS, PartitionMixin, fold_flat_hparams, record_groups
@@ -304,12 +305,23 @@ class MPDBM(PartitionMixin, GenerativeModel):
         self._check_loglik()
         return dbm_exact_log_partition(self.dbm, self.ais.exact_max_units)
 
+    def _base_log_odds(self) -> Tensor:
+        mean = self.dbm.offset(0) if self.centered else torch.sigmoid(self.dbm.biases[0].detach())
+        return base_rate_log_odds(mean.double().unsqueeze(0))
+
     def annealing_path(self) -> AnnealingPath:
         """The label-free DBM's path from the base-rate model of the visible means (the centring offset, or the
         visible biases' probabilities)."""
         self._check_loglik()
-        mean = self.dbm.offset(0) if self.centered else torch.sigmoid(self.dbm.biases[0].detach())
-        return DBMAnnealingPath(self.dbm, base_rate_log_odds(mean.double().unsqueeze(0)))
+        return DBMAnnealingPath(self.dbm, self._base_log_odds())
+
+    def reverse_annealing_start(self, x: Tensor, chains: int, generator: Optional[torch.Generator] = None) -> ReverseStart:
+        """RAISE from the data, the even hidden layers drawn from the mean-field posterior (as the DBM)."""
+        self._check_loglik()
+        v = self._flat(x)
+        with torch.no_grad():
+            means = self.dbm.mean_field(v, iterations=max(self.mf_steps, 30))[0]
+        return dbm_reverse_start(self.dbm, self._base_log_odds(), v, means, chains, generator)
 
     def _check_loglik(self) -> None:
         if self.n_classes:
