@@ -115,7 +115,7 @@ class AISEvaluation(pl.Callback):
         if trainer.world_size > 1:
             values = pl_module.all_gather(values.to(pl_module.device)).reshape(-1).cpu()
         bracket = self.run_bracket(trainer, pl_module)
-        if not (self.save and trainer.is_global_zero):
+        if not (self.save and trainer.is_global_zero and getattr(pl_module, "has_test_likelihood", True)):
             return
         lp = pl_module.ensure_log_partition()
         path = Path(trainer.default_root_dir) / "ais" / "test.pt"
@@ -142,7 +142,8 @@ class AISEvaluation(pl.Callback):
         ``test/nll_conservative``, ``test/nll_subset`` and ``test/bracket_examples`` metrics and returns the
         per-example values (every process gets them)."""
         self.bracket_results = {}
-        if self.bracket.examples == 0 or not hasattr(pl_module, "reverse_annealing_start"):
+        if self.bracket.examples == 0 or not hasattr(pl_module, "reverse_annealing_start") \
+                or not getattr(pl_module, "has_test_likelihood", True):
             return {}
         dataset, total = test_examples(trainer), tested_examples(trainer)
         n = min(self.bracket.examples, total)

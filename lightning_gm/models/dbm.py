@@ -188,6 +188,7 @@ class DBM(PartitionMixin, GenerativeModel):
         self.register_buffer("composed", torch.tensor(False))
         self.register_buffer("base_log_odds", torch.zeros(self.data_dim, dtype=torch.float64))
         self.register_buffer("base_ready", torch.tensor(False))
+        self.register_buffer("epochs_started", torch.zeros((), dtype=torch.long))  # the recipe's progress
         self._pending_offsets: Optional[list[Tensor]] = None
 
     # ------------------------------------------------------------------ phases
@@ -349,6 +350,7 @@ class DBM(PartitionMixin, GenerativeModel):
         return self.trainer.strategy.broadcast(total / max(count, 1), src=0)
 
     def on_train_epoch_start(self) -> None:
+        self.epochs_started.fill_(self.current_epoch + 1)
         if not bool(self.base_ready):
             mean = self._data_mean()
             if mean is not None:
@@ -392,6 +394,11 @@ class DBM(PartitionMixin, GenerativeModel):
                 self.dbm.shift_offsets(new)
                 self._pending_offsets = None
 
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        state = checkpoint.get("state_dict", {})
+        if "epochs_started" not in state and "composed" in state:  # a checkpoint written before the buffer
+            state["epochs_started"] = torch.tensor(int(checkpoint.get("epoch", -1)) + 1, dtype=torch.long)
+
     def on_fit_start(self) -> None:
         if self.trainer.max_epochs is not None and 0 < self.trainer.max_epochs <= self.joint_start:
             rank_zero_warn(
@@ -430,8 +437,34 @@ class DBM(PartitionMixin, GenerativeModel):
         return DBMAnnealingPath(self.dbm, self.base_log_odds)
 
     @property
+    def has_test_likelihood(self) -> bool:
+        """Whether the fit reached the joint phase (the pretrained RBMs were composed into the DBM), or the DBM was
+        built by hand (no epoch run). A fit stopped in pretraining never made a DBM: its random initial weights have
+        no test likelihood worth reporting (issue 17), so none is."""
+        return bool(self.composed) or int(self.epochs_started) == 0
+
+    @property
+    def phase_description(self) -> str:
+        started = int(self.epochs_started)
+        if started == 0 or bool(self.composed):
+            return "joint phase"
+        return f"pretraining phase {self.phase_at(started - 1) + 1} of {self.num_layers}: no DBM composed yet"
+
+    @property
     def estimator(self) -> str:
+        if not self.has_test_likelihood:
+            return f"none ({self.phase_description})"
         return self.partition_label(exact="exact+meanfield", ais="ais+meanfield")
+
+    def summary_fields(self) -> dict[str, Any]:
+        """The base's warnings and, when the fit stopped in pretraining, the phase and why no NLL is given."""
+        out = super().summary_fields()
+        if not self.has_test_likelihood:
+            out["phase"] = self.phase_description
+            out.setdefault("warnings", []).append(
+                f"DBM: the fit stopped in {self.phase_description} (epoch {int(self.epochs_started)} of the recipe's "
+                f"{self.joint_start} pretraining epochs); no test NLL is given: fit past sum(epochs_per_layer) for one")
+        return out
 
     def log_prob_unnormalized(self, x: Tensor) -> Tensor:
         """Per-example mean-field lower bound on :math:`\log p(v) + \log Z` (``(B,)``)."""

@@ -162,6 +162,7 @@ class DBN(ChainStream, PartitionMixin, GenerativeModel):
             self.register_buffer(f"chains_{l}", torch.zeros(self.cd.chains if self.cd.persistent else 0, n_v))
             self.register_buffer(f"base_log_odds_{l}", torch.zeros(n_v))
         self.register_buffer("chains_ready", torch.zeros(len(hidden), dtype=torch.bool))
+        self.register_buffer("epochs_started", torch.zeros((), dtype=torch.long))  # the recipe's progress
         self._ddp_params_and_buffers_to_ignore = [f"chains_{l}" for l in range(len(hidden))]
         self._initialised_layer = -1
 
@@ -184,6 +185,16 @@ class DBN(ChainStream, PartitionMixin, GenerativeModel):
     @property
     def current_layer(self) -> int:
         return self.layer_at(self.current_epoch)
+
+    @property
+    def depth(self) -> int:
+        """Layers of the model the fit has produced, by the recipe's phase: all of them once the top layer's phase
+        has begun (or when no epoch has been run: a model built by hand), else the layers up to the one the last
+        epoch trained (``epochs_started``, a buffer, so a checkpoint knows it). The likelihood, the samples and the
+        estimator label are those of this ``depth``-layer DBN (greedy training defines exactly that model after
+        each phase)."""
+        started = int(self.epochs_started)
+        return self.num_layers if started == 0 else self.layer_at(started - 1) + 1
 
     def _chains(self, layer: int) -> Tensor:
         return getattr(self, f"chains_{layer}")
@@ -229,6 +240,7 @@ class DBN(ChainStream, PartitionMixin, GenerativeModel):
                 self.rbms[layer].b.copy_(log_odds.to(self.rbms[layer].b))
 
     def on_train_epoch_start(self) -> None:
+        self.epochs_started.fill_(self.current_epoch + 1)
         layer = self.current_layer
         if self.current_epoch == self.phase_start(layer) and self._initialised_layer != layer:
             self._init_layer(layer)
@@ -284,18 +296,21 @@ class DBN(ChainStream, PartitionMixin, GenerativeModel):
             for l, chains in per_rank.items():
                 if chains.shape[0] == world:
                     checkpoint["state_dict"][f"chains_{l}"] = chains[rank].clone()
+        state = checkpoint.get("state_dict", {})
+        if "epochs_started" not in state and "chains_ready" in state:  # a checkpoint written before the buffer
+            state["epochs_started"] = torch.tensor(int(checkpoint.get("epoch", -1)) + 1, dtype=torch.long)
 
     # ------------------------------------------------------------------ generation
     @torch.no_grad()
     def sample(self, n: int, steps: Optional[int] = None) -> Tensor:
         """Gibbs sampling in the top RBM (``steps`` sweeps from its visible marginals at ``h = 0``), then a
         downward pass of samples, with the conditional means of the last (data) layer."""
-        top = self.rbms[-1]
+        top = self.rbms[self.depth - 1]
         h0 = torch.zeros(n, top.n_hidden, device=self.device, dtype=top.W.dtype)
         h = top.gibbs_vhv(top.sample_visibles(h0), steps or self.sample_steps).v
-        for l in range(self.num_layers - 2, -1, -1):
+        for l in range(self.depth - 2, -1, -1):
             h = self.rbms[l].mean_visibles(h) if l == 0 else self.rbms[l].sample_visibles(h)
-        if self.num_layers == 1:
+        if self.depth == 1:
             h = top.mean_visibles(top.sample_hiddens(h))
         return h.reshape(n, *self.data_shape)
 
@@ -309,26 +324,40 @@ class DBN(ChainStream, PartitionMixin, GenerativeModel):
     # ------------------------------------------------------------------ the bound
     def annealing_path(self) -> AnnealingPath:
         """The top RBM's path from its base-rate model (the log-odds of its training input)."""
-        return RBMAnnealingPath(self.rbms[-1], getattr(self, f"base_log_odds_{self.num_layers - 1}"))
+        return RBMAnnealingPath(self.rbms[self.depth - 1], getattr(self, f"base_log_odds_{self.depth - 1}"))
 
     def exact_log_partition(self) -> Optional[float]:
-        top = self.rbms[-1]
+        top = self.rbms[self.depth - 1]
         if min(top.n_visible, top.n_hidden) > self.ais.exact_max_units:
             return None
         return log_partition_enumerate(top, max_units=self.ais.exact_max_units)
 
     @property
     def estimator(self) -> str:
-        if self.num_layers == 1:
-            return self.partition_label()
-        return self.partition_label(exact="bound", ais="ais+bound")
+        label = self.partition_label() if self.depth == 1 else self.partition_label(exact="bound", ais="ais+bound")
+        return label if self.depth == self.num_layers else f"{label} ({self.phase_description})"
+
+    @property
+    def phase_description(self) -> str:
+        """Which model the greedy recipe has produced so far."""
+        return f"greedy phase: {self.depth} of {self.num_layers} layers trained"
+
+    def summary_fields(self) -> dict[str, Any]:
+        """The base's warnings and, when the fit stopped before the top layer's phase, the phase and a warning."""
+        out = super().summary_fields()
+        if self.depth < self.num_layers:
+            out["phase"] = self.phase_description
+            out.setdefault("warnings", []).append(
+                f"DBN: the fit stopped before the top layer's phase ({self.phase_description}); test/nll is that of "
+                f"the {self.depth}-layer DBN trained so far, not of the {self.num_layers}-layer recipe")
+        return out
 
     @torch.no_grad()
     def sample_posterior(self, x: Tensor, n: int, generator: Optional[torch.Generator] = None) -> list[Tensor]:
         """``n`` samples of :math:`q(h_1, \\dots, h_{L-1} \\mid v)`: a list of ``(n, B, size_l)`` tensors."""
         h = x.reshape(x.shape[0], -1).to(self.rbms[0].W.dtype).expand(n, -1, -1)
         out = []
-        for rbm in self.rbms[:-1]:
+        for rbm in self.rbms[: self.depth - 1]:
             h = bernoulli(rbm.mean_hiddens(h), generator)
             out.append(h)
         return out
@@ -343,12 +372,12 @@ class DBN(ChainStream, PartitionMixin, GenerativeModel):
         Returns:
             ``(..., B)``; :math:`\log p(v) + \log Z` is :math:`\log E_q[e^{\text{this}}]` exactly.
         """
-        if len(hs) != self.num_layers - 1:
-            raise ValueError(f"need {self.num_layers - 1} hidden layers of samples, got {len(hs)}")
+        if len(hs) != self.depth - 1:
+            raise ValueError(f"need {self.depth - 1} hidden layers of samples, got {len(hs)}")
         v = x.reshape(x.shape[0], -1).to(self.rbms[0].W.dtype)
         below = [v, *hs]  # v (B, D) broadcasts against the samples' leading dimensions
-        total = -self.rbms[-1].free_energy(below[-1])  # log p_top(h_{L-1}) + log Z
-        for l in range(self.num_layers - 1):
+        total = -self.rbms[self.depth - 1].free_energy(below[-1])  # log p_top(h_{L-1}) + log Z
+        for l in range(self.depth - 1):
             rbm, lower, upper = self.rbms[l], below[l], below[l + 1]
             total = total + bernoulli_log_prob(lower, rbm.visible_logits(upper))  # log p(h_l | h_{l+1})
             total = total - bernoulli_log_prob(upper, rbm.hidden_logits(lower))  # - log q(h_{l+1} | h_l)
@@ -361,7 +390,7 @@ class DBN(ChainStream, PartitionMixin, GenerativeModel):
         per example) is unbiased for the DBN-with-annealed-top density and its log a stochastic lower bound
         (Burda et al. 2015): numerator :math:`\log p(v \mid h) - \log q(h \mid v) - F_{\text{top}}(h_{L-1})`."""
         b = x.shape[0]
-        if self.num_layers == 1:
+        if self.depth == 1:
             top = x.reshape(b, -1).to(self.rbms[0].W.dtype)
             numerator = -self.rbms[0].free_energy(top)
         else:
@@ -373,7 +402,7 @@ class DBN(ChainStream, PartitionMixin, GenerativeModel):
 
     def log_prob_unnormalized(self, x: Tensor) -> Tensor:
         """The importance-weighted bound with ``bound_samples`` samples, plus :math:`\\log Z_{\\text{top}}`."""
-        if self.num_layers == 1:
+        if self.depth == 1:
             return -self.rbms[0].free_energy(x.reshape(x.shape[0], -1))
         lw = self.log_weights(x, self.sample_posterior(x, self.bound_samples))
         return torch.logsumexp(lw, dim=0) - math.log(self.bound_samples)

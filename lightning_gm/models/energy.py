@@ -400,12 +400,27 @@ class PartitionMixin:
             warnings.append(f"AIS log Z interval {width:.2f} nats wide (+-3 s.e. {lp.stderr:.2f}; over 1 nat)")
         return {"warnings": warnings} if warnings else {}
 
+    @property
+    def has_test_likelihood(self) -> bool:
+        """Whether the model, as trained, defines the test likelihood its recipe promises (a phased recipe stopped
+        early may not: then the test logs its other metrics, no ``test/nll``, and ``summary_fields`` says why)."""
+        return True
+
     # ------------------------------------------------------------------ Lightning hooks
     def on_test_start(self) -> None:
-        self.ensure_log_partition()
+        if self.has_test_likelihood:
+            self.ensure_log_partition()
         super().on_test_start()  # type: ignore[misc]
 
+    def test_step(self, batch: Any, batch_idx: int) -> Any:
+        if self.has_test_likelihood:
+            return super().test_step(batch, batch_idx)  # type: ignore[misc]
+        self._common_step(batch, "test")  # type: ignore[attr-defined]
+        return None
+
     def on_test_epoch_end(self) -> None:
+        if not self.has_test_likelihood:
+            return
         for key, value in self.log_partition_metrics().items():
             self.log(f"test/{key}", float(value), sync_dist=False)  # type: ignore[attr-defined]
         super().on_test_epoch_end()  # type: ignore[misc]

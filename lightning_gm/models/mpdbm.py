@@ -340,16 +340,7 @@ class MPDBM(PartitionMixin, GenerativeModel):
             mus = self.dbm.mean_field(v, iterations=max(self.mf_steps, 30))[0]
             return self.dbm.mean_field_bound(mus)
 
-    def test_step(self, batch: Any, batch_idx: int) -> None:
-        self._common_step(batch, "test")
-        if self.test_loglik:
-            x = batch[0] if isinstance(batch, (tuple, list)) else batch
-            self.test_nll.update(-self.log_prob(x))
-
-    def on_test_start(self) -> None:
-        if self.test_loglik:
-            super().on_test_start()
-
-    def on_test_epoch_end(self) -> None:
-        if self.test_loglik:
-            super().on_test_epoch_end()
+    @property
+    def has_test_likelihood(self) -> bool:
+        """``test_loglik`` (then ``test/nll`` is the label-free DBM's bound minus log Z)."""
+        return self.test_loglik

@@ -19,6 +19,7 @@ import torch
 from lightning_gm.data import DigitsDataModule
 from lightning_gm.estimators.ais import AISSchedule, summarize_log_weights
 from lightning_gm.estimators.decoder_ais import HMCAnnealing
+from lightning_gm.estimators.partition import log_partition_enumerate
 from lightning_gm.models import DBM, DBN, GAN, MPDBM, RBM, ConvRBM, GaussianRBM, SpikeSlabRBM, SubspaceRBM
 from lightning_gm.nn.rbm import CD, Penalties, chain_generator
 from tests.conftest import ROOT
@@ -263,3 +264,57 @@ def test_the_command_tests_an_old_checkpoint(run_cli, tmp_path) -> None:
     summary = json.loads((tmp_path / "runs/old/r/summary.json").read_text())
     assert summary["estimator"] == "ais 50x300" and summary["test"]["test/ais_runs"] == 50
     assert math.isfinite(summary["test"]["test/nll"])
+
+
+# ------------------------------------------------------------------------------------------- a recipe's phase
+def _digits_trainer(tmp_path, epochs: int) -> pl.Trainer:
+    return pl.Trainer(max_epochs=epochs, limit_train_batches=2, limit_val_batches=1, limit_test_batches=1,
+                      accelerator="cpu", logger=False, enable_progress_bar=False, enable_model_summary=False,
+                      default_root_dir=str(tmp_path))
+
+
+def test_a_dbm_stopped_in_pretraining_reports_no_nll_and_says_why(tmp_path) -> None:
+    """epochs_per_layer [2, 2], one epoch: the layers were never composed into a DBM. The test logs its other
+    metrics but no test/nll, the label and summary fields say which phase it stopped in; the same from the
+    checkpoint (the phase travels with the weights)."""
+    pl.seed_everything(0)
+    dm = DigitsDataModule(binarize="static", batch_size=100, val_size=200)
+    m = DBM(data_shape=dm.shape, hidden=[8, 6], epochs_per_layer=[2, 2], num_chains=10, sample_steps=2,
+            ais=AISSchedule(runs=10, steps=20, exact_max_units=0))
+    trainer = _digits_trainer(tmp_path, 1)
+    trainer.fit(m, dm)
+    out = trainer.test(m, dm, verbose=False)[0]
+    assert "test/nll" not in out and "test/logZ" not in out and "test/recon_error" in out
+    assert m.estimator == "none (pretraining phase 1 of 2: no DBM composed yet)"
+    fields = m.summary_fields()
+    assert fields["phase"] == "pretraining phase 1 of 2: no DBM composed yet"
+    assert any("no test NLL is given" in w for w in fields["warnings"])
+    loaded = DBM.load_from_checkpoint(trainer.checkpoint_callback.best_model_path)
+    assert not loaded.has_test_likelihood and loaded.estimator == m.estimator
+    # past the pretraining epochs the DBM is composed and tested as usual
+    trainer = _digits_trainer(tmp_path / "full", 5)
+    trainer.fit(m, dm)
+    out = trainer.test(m, dm, verbose=False)[0]
+    assert math.isfinite(out["test/nll"]) and m.estimator == "ais+meanfield 10x20" and "phase" not in m.summary_fields()
+
+
+def test_a_dbn_stopped_early_is_scored_as_the_dbn_it_trained(tmp_path) -> None:
+    """epochs_per_layer [1, 1, 1], two epochs: the greedy recipe has produced a 2-layer DBN. Its test/nll is that
+    model's (the top RBM is layer 2, the bound runs over one hidden layer), the label says so."""
+    pl.seed_everything(0)
+    dm = DigitsDataModule(binarize="static", batch_size=100, val_size=200)
+    m = DBN(data_shape=dm.shape, hidden=[8, 6, 5], epochs_per_layer=[1, 1, 1], sample_steps=2,
+            ais=AISSchedule(exact_max_units=10))
+    assert m.depth == 3  # built by hand: the whole stack
+    trainer = _digits_trainer(tmp_path, 2)
+    trainer.fit(m, dm)
+    assert m.depth == 2 and m.estimator == "bound (greedy phase: 2 of 3 layers trained)"
+    out = trainer.test(m, dm, verbose=False)[0]
+    assert math.isfinite(out["test/nll"])
+    assert m.log_z.log_z == pytest.approx(log_partition_enumerate(m.rbms[1]), abs=1e-9)  # layer 2 is the top
+    x = dm.splits["test"][0][:4]
+    assert len(m.sample_posterior(x, 3)) == 1 and m.log_weights(x, m.sample_posterior(x, 3)).shape == (3, 4)
+    assert any("2-layer DBN" in w for w in m.summary_fields()["warnings"])
+    trainer = _digits_trainer(tmp_path / "full", 3)  # the top layer's phase begins: the whole recipe
+    trainer.fit(m, dm)
+    assert m.depth == 3 and m.estimator == "bound" and "phase" not in m.summary_fields()
