@@ -285,10 +285,15 @@ class RBMAnnealingPath(AnnealingPath[Tensor]):
         base_visible_bias: :math:`b_A`, ``(n_visible,)``; default zeros (uniform base). The data's
             log-odds (:func:`base_rate_log_odds`) give a much better base for trained models.
         dtype: of the Gibbs chains and their products (float32; float64 for a reference run).
+        sweeps: block-Gibbs sweeps per intermediate distribution (each leaves :math:`p_\beta` invariant, so the
+            estimator stays unbiased; more sweeps mix more per step at two products each).
     """
 
     def __init__(self, rbm: BernoulliRBM, base_visible_bias: Tensor | None = None,
-                 dtype: torch.dtype = torch.float32) -> None:
+                 dtype: torch.dtype = torch.float32, sweeps: int = 1) -> None:
+        if sweeps < 1:
+            raise ValueError(f"sweeps must be >= 1, got {sweeps}")
+        self.sweeps = int(sweeps)
         if not isinstance(rbm, BernoulliRBM):
             raise TypeError(f"RBMAnnealingPath needs a BernoulliRBM, got {type(rbm).__name__}")
         f64 = {"dtype": torch.float64, "device": rbm.W.device}
@@ -307,6 +312,7 @@ class RBMAnnealingPath(AnnealingPath[Tensor]):
         # the Gibbs copies: [W, b - b_A] gives the hidden inputs and the linear term in one product
         self._Wx = torch.cat([self.W, (self.b - self.b_base).unsqueeze(1)], 1).to(dtype).contiguous()
         self._WT = self.W.T.to(dtype).contiguous()
+        self._W = self.W.to(dtype).contiguous()
         self._c, self._b, self._b_base = self.c.to(dtype), self.b.to(dtype), self.b_base.to(dtype)
         self._x_max = float((self.W.abs().sum(0) + self.c.abs()).max())  # bound on |x_j| for binary v
 
@@ -346,9 +352,13 @@ class RBMAnnealingPath(AnnealingPath[Tensor]):
         increment = hidden.add_(linear.double(), alpha=step)
         if not transition:
             return increment, state
-        h = bernoulli(prob, generator)
-        logits = torch.addmm(torch.lerp(self._b_base, self._b, beta_to), h, self._WT, alpha=beta_to)
-        return increment, bernoulli(logits.sigmoid_(), generator)
+        visible_bias = torch.lerp(self._b_base, self._b, beta_to)
+        for sweep in range(self.sweeps):
+            if sweep:
+                prob = torch.addmm(self._c, v, self._W).mul_(beta_to).sigmoid_()
+            h = bernoulli(prob, generator)
+            v = bernoulli(torch.addmm(visible_bias, h, self._WT, alpha=beta_to).sigmoid_(), generator)
+        return increment, v
 
     def log_ratio(self, state: Tensor, beta_from: float, beta_to: float) -> Tensor:
         return self.advance(state, beta_from, beta_to, transition=False)[0]
