@@ -24,12 +24,8 @@ from pathlib import Path
 
 import torch
 
-from lightning_gm.estimators.ais import (
-    RBMAnnealingPath,
-    ais_log_partition,
-    betas_schedule,
-    summarize_log_weights,
-)
+from lightning_gm.estimators.ais import ais_log_partition, betas_schedule, summarize_log_weights
+from lightning_gm.estimators.rbm_ais import RBMAnnealingPath
 from lightning_gm.estimators.reverse import ReverseStart, raise_log_prob
 
 

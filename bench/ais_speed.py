@@ -32,13 +32,8 @@ import torch.nn.functional as F
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from timing import interleaved, report  # noqa: E402
 
-from lightning_gm.estimators.ais import (  # noqa: E402
-    RBMAnnealingPath,
-    ais_log_partition,
-    base_rate_log_odds,
-    betas_schedule,
-    summarize_log_weights,
-)
+from lightning_gm.estimators.ais import ais_log_partition, base_rate_log_odds, betas_schedule, summarize_log_weights  # noqa: E402
+from lightning_gm.estimators.rbm_ais import RBMAnnealingPath  # noqa: E402
 
 
 def bare_sm_loop(W: torch.Tensor, b: torch.Tensor, c: torch.Tensor, b_base: torch.Tensor, runs: int, steps: int,

@@ -261,7 +261,8 @@ def main() -> None:
 
     if not args.ais_runs:
         return
-    from lightning_gm.estimators.ais import RBMAnnealingPath, ais_log_partition
+    from lightning_gm.estimators.ais import ais_log_partition
+from lightning_gm.estimators.rbm_ais import RBMAnnealingPath
     from lightning_gm.nn.rbm import BernoulliRBM
 
     rbm = BernoulliRBM(784, 500)

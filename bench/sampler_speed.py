@@ -55,7 +55,8 @@ def main() -> None:
             print(f"| {shape[0]} x {shape[1]}, {str(dtype).removeprefix('torch.')} | "
                   + " | ".join(f"{t:.3f}" for t in row) + " |")
 
-    from lightning_gm.estimators.ais import RBMAnnealingPath, ais_log_partition
+    from lightning_gm.estimators.ais import ais_log_partition
+from lightning_gm.estimators.rbm_ais import RBMAnnealingPath
 
     rbm = rbm_nn.BernoulliRBM(784, 500)
     with torch.no_grad():

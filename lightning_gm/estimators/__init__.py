@@ -4,17 +4,15 @@ from lightning_gm.estimators.ais import (
     AISResult,
     AISSchedule,
     AnnealingPath,
-    GaussianRBMAnnealingPath,
     ProgressFn,
-    RBMAnnealingPath,
     ais_log_partition,
     base_rate_log_odds,
     betas_schedule,
     default_betas,
-    rbm_log_likelihood,
     run_ais,
     summarize_log_weights,
 )
+from lightning_gm.estimators.rbm_ais import GaussianRBMAnnealingPath, RBMAnnealingPath, rbm_log_likelihood
 from lightning_gm.estimators.importance import IWEstimate, importance_weighted_log_prob, log_mean_exp
 from lightning_gm.estimators.partition import (
     MAX_ENUMERATION_UNITS,

@@ -51,7 +51,8 @@ from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor, nn
 
 from lightning_gm.errors import ConfigError
-from lightning_gm.estimators.ais import AISSchedule, AnnealingPath, RBMAnnealingPath, base_rate_log_odds
+from lightning_gm.estimators.ais import AISSchedule, AnnealingPath, base_rate_log_odds
+from lightning_gm.estimators.rbm_ais import RBMAnnealingPath
 from lightning_gm.estimators.partition import log_partition_enumerate
 from lightning_gm.estimators.reverse import ReverseStart
 from lightning_gm.models.base import GenerativeModel

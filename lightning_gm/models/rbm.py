@@ -62,7 +62,8 @@ from torch import Tensor
 from torchmetrics import MeanMetric
 
 from lightning_gm.errors import ConfigError
-from lightning_gm.estimators.ais import AISSchedule, AnnealingPath, GaussianRBMAnnealingPath, RBMAnnealingPath, base_rate_log_odds
+from lightning_gm.estimators.ais import AISSchedule, AnnealingPath, base_rate_log_odds
+from lightning_gm.estimators.rbm_ais import GaussianRBMAnnealingPath, RBMAnnealingPath
 from lightning_gm.estimators.partition import log_partition_enumerate
 from lightning_gm.models.base import GenerativeModel
 from lightning_gm.models.energy import (

@@ -11,15 +11,14 @@ import torch.nn.functional as F
 from lightning_gm.estimators.ais import (
     AISResult,
     AnnealingPath,
-    RBMAnnealingPath,
     ais_log_partition,
     base_rate_log_odds,
     betas_schedule,
     default_betas,
-    rbm_log_likelihood,
     run_ais,
     summarize_log_weights,
 )
+from lightning_gm.estimators.rbm_ais import RBMAnnealingPath, rbm_log_likelihood
 from lightning_gm.estimators.partition import enumerate_binary, log_partition_enumerate, sample_rbm_exact
 from lightning_gm.nn.rbm import BernoulliRBM
 

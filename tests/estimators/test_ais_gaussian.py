@@ -7,7 +7,8 @@ import math
 import pytest
 import torch
 
-from lightning_gm.estimators.ais import GaussianRBMAnnealingPath, ais_log_partition
+from lightning_gm.estimators.ais import ais_log_partition
+from lightning_gm.estimators.rbm_ais import GaussianRBMAnnealingPath
 from lightning_gm.estimators.partition import log_partition_enumerate
 from lightning_gm.nn.rbm import GaussianBernoulliRBM
 

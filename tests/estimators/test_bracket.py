@@ -9,7 +9,8 @@ import math
 import pytest
 import torch
 
-from lightning_gm.estimators.ais import RBMAnnealingPath, ais_log_partition, summarize_log_weights
+from lightning_gm.estimators.ais import ais_log_partition, summarize_log_weights
+from lightning_gm.estimators.rbm_ais import RBMAnnealingPath
 from lightning_gm.estimators.dbm import dbm_reverse_start
 from lightning_gm.estimators.decoder_ais import HMCAnnealing, decoder_bdmc, gaussian_observation
 from lightning_gm.estimators.reverse import ReverseStart, raise_log_prob
