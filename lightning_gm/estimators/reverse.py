@@ -49,7 +49,8 @@ class Bracket(ParameterGroup):
 
     Args:
         examples: evenly spaced test examples (``i * N // examples``), >= 0 (0 = no bracket); all of them when the
-            test set is smaller.
+            test set is smaller. 500 by cost: RAISE of 500 images x 14,500 steps costs ~2.4x the 100-run AIS of
+            log Z on the 784-500 RBM (bench/RESULTS.md, issue 17 study).
         chains: reverse-annealing chains per example, >= 1.
         steps: annealing steps, >= 3; ``None``: the model's forward schedule (``ais.steps``).
         seed: seed of the chains (block ``j`` of examples uses ``chain_generator(seed, j)``: the numbers do not
@@ -58,7 +59,7 @@ class Bracket(ParameterGroup):
     """
 
     key: ClassVar[str] = "bracket"
-    examples: int = 1000
+    examples: int = 500
     chains: int = 1
     steps: Optional[int] = None
     seed: int = 0
