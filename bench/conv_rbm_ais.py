@@ -1,7 +1,7 @@
 r"""AIS test log-likelihood of a trained :class:`~lightning_gm.models.conv_rbm.ConvRBM` with a chosen schedule.
 
 :math:`\log p(v) = -F(v) - \log\hat Z` with the closed-form free energy and forward AIS from the training data's
-base-rate model (:func:`~lightning_gm.estimators.conv_rbm.conv_rbm_ais_log_partition`); prints
+base-rate model (:class:`~lightning_gm.estimators.conv_rbm.ConvRBMAnnealingPath`); prints
 :math:`\log\hat Z`, its standard error and effective sample size, and the mean test NLL. Forward AIS
 under-estimates :math:`\log Z` in expectation, so the NLL is optimistic; a growing :math:`\log\hat Z` with the
 number of steps means the schedule is still too short.
@@ -34,7 +34,8 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(1)
 
     from lightning_gm.data import MNISTDataModule
-    from lightning_gm.estimators.conv_rbm import conv_rbm_ais_log_partition
+    from lightning_gm.estimators.ais import ais_log_partition
+    from lightning_gm.estimators.conv_rbm import ConvRBMAnnealingPath
     from lightning_gm.models.conv_rbm import ConvRBM
 
     model = ConvRBM.load_from_checkpoint(args.ckpt, map_location="cpu").eval()
@@ -49,8 +50,8 @@ def main(argv: list[str] | None = None) -> int:
     for steps in args.steps:
         t = time.time()
         g = torch.Generator().manual_seed(args.seed)
-        res = conv_rbm_ais_log_partition(model.rbm, args.runs, steps, model.ais_base, g)
-        print(f"| {args.runs} | {steps} | {res.log_z:.2f} | {res.log_z_std_error:.2f} | "
+        res = ais_log_partition(ConvRBMAnnealingPath(model.rbm, model.ais_base), args.runs, steps, generator=g)
+        print(f"| {args.runs} | {steps} | {res.log_z:.2f} | {res.log_z_stderr:.2f} | "
               f"{res.effective_sample_size:.1f} | {float(fe.mean()) + res.log_z:.2f} | {time.time() - t:.0f} s |",
               flush=True)
     return 0

@@ -7,10 +7,10 @@ export LIGHTNING_GM_DATA=${LIGHTNING_GM_DATA:-/work/shared/data} WANDB_MODE=disa
 RUNS=${RUNS:-/tmp/dbm_runs}
 mkdir -p "$RUNS" && cd "$RUNS"
 python -m lightning_gm fit --config /work/main/conf/dbm.yaml --model.init_args.epochs_per_layer=[2,2] \
-  --trainer.max_epochs=7 --model.init_args.ais_steps=1000 --trainer.enable_progress_bar=false \
+  --trainer.max_epochs=7 --model.init_args.ais.steps=1000 --trainer.enable_progress_bar=false \
   --trainer.logger=lightning.pytorch.loggers.CSVLogger --trainer.logger.init_args.save_dir=runs \
   --trainer.callbacks.every_n_epochs=1 --run_name=budget22
 python -m lightning_gm test --config runs/dbm/budget22/config.yaml \
-  --ckpt_path runs/dbm/budget22/checkpoints/last.ckpt --model.init_args.ais_steps=14500 --trainer.enable_progress_bar=false
+  --ckpt_path runs/dbm/budget22/checkpoints/last.ckpt --model.init_args.ais.steps=14500 --trainer.enable_progress_bar=false
 # time per joint step of the full-size model without data loading / validation:
 python /work/main/bench/dbm_speed.py --hidden 500 1000 --steps 10 --ais_steps 100

@@ -28,7 +28,7 @@ import torch
 
 from lightning_gm.callbacks.decoder_ais import _frozen, decoder_log_likelihood_fn
 from lightning_gm.data import MNISTDataModule
-from lightning_gm.estimators.decoder_ais import decoder_ais_log_prob
+from lightning_gm.estimators.decoder_ais import HMCAnnealing, decoder_ais_log_prob
 from lightning_gm.estimators.seeded import example_generator, seeded_importance_weighted
 from lightning_gm.models.vae import VAE
 
@@ -80,8 +80,9 @@ def main(argv: list[str] | None = None) -> None:
         lps, acc = [], []
         with _frozen(model):
             for j, start in enumerate(range(0, args.examples, args.batch)):
-                res = decoder_ais_log_prob(ll, x[start : start + args.batch], model.latent_dim, n_chains=args.chains,
-                                           n_steps=steps, leapfrog_steps=args.leapfrog, step_size=args.step_size,
+                annealing = HMCAnnealing(chains=args.chains, steps=steps, leapfrog_steps=args.leapfrog,
+                                         step_size=args.step_size, seed=args.seed)
+                res = decoder_ais_log_prob(ll, x[start : start + args.batch], model.latent_dim, annealing,
                                            generator=example_generator(args.seed, j))
                 lps.append(res.log_prob)
                 acc.append(res.accept_rate)

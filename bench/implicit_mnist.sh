@@ -28,6 +28,6 @@ for m in gan gmmn; do
   best=$(ls "$RUNS/$m/budget/checkpoints"/best-*.ckpt | head -1)
   $LG test --config "$RUNS/$m/budget/config.yaml" --ckpt_path="$best" --run_name=test_ais \
     --data.init_args.eval_batch_size=$TEST_EXAMPLES --trainer.limit_test_batches=$FRACTION \
-    --model.init_args.ais_chains=$AIS_CHAINS --model.init_args.ais_steps=$AIS_STEPS \
+    --model.init_args.ais.chains=$AIS_CHAINS --model.init_args.ais.steps=$AIS_STEPS \
     --model.init_args.obs_sigma=$SIGMA --trainer.enable_progress_bar=false
 done

@@ -19,7 +19,7 @@ nice -n 5 $PY -m lightning_gm fit --config conf/mpdbm.yaml --runs_dir "$RUNS" --
 # inpainting with its own mean field (mf_iterations = 30 rounds) on the same masks.
 nice -n 5 $PY -m lightning_gm fit --config conf/dbm.yaml --runs_dir "$RUNS" --run_name 256x256_10min_long \
   --trainer.max_time=00:00:10:00 --trainer.max_epochs=30 --model.init_args.hidden=[256,256] \
-  --model.init_args.epochs_per_layer=[2,2] --model.init_args.ais_runs=16 --model.init_args.ais_steps=1000 \
+  --model.init_args.epochs_per_layer=[2,2] --model.init_args.ais.runs=16 --model.init_args.ais.steps=1000 \
   --data.init_args.binarize=static \
   --trainer.callbacks+=lightning_gm.callbacks.InpaintingEvaluation --trainer.callbacks.masks=[random50,bottom] \
   "${CSV[@]}"

@@ -11,7 +11,7 @@ BUDGET=${BUDGET:-00:00:10:00}
 AIS_STEPS=${AIS_STEPS:-5000}
 RUNS=${RUNS:-/tmp/i11_runs}
 export OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 WANDB_MODE=disabled LIGHTNING_GM_DATA=${LIGHTNING_GM_DATA:-/work/shared/data}
-common=(--runs_dir "$RUNS" --experiment i11 --trainer.max_time=$BUDGET --model.init_args.ais_steps=$AIS_STEPS)
+common=(--runs_dir "$RUNS" --experiment i11 --trainer.max_time=$BUDGET --model.init_args.ais.steps=$AIS_STEPS)
 # subspace RBM: 100 gates x 5 subspace units = 393,384 parameters
 nice -n 5 /work/venv/bin/python -m lightning_gm fit --config conf/subspace_rbm.yaml "${common[@]}" --run_name subspace_m100k5
 # plain RBM, 500 hidden units = 393,284 parameters, same data and settings

@@ -36,8 +36,8 @@ PIXELCNN = ["--config", str(ROOT / "conf" / "vae_pixelcnn.yaml"), "--data.init_a
 GAN_ARGS = ["--config", str(ROOT / "conf" / "gan.yaml"), "--data.init_args.batch_size=8",
             "--data.init_args.eval_batch_size=8", "--model.init_args.latent_dim=3",
             "--model.init_args.generator.init_args.hidden=[16]",
-            "--model.init_args.discriminator.init_args.hidden=[12]", "--model.init_args.ais_chains=2",
-            "--model.init_args.ais_steps=2", "--model.init_args.val_ais_examples=0"]
+            "--model.init_args.discriminator.init_args.hidden=[12]", "--model.init_args.ais.chains=2",
+            "--model.init_args.ais.steps=2", "--model.init_args.val_ais_examples=0"]
 
 
 def _fit(cwd: Path, name: str, args: list[str]) -> tuple[pl.LightningModule, Path]:

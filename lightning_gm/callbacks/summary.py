@@ -213,6 +213,15 @@ class RunSummary(pl.Callback):
             start = self._stage_start.get("test")
             summary["test_wall_time_s"] = round(time.time() - start, 2) if start else None
             summary["tested_checkpoint"] = trainer.ckpt_path
+            # what the model and the evaluations say beside their numbers (summary_fields(): e.g. the conservative
+            # estimator's label, warnings a reader must see); warnings are collected from all of them
+            summary.pop("conservative_estimator", None)
+            warnings: list[str] = []
+            for source in [pl_module, *trainer.callbacks]:
+                fields = source.summary_fields() if callable(getattr(source, "summary_fields", None)) else {}
+                warnings += list(fields.pop("warnings", []))
+                summary.update(fields)
+            summary["warnings"] = warnings
             # evaluations that could not run say why (e.g. SampleQuality without its feature network)
             skipped = {type(cb).__name__: cb.skipped for cb in trainer.callbacks if isinstance(getattr(cb, "skipped", None), str)}
             if skipped:

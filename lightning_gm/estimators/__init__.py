@@ -2,23 +2,24 @@
 
 from lightning_gm.estimators.ais import (
     AISResult,
+    AISSchedule,
     AnnealingPath,
-    GaussianRBMAnnealingPath,
     ProgressFn,
-    RBMAnnealingPath,
     ais_log_partition,
     base_rate_log_odds,
     betas_schedule,
     default_betas,
-    rbm_log_likelihood,
     run_ais,
     summarize_log_weights,
 )
+from lightning_gm.estimators.rbm_ais import GaussianRBMAnnealingPath, RBMAnnealingPath, rbm_log_likelihood
 from lightning_gm.estimators.importance import IWEstimate, importance_weighted_log_prob, log_mean_exp
 from lightning_gm.estimators.partition import (
     MAX_ENUMERATION_UNITS,
     EnumerationTooLargeError,
+    check_enumerable,
     enumerate_binary,
+    frozen_copy,
     iter_binary_chunks,
     log_partition_bruteforce,
     log_partition_enumerate,
@@ -31,6 +32,7 @@ __all__ = [
     "importance_weighted_log_prob",
     "log_mean_exp",
     "AISResult",
+    "AISSchedule",
     "AnnealingPath",
     "ProgressFn",
     "RBMAnnealingPath",
@@ -44,7 +46,9 @@ __all__ = [
     "summarize_log_weights",
     "MAX_ENUMERATION_UNITS",
     "EnumerationTooLargeError",
+    "check_enumerable",
     "enumerate_binary",
+    "frozen_copy",
     "iter_binary_chunks",
     "log_partition_bruteforce",
     "log_partition_enumerate",
@@ -52,13 +56,9 @@ __all__ = [
     "sample_rbm_exact",
 ]
 
-from lightning_gm.estimators.dbm import (  # noqa: E402
-    DBMAnnealingPath,
-    dbm_ais_log_partition,
-    dbm_log_partition_enumerate,
-)
+from lightning_gm.estimators.dbm import DBMAnnealingPath, dbm_log_partition_enumerate  # noqa: E402
 
-__all__ += ["DBMAnnealingPath", "dbm_ais_log_partition", "dbm_log_partition_enumerate"]
+__all__ += ["DBMAnnealingPath", "dbm_log_partition_enumerate"]
 
 from lightning_gm.estimators.sample_quality import PrecisionRecall, frechet_distance, frechet_metric, knn_radii, manifold_coverage, precision_recall  # noqa: E402
 
@@ -71,29 +71,29 @@ __all__ += ["DEFAULT_BANDWIDTHS", "gaussian_kernel_mixture", "mmd2", "squared_di
 from lightning_gm.estimators.rbm_variants import (  # noqa: E402
     SpikeSlabAnnealingPath,
     SubspaceRBMAnnealingPath,
-    ais_log_partition_path,
     ssrbm_log_partition_enumerate,
     subspace_rbm_log_partition_enumerate,
 )
 
-__all__ += ["SpikeSlabAnnealingPath", "SubspaceRBMAnnealingPath", "ais_log_partition_path",
-            "ssrbm_log_partition_enumerate", "subspace_rbm_log_partition_enumerate"]
+__all__ += ["SpikeSlabAnnealingPath", "SubspaceRBMAnnealingPath", "ssrbm_log_partition_enumerate",
+            "subspace_rbm_log_partition_enumerate"]
 
-from lightning_gm.estimators.conv_rbm import (  # noqa: E402
-    ConvRBMAnnealingPath,
-    conv_rbm_ais_log_partition,
-    conv_rbm_log_partition_enumerate,
-)
+from lightning_gm.estimators.conv_rbm import ConvRBMAnnealingPath, conv_rbm_log_partition_enumerate  # noqa: E402
 
-__all__ += ["ConvRBMAnnealingPath", "conv_rbm_ais_log_partition", "conv_rbm_log_partition_enumerate"]
+__all__ += ["ConvRBMAnnealingPath", "conv_rbm_log_partition_enumerate"]
 
 from lightning_gm.estimators.decoder_ais import (  # noqa: E402
     DecoderAISResult,
+    HMCAnnealing,
     bernoulli_observation,
     decoder_ais_log_prob,
     gaussian_observation,
     sigmoid_schedule,
 )
 
-__all__ += ["DecoderAISResult", "decoder_ais_log_prob", "gaussian_observation", "bernoulli_observation",
+__all__ += ["DecoderAISResult", "HMCAnnealing", "decoder_ais_log_prob", "gaussian_observation", "bernoulli_observation",
             "sigmoid_schedule"]
+
+from lightning_gm.estimators.reverse import Bracket, RAISEResult, ReverseStart, raise_log_prob  # noqa: E402
+
+__all__ += ["Bracket", "RAISEResult", "ReverseStart", "raise_log_prob"]

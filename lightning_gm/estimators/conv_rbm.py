@@ -6,8 +6,8 @@ Both rest on the closed-form free energy of :class:`~lightning_gm.nn.conv_rbm.Co
 .. math:: \log Z = \log \sum_{v} e^{-F(v)},
 
 so the exact value enumerates the binary visibles (:func:`conv_rbm_log_partition_enumerate`, tiny
-images only) and AIS (:class:`ConvRBMAnnealingPath` in the generic loop
-:func:`~lightning_gm.estimators.ais.run_ais`) anneals from a base-rate model as for the RBM
+images only) and AIS (:class:`ConvRBMAnnealingPath` through the one entry point
+:func:`~lightning_gm.estimators.ais.ais_log_partition`) anneals from a base-rate model as for the RBM
 (Salakhutdinov & Murray 2008): the intermediate distributions are the marginals of
 
 .. math::
@@ -29,30 +29,18 @@ References:
 
 from __future__ import annotations
 
-import copy
 import math
-from typing import Optional, Sequence
+from typing import Optional
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from lightning_gm.estimators.ais import (
-    AISResult,
-    AnnealingPath,
-    ProgressFn,
-    as_beta_list,
-    run_ais,
-    summarize_log_weights,
-)
-from lightning_gm.estimators.partition import MAX_ENUMERATION_UNITS, EnumerationTooLargeError, logsumexp_over_binary
+from lightning_gm.estimators.ais import AnnealingPath
+from lightning_gm.estimators.partition import MAX_ENUMERATION_UNITS, check_enumerable, frozen_copy, logsumexp_over_binary
 from lightning_gm.nn.conv_rbm import ConvolutionalRBM
 
-__all__ = ["ConvRBMAnnealingPath", "conv_rbm_ais_log_partition", "conv_rbm_log_partition_enumerate"]
-
-
-def _float64_copy(rbm: ConvolutionalRBM) -> ConvolutionalRBM:
-    return copy.deepcopy(rbm).to(torch.float64).requires_grad_(False)
+__all__ = ["ConvRBMAnnealingPath", "conv_rbm_log_partition_enumerate"]
 
 
 def conv_rbm_log_partition_enumerate(rbm: ConvolutionalRBM, max_units: int = 20) -> float:
@@ -67,11 +55,8 @@ def conv_rbm_log_partition_enumerate(rbm: ConvolutionalRBM, max_units: int = 20)
     """
     if rbm.visible != "binary":
         raise ValueError("exact enumeration needs binary visibles")
-    if rbm.n_visible > min(max_units, MAX_ENUMERATION_UNITS):
-        raise EnumerationTooLargeError(
-            f"conv RBM has {rbm.n_visible} visible units > max_units={max_units}: use conv_rbm_ais_log_partition"
-        )
-    m = _float64_copy(rbm)
+    check_enumerable(rbm.n_visible, min(max_units, MAX_ENUMERATION_UNITS), "conv_rbm_log_partition_enumerate")
+    m = frozen_copy(rbm)
     with torch.no_grad():
         return float(logsumexp_over_binary(rbm.n_visible, lambda v: -m.free_energy(v), device=rbm.W.device))
 
@@ -79,7 +64,7 @@ def conv_rbm_log_partition_enumerate(rbm: ConvolutionalRBM, max_units: int = 20)
 class ConvRBMAnnealingPath(AnnealingPath[Tensor]):
     r"""AIS path from a base-rate model to a binary-visible convolutional RBM (see the module docstring).
 
-    Float64 on a detached copy of the parameters. The state is the visible image ``(n_runs, C_in, H, W)``.
+    Float64 on a detached copy of the parameters. The state is the visible image ``(runs, C_in, H, W)``.
 
     Args:
         rbm: the target model (binary visibles).
@@ -93,7 +78,7 @@ class ConvRBMAnnealingPath(AnnealingPath[Tensor]):
     def __init__(self, rbm: ConvolutionalRBM, base_visible_bias: Optional[Tensor] = None) -> None:
         if not isinstance(rbm, ConvolutionalRBM) or rbm.visible != "binary":
             raise TypeError("ConvRBMAnnealingPath needs a ConvolutionalRBM with binary visibles")
-        self.rbm = _float64_copy(rbm)
+        self.rbm = frozen_copy(rbm)
         shape = (rbm.in_channels, *rbm.image_size)
         f64 = {"dtype": torch.float64, "device": rbm.W.device}
         if base_visible_bias is None:
@@ -142,36 +127,3 @@ class ConvRBMAnnealingPath(AnnealingPath[Tensor]):
         h, _ = self.rbm.sample_hiddens(v, generator, logits=beta * self._logits(v))
         logits = (1.0 - beta) * self.b_base + beta * self.rbm.visible_input(h)
         return torch.bernoulli(torch.sigmoid(logits), generator=generator)
-
-
-def conv_rbm_ais_log_partition(
-    rbm: ConvolutionalRBM,
-    n_runs: int = 100,
-    betas: Tensor | Sequence[float] | int | None = None,
-    base_visible_bias: Optional[Tensor] = None,
-    generator: Optional[torch.Generator] = None,
-    progress: Optional[ProgressFn] = None,
-    progress_every: int = 100,
-) -> AISResult:
-    r"""Forward AIS estimate of :math:`\log Z` of a convolutional RBM (:class:`ConvRBMAnnealingPath`).
-
-    :math:`E[\log\hat Z] \le \log Z` (test log-likelihoods come out optimistic, as for the RBM).
-
-    Args:
-        rbm: the target (binary visibles).
-        n_runs: AIS chains.
-        betas: ``None`` (14,500 steps), an ``int`` number of steps, or an explicit schedule from 0 to 1.
-        base_visible_bias: base-rate log-odds, see :class:`ConvRBMAnnealingPath`.
-        generator: random stream.
-        progress: ``progress(step, total)`` hook.
-        progress_every: period of the hook.
-
-    Returns:
-        :class:`~lightning_gm.estimators.ais.AISResult`.
-    """
-    if n_runs < 1:
-        raise ValueError(f"n_runs must be >= 1, got {n_runs}")
-    path = ConvRBMAnnealingPath(rbm, base_visible_bias)
-    beta_list = as_beta_list(betas)
-    log_w = run_ais(path, beta_list, path.sample_base(n_runs, generator), generator, progress, progress_every)
-    return summarize_log_weights(log_w, path.log_z_base(), n_steps=len(beta_list) - 1)

@@ -10,20 +10,29 @@ smaller of the odd-layer or even-layer sets and sums the other out:
              + \sum_{l \text{ even}} \sum_j \operatorname{softplus}(a_{l,j})\Big).
 
 **AIS** (Salakhutdinov & Hinton 2009, whose 2-layer code sums out :math:`v` and :math:`h_2` and keeps
-:math:`h_1`): the chains carry the *interior* layers :math:`h_1, \dots, h_{L-1}` (``L >= 2``; for
-``L = 1`` the hidden layer), the visible layer and the top layer are summed out analytically. The
-base model has zero weights, zero hidden biases and visible biases :math:`b_A` (the data's log-odds),
-and the intermediate distributions are :math:`p_\beta(x) \propto e^{(1-\beta) b_A^\top v - \beta E(x)}`:
+:math:`h_1`): by default the chains carry the *interior* layers :math:`h_1, \dots, h_{L-1}` (``L >= 2``; for
+``L = 1`` the hidden layer) and the visible and top layers are summed out analytically; any set :math:`S` of
+pairwise non-adjacent layers can be summed instead (``summed``; the even/odd split keeps :math:`v`, which
+reverse annealing from data needs). The base model has zero weights, zero hidden biases and visible biases
+:math:`b_A` (the data's log-odds), and the intermediate distributions are
+:math:`p_\beta(x) \propto e^{(1-\beta) b_A^\top v - \beta E(x)}`:
 
 .. math::
 
-    \log f_\beta(x_K) = \beta\Big(\sum_{l \in K} b_l^\top x_l + \sum_{l-1, l \in K} x_{l-1}^\top W_l x_l\Big)
+    \log f_\beta(x_K) = [0 \in K]\,(1-\beta)\, b_A^\top v
+      + \beta\Big(\sum_{l \in K} b_l^\top x_l + \sum_{l-1, l \in K} x_{l-1}^\top W_l x_l + C\Big)
       + \sum_{l \in S} \sum_j \operatorname{softplus}\big((1-\beta) b_{A,l,j} + \beta a_{l,j}\big),
 
-with :math:`S = \{0, L\}` summed and :math:`K` kept, :math:`b_{A,l} = 0` for hidden layers, so
-:math:`\log Z_0 = \sum_i \operatorname{softplus}(b_{A,i}) + \log 2 \sum_{l \ge 1} H_l`. The transition
-samples the summed layers given the kept ones, then Gibbs-updates the odd and then the even kept layers;
-it leaves :math:`p_\beta` invariant. Everything runs in float64 on a detached copy.
+with :math:`K` the kept layers, :math:`b_{A,l} = 0` for hidden layers, so
+:math:`\log Z_0 = \sum_i \operatorname{softplus}(b_{A,i}) + \log 2 \sum_{l \ge 1} H_l` whichever layers are
+kept. A centred DBM (offsets :math:`o_l`) is annealed through its uncentred equivalent: expanding
+:math:`(x_{l-1} - o_{l-1})^\top W_l (x_l - o_l)`, the energy is the plain one with biases
+:math:`b_l - W_l^\top o_{l-1} - W_{l+1} o_{l+1}` minus the constant :math:`C = \sum_l o_{l-1}^\top W_l o_l`.
+The transition samples the summed layers given the kept ones, then Gibbs-updates the odd and then the even
+kept layers; it leaves :math:`p_\beta` invariant (and with two blocks, as in both splits above for ``L = 2``,
+it is reversible). A step costs the matrix products of one sweep over all chains at once, in float32, with
+the increment from the sampling probabilities by :func:`~lightning_gm.estimators.ais.softplus_difference`
+accumulated in float64.
 
 References:
     Salakhutdinov & Hinton (2009), Deep Boltzmann machines, AISTATS;
@@ -33,7 +42,6 @@ References:
 
 from __future__ import annotations
 
-import copy
 import math
 from typing import Literal, Optional, Sequence
 
@@ -41,24 +49,13 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from lightning_gm.estimators.ais import (
-    AISResult,
-    AnnealingPath,
-    ProgressFn,
-    as_beta_list,
-    run_ais,
-    summarize_log_weights,
-)
-from lightning_gm.estimators.partition import MAX_ENUMERATION_UNITS, EnumerationTooLargeError, logsumexp_over_binary
+from lightning_gm.estimators.ais import FLOAT32_INCREMENT_LIMIT, AnnealingPath, softplus_difference
+from lightning_gm.estimators.reverse import ReverseStart
+from lightning_gm.estimators.partition import MAX_ENUMERATION_UNITS, check_enumerable, frozen_copy, logsumexp_over_binary
 from lightning_gm.nn.dbm import BinaryDBM
+from lightning_gm.nn.rbm import bernoulli
 
-__all__ = ["dbm_log_partition_enumerate", "DBMAnnealingPath", "dbm_ais_log_partition", "split_layers"]
-
-
-def _float64_copy(dbm: BinaryDBM) -> BinaryDBM:
-    model = copy.deepcopy(dbm).to(torch.float64)
-    model.requires_grad_(False)
-    return model
+__all__ = ["dbm_log_partition_enumerate", "DBMAnnealingPath", "dbm_reverse_start", "split_layers"]
 
 
 def split_layers(dbm: BinaryDBM, parity: int) -> tuple[list[int], list[int]]:
@@ -101,12 +98,8 @@ def dbm_log_partition_enumerate(
         raise ValueError(f"over must be 'auto', 'odd' or 'even', got {over!r}")
     kept, summed = split_layers(dbm, 1 if over == "odd" else 0)
     n = sum(dbm.sizes[l] for l in kept)
-    if n > max_units:
-        raise EnumerationTooLargeError(
-            f"dbm_log_partition_enumerate: 2^{n} configurations of the {over} layers exceed max_units={max_units}; "
-            "use dbm_ais_log_partition"
-        )
-    model = _float64_copy(dbm)
+    check_enumerable(n, max_units, f"dbm_log_partition_enumerate(over={over!r})")
+    model = frozen_copy(dbm)
     with torch.no_grad():
         out = logsumexp_over_binary(n, lambda x: _log_marginal_flat(model, x, kept, summed), chunk_size,
                                     torch.float64, model.weights[0].device)
@@ -114,101 +107,176 @@ def dbm_log_partition_enumerate(
 
 
 class DBMAnnealingPath(AnnealingPath[list]):
-    r"""AIS path from a base-rate model to a binary DBM, visible and top layers summed out (module docstring).
+    r"""AIS path from a base-rate model to a binary DBM, the ``summed`` layers summed out (module docstring).
 
-    The chain state is a list with one tensor per layer; only the kept (interior) layers matter
-    between transitions.
+    The chain state is a list with one tensor per layer; only the kept layers matter between transitions
+    (a summed layer's entry is its latest sample, or ``None``).
 
     Args:
-        dbm: the target DBM (any number of layers; a centred DBM is handled through its energy).
+        dbm: the target DBM (any number of layers; a centred DBM through its uncentred equivalent).
         base_visible_bias: :math:`b_A`, ``(D,)``; default zeros.
+        summed: pairwise non-adjacent layers to sum out; default ``[0, L]`` (``[0]`` for ``L = 1``).
+        dtype: of the chains and their products (float32; float64 for a reference run).
     """
 
-    def __init__(self, dbm: BinaryDBM, base_visible_bias: Optional[Tensor] = None) -> None:
-        self.dbm = _float64_copy(dbm)
-        L = self.dbm.num_layers
-        self.summed = [0, L] if L >= 2 else [0]
+    def __init__(self, dbm: BinaryDBM, base_visible_bias: Optional[Tensor] = None,
+                 summed: Optional[Sequence[int]] = None, dtype: torch.dtype = torch.float32) -> None:
+        d = frozen_copy(dbm)
+        L = d.num_layers
+        self.sizes = list(d.sizes)
+        self.summed = sorted(set(summed)) if summed is not None else ([0, L] if L >= 2 else [0])
+        if any(l < 0 or l > L for l in self.summed) or any(l + 1 in self.summed for l in self.summed):
+            raise ValueError(f"summed must be pairwise non-adjacent layers of 0..{L}, got {list(summed or [])}")
         self.kept = [l for l in range(L + 1) if l not in self.summed]
-        device = self.dbm.weights[0].device
+        device = d.weights[0].device
         if base_visible_bias is None:
-            self.b_base = torch.zeros(self.dbm.sizes[0], dtype=torch.float64, device=device)
+            self.b_base = torch.zeros(self.sizes[0], dtype=torch.float64, device=device)
         else:
             self.b_base = torch.as_tensor(base_visible_bias).detach().to(torch.float64).to(device).reshape(-1)
-            if self.b_base.shape[0] != self.dbm.sizes[0]:
-                raise ValueError(f"base_visible_bias must have shape ({self.dbm.sizes[0]},), got {tuple(self.b_base.shape)}")
+            if self.b_base.shape[0] != self.sizes[0]:
+                raise ValueError(f"base_visible_bias must have shape ({self.sizes[0]},), got {tuple(self.b_base.shape)}")
+        # the uncentred equivalent (float64): biases b'_l and the constant C
+        W = [d.W(l) for l in range(1, L + 1)]
+        biases = [d.biases[l].clone() for l in range(L + 1)]
+        self.const = 0.0
+        if d.centered:
+            o = [d.offset(l) for l in range(L + 1)]
+            for l in range(1, L + 1):
+                biases[l] -= o[l - 1] @ W[l - 1]
+                biases[l - 1] -= W[l - 1] @ o[l]
+                self.const += float(o[l - 1] @ W[l - 1] @ o[l])
+        self.W64, self.b64 = W, biases
+        self.dtype = dtype
+        self._W = [w.to(dtype).contiguous() for w in W]
+        self._WT = [w.T.to(dtype).contiguous() for w in W]
+        self._b = [b.to(dtype) for b in biases]
+        self._base = [self.b_base.to(dtype)] + [torch.zeros_like(b) for b in self._b[1:]]
+        # bound on |a_l - base_l| for binary neighbours: the float32 increment is safe while |dbeta| * bound is small
+        bound = 0.0
+        for l in self.summed:
+            total = (self.b64[l] - (self.b_base if l == 0 else 0.0)).abs()
+            if l > 0:
+                total = total + W[l - 1].abs().sum(0)
+            if l < L:
+                total = total + W[l].abs().sum(1)
+            bound = max(bound, float(total.max()))
+        self._a_max = bound
 
-    def _base(self, l: int) -> Tensor | float:
-        return self.b_base if l == 0 else 0.0
+    # ------------------------------------------------------------------ helpers
+    def _input(self, state: Sequence[Optional[Tensor]], l: int) -> Tensor:
+        """:math:`a_l = b'_l + W_l^\\top x_{l-1} + W_{l+1} x_{l+1}` in the chains' dtype, ``(n, sizes[l])``."""
+        a = self._b[l]
+        if l > 0:
+            a = torch.addmm(a, state[l - 1].to(self.dtype), self._W[l - 1])  # type: ignore[union-attr]
+        if l < len(self.sizes) - 1:
+            a = torch.addmm(a, state[l + 1].to(self.dtype), self._WT[l])  # type: ignore[union-attr]
+        return a
 
+    def _input64(self, state: Sequence[Optional[Tensor]], l: int) -> Tensor:
+        a = self.b64[l]
+        if l > 0:
+            a = a + state[l - 1].to(torch.float64) @ self.W64[l - 1]  # type: ignore[union-attr]
+        if l < len(self.sizes) - 1:
+            a = a + state[l + 1].to(torch.float64) @ self.W64[l].T  # type: ignore[union-attr]
+        return a
+
+    def _kept_linear(self, state: Sequence[Optional[Tensor]], exact: bool = False) -> Tensor:
+        """:math:`\\sum_{l \\in K} b_l'^\\top x_l + \\sum_{l-1,l \\in K} x_{l-1}^\\top W_l x_l + C - [0 \\in K] b_A^\\top v`,
+        ``(n,)`` float64: the coefficient of :math:`\\beta` in :math:`\\log f_\\beta` outside the softplus terms
+        (products in the chains' dtype unless ``exact``)."""
+        out: Tensor | float = self.const
+        for l in self.kept:
+            if exact:
+                x, W, b = state[l].to(torch.float64), self.W64, self.b64[l] - (self.b_base if l == 0 else 0.0)  # type: ignore[union-attr]
+                out = out + x @ b
+                if l - 1 in self.kept:
+                    out = out + ((state[l - 1].to(torch.float64) @ W[l - 1]) * x).sum(-1)  # type: ignore[union-attr]
+                continue
+            x = state[l].to(self.dtype)  # type: ignore[union-attr]
+            out = out + (x @ (self._b[l] - self._base[l])).double()
+            if l - 1 in self.kept:
+                out = out + ((state[l - 1].to(self.dtype) @ self._W[l - 1]) * x).sum(-1, dtype=torch.float64)  # type: ignore[union-attr]
+        return out  # type: ignore[return-value]
+
+    # ------------------------------------------------------------------ the path
     def log_z_base(self) -> float:
-        return float(F.softplus(self.b_base).sum()) + math.log(2.0) * sum(self.dbm.sizes[1:])
+        return float(F.softplus(self.b_base).sum()) + math.log(2.0) * sum(self.sizes[1:])
 
     def sample_base(self, n: int, generator: Optional[torch.Generator] = None) -> list:
         dev = self.b_base.device
         state: list = []
-        for l, s in enumerate(self.dbm.sizes):
-            p = torch.sigmoid(self.b_base).expand(n, -1) if l == 0 else torch.full((n, s), 0.5, dtype=torch.float64, device=dev)
-            state.append(torch.bernoulli(p, generator=generator))
+        for l, s in enumerate(self.sizes):
+            p = torch.sigmoid(self._base[0]).expand(n, -1) if l == 0 else torch.full((n, s), 0.5, dtype=self.dtype, device=dev)
+            state.append(bernoulli(p, generator))
         return state
-
-    def _kept_term(self, state: Sequence[Tensor]) -> Tensor:
-        # -E restricted to the kept layers: all summed layers are passed as "summed" with zero contribution.
-        d = self.dbm
-        out = 0.0
-        for l in self.kept:
-            out = out + state[l] @ d.biases[l]
-            if l - 1 in self.kept:
-                out = out + ((d._c(state[l - 1], l - 1) @ d.W(l)) * d._c(state[l], l)).sum(-1)
-        return out  # type: ignore[return-value]
 
     def log_unnormalized(self, state: list, beta: float) -> Tensor:
-        d = self.dbm
-        out = beta * self._kept_term(state)
+        """:math:`\\log f_\\beta` of the kept layers, in float64."""
+        out = beta * self._kept_linear(state, exact=True)
+        if 0 in self.kept:
+            out = out + state[0].to(torch.float64) @ self.b_base
         for l in self.summed:
-            a = d.layer_input(state, l)
-            out = out + F.softplus((1.0 - beta) * self._base(l) + beta * a).sum(-1)
-            if d.centered:
-                out = out - beta * ((a - d.biases[l]) @ d.offset(l))
+            a = self._input64(state, l)
+            base = self.b_base if l == 0 else 0.0
+            out = out + F.softplus(base + beta * (a - base)).sum(-1)
         return out
 
-    def transition(self, state: list, beta: float, generator: Optional[torch.Generator] = None) -> list:
-        d = self.dbm
-        state = list(state)
+    def advance(self, state: list, beta_from: float, beta_to: float, generator: Optional[torch.Generator] = None,
+                transition: bool = True) -> tuple[Tensor, list]:
+        step = beta_to - beta_from
+        increment = self._kept_linear(state) * step
+        new = list(state)
+        fast = abs(step) * self._a_max < FLOAT32_INCREMENT_LIMIT
         for l in self.summed:
-            state[l] = torch.bernoulli(torch.sigmoid((1.0 - beta) * self._base(l) + beta * d.layer_input(state, l)),
-                                       generator=generator)
-        for first in (1, 2):
+            u = self._input(state, l).sub_(self._base[l])  # a_l - base_l: the logit is base_l + beta * u
+            prob = torch.sigmoid(torch.add(self._base[l], u, alpha=beta_to))
+            if fast:
+                increment += softplus_difference(prob, step * u).sum(-1, dtype=torch.float64)
+            else:
+                u64, base = u.double(), self._base[l].double()
+                increment += (F.softplus(base + beta_to * u64) - F.softplus(base + beta_from * u64)).sum(-1)
+            if transition:
+                new[l] = bernoulli(prob, generator)
+        if not transition:
+            return increment, state
+        for parity in (1, 0):  # the kept layers: odd ones, then even ones
             for l in self.kept:
-                if l % 2 == first % 2:
-                    state[l] = torch.bernoulli(torch.sigmoid(beta * d.layer_input(state, l)), generator=generator)
-        return state
+                if l % 2 == parity:
+                    u = self._input(new, l).sub_(self._base[l])
+                    new[l] = bernoulli(torch.sigmoid(torch.add(self._base[l], u, alpha=beta_to)), generator)
+        return increment, new
+
+    def log_ratio(self, state: list, beta_from: float, beta_to: float) -> Tensor:
+        return self.advance(state, beta_from, beta_to, transition=False)[0]
+
+    def transition(self, state: list, beta: float, generator: Optional[torch.Generator] = None) -> list:
+        return self.advance(state, beta, beta, generator)[1]
 
 
-def dbm_ais_log_partition(
-    dbm: BinaryDBM,
-    n_runs: int = 100,
-    betas: Tensor | Sequence[float] | int | None = None,
-    base_visible_bias: Optional[Tensor] = None,
-    generator: Optional[torch.Generator] = None,
-    progress: Optional[ProgressFn] = None,
-    progress_every: int = 100,
-) -> AISResult:
-    r"""Forward AIS estimate of :math:`\log Z` of a DBM along :class:`DBMAnnealingPath` (float64).
-
-    :math:`E[\log\hat Z] \le \log Z`, so the resulting test log-likelihoods err on the optimistic side.
+def dbm_reverse_start(dbm: BinaryDBM, base_visible_bias: Optional[Tensor], v: Tensor, means: Sequence[Tensor],
+                      chains: int, generator: Optional[torch.Generator] = None) -> ReverseStart:
+    r"""RAISE start for a DBM: the path keeps :math:`v` and the even hidden layers (the odd ones summed out); the
+    even layers are drawn from the factorial proposal :math:`q(h_l) = \prod_j \mu_{l,j}^{h_{l,j}}(1-\mu_{l,j})^{1-h_{l,j}}`
+    of the mean-field ``means`` (Burda et al. 2015 start DBM chains from the variational posterior), so the
+    numerator is :math:`\log f_1(v, h_{\text{even}}) - \log q(h_{\text{even}} \mid v)`.
 
     Args:
-        dbm: the target.
-        n_runs: number of AIS chains.
-        betas: ``None`` (14,500-step literature schedule), an ``int`` number of steps, or explicit values.
-        base_visible_bias: base-rate visible biases (see :func:`~lightning_gm.estimators.ais.base_rate_log_odds`).
-        generator: random generator.
-        progress: optional ``progress(step, total)`` hook.
-        progress_every: its period in steps.
+        dbm: the model.
+        base_visible_bias: the AIS base-rate log-odds.
+        v: ``(B, D)`` binary data.
+        means: ``[v, mu_1, ..., mu_L]`` mean-field means for ``v``.
+        chains: chains per example.
+        generator: random generator of the proposal draws.
     """
-    if n_runs < 1:
-        raise ValueError(f"n_runs must be >= 1, got {n_runs}")
-    path = DBMAnnealingPath(dbm, base_visible_bias)
-    beta_list = as_beta_list(betas)
-    log_w = run_ais(path, beta_list, path.sample_base(n_runs, generator), generator, progress, progress_every)
-    return summarize_log_weights(log_w, path.log_z_base(), n_steps=len(beta_list) - 1)
+    L = dbm.num_layers
+    path = DBMAnnealingPath(dbm, base_visible_bias, summed=list(range(1, L + 1, 2)))
+    b = v.shape[0]
+    state: list = [None] * (L + 1)
+    state[0] = v.detach().to(path.dtype).repeat(chains, 1)
+    log_q = torch.zeros(chains * b, dtype=torch.float64, device=v.device)
+    for l in range(2, L + 1, 2):
+        mu = means[l].detach().double().clamp(1e-7, 1.0 - 1e-7).repeat(chains, 1)
+        h = bernoulli(mu, generator)
+        log_q += (h * mu.log() + (1.0 - h) * (-mu).log1p()).sum(-1)
+        state[l] = h.to(path.dtype)
+    return ReverseStart(path, state, path.log_unnormalized(state, 1.0) - log_q, b)

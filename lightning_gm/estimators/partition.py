@@ -22,17 +22,18 @@ References:
 from __future__ import annotations
 
 import copy
-from typing import Callable, Iterator, Literal
+from typing import Callable, Iterator, Literal, TypeVar
 
 import torch
 from torch import Tensor
 
-from lightning_gm.errors import ConfigError
 from lightning_gm.nn.rbm import BernoulliRBM, RBMBase
 
 __all__ = [
     "MAX_ENUMERATION_UNITS",
     "EnumerationTooLargeError",
+    "check_enumerable",
+    "frozen_copy",
     "enumerate_binary",
     "iter_binary_chunks",
     "logsumexp_over_binary",
@@ -46,9 +47,11 @@ MAX_ENUMERATION_UNITS = 25
 
 _DEFAULT_CHUNK = 2**16
 
+M = TypeVar("M", bound=torch.nn.Module)
 
-class EnumerationTooLargeError(ConfigError, ValueError):
-    """Exact enumeration was asked for more binary units than allowed (a ``ValueError``)."""
+
+class EnumerationTooLargeError(ValueError):
+    """Exact enumeration was asked for more binary units than allowed."""
 
 
 def _bits(start: int, stop: int, n: int, dtype: torch.dtype, device: torch.device | str | None) -> Tensor:
@@ -127,15 +130,16 @@ def logsumexp_over_binary(
     return total
 
 
-def _float64_copy(rbm: RBMBase) -> RBMBase:
-    # A detached float64 copy: exact sums of up to 2^25 terms need the extra precision, and a
-    # float32 model keeps training untouched.
-    model = copy.deepcopy(rbm).to(torch.float64)
+def frozen_copy(module: M, dtype: torch.dtype = torch.float64) -> M:
+    """A detached copy of ``module`` in ``dtype`` without gradients: what the estimators compute on, so that
+    exact sums of up to 2^25 terms get float64 precision and the model being trained stays untouched."""
+    model = copy.deepcopy(module).to(dtype)
     model.requires_grad_(False)
     return model
 
 
-def _check_units(n: int, max_units: int, what: str) -> None:
+def check_enumerable(n: int, max_units: int, what: str) -> None:
+    """Raise :class:`EnumerationTooLargeError` when enumerating ``n`` binary units exceeds ``max_units``."""
     if n > max_units:
         raise EnumerationTooLargeError(
             f"{what}: exact enumeration needs 2^{n} terms but the limit is 2^{max_units} "
@@ -181,8 +185,8 @@ def log_partition_enumerate(
     if over == "visible" and not binary_visibles:
         raise ValueError(f"{type(rbm).__name__} has continuous visibles: only over='hidden' can be enumerated")
     n = rbm.n_visible if over == "visible" else rbm.n_hidden
-    _check_units(n, max_units, f"log_partition_enumerate(over={over!r})")
-    model = _float64_copy(rbm)
+    check_enumerable(n, max_units, f"log_partition_enumerate(over={over!r})")
+    model = frozen_copy(rbm)
     device = model.W.device
     with torch.no_grad():
         if over == "visible":
@@ -211,7 +215,7 @@ def log_partition_bruteforce(
     Returns:
         :math:`\log Z` as a Python float.
     """
-    _check_units(n_a + n_b, max_units, "log_partition_bruteforce")
+    check_enumerable(n_a + n_b, max_units, "log_partition_bruteforce")
     a = enumerate_binary(n_a, dtype).unsqueeze(1)
     b = enumerate_binary(n_b, dtype).unsqueeze(0)
     with torch.no_grad():
@@ -239,8 +243,8 @@ def sample_rbm_exact(
     Returns:
         ``(v, h)`` of shapes ``(n_samples, n_visible)`` and ``(n_samples, n_hidden)`` in the model dtype.
     """
-    _check_units(rbm.n_hidden, max_units, "sample_rbm_exact")
-    model = _float64_copy(rbm)
+    check_enumerable(rbm.n_hidden, max_units, "sample_rbm_exact")
+    model = frozen_copy(rbm)
     device = model.W.device
     with torch.no_grad():
         log_p = torch.cat([-model.free_energy_hidden(h) for h in iter_binary_chunks(rbm.n_hidden, device=device)])

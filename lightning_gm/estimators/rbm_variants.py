@@ -1,7 +1,7 @@
 r"""Log-partition functions of the RBM variants: the subspace RBM and the spike-and-slab RBM.
 
 Exact :math:`\log Z` by enumeration for tiny models, and :class:`~lightning_gm.estimators.ais.AnnealingPath`
-implementations for :func:`~lightning_gm.estimators.ais.run_ais`:
+implementations for :func:`~lightning_gm.estimators.ais.ais_log_partition`:
 
 * :class:`SubspaceRBMAnnealingPath` (Salakhutdinov & Murray's base-rate path, written for the subspace RBM):
 
@@ -35,23 +35,15 @@ References:
 
 from __future__ import annotations
 
-import copy
 import math
-from typing import Optional, Sequence
+from typing import Optional
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from lightning_gm.estimators.ais import (
-    AISResult,
-    AnnealingPath,
-    ProgressFn,
-    as_beta_list,
-    run_ais,
-    summarize_log_weights,
-)
-from lightning_gm.estimators.partition import EnumerationTooLargeError, logsumexp_over_binary
+from lightning_gm.estimators.ais import AnnealingPath
+from lightning_gm.estimators.partition import check_enumerable, frozen_copy, logsumexp_over_binary
 from lightning_gm.nn.ssrbm import SpikeSlabRBMNet
 from lightning_gm.nn.subspace_rbm import SubspaceRBMNet
 
@@ -60,22 +52,7 @@ __all__ = [
     "SpikeSlabAnnealingPath",
     "subspace_rbm_log_partition_enumerate",
     "ssrbm_log_partition_enumerate",
-    "ais_log_partition_path",
 ]
-
-
-def _check_units(n: int, max_units: int, what: str) -> None:
-    if n > max_units:
-        raise EnumerationTooLargeError(
-            f"{what}: exact enumeration needs 2^{n} terms but the limit is 2^{max_units} (max_units={max_units}); "
-            "use AIS for models this large"
-        )
-
-
-def _f64(module: torch.nn.Module) -> torch.nn.Module:
-    m = copy.deepcopy(module).to(torch.float64)
-    m.requires_grad_(False)
-    return m
 
 
 # ---------------------------------------------------------------------------------------- subspace RBM
@@ -96,7 +73,7 @@ class SubspaceRBMAnnealingPath(AnnealingPath[Tensor]):
     """
 
     def __init__(self, net: SubspaceRBMNet, base_visible_bias: Optional[Tensor] = None) -> None:
-        self.net = _f64(net)
+        self.net = frozen_copy(net)
         b = self.net.b
         self.b_base = torch.zeros_like(b) if base_visible_bias is None else torch.as_tensor(base_visible_bias).detach().to(b).reshape(-1)
         if self.b_base.shape != b.shape:
@@ -148,14 +125,14 @@ def subspace_rbm_log_partition_enumerate(net: SubspaceRBMNet, max_units: int = 2
     Raises:
         EnumerationTooLargeError: if the smaller side has more than ``max_units`` units.
     """
-    m = _f64(net)
+    m = frozen_copy(net)
     assert isinstance(m, SubspaceRBMNet)
     n_hid = m.n_gates * (m.subspace_size + 1)
     with torch.no_grad():
         if m.n_visible <= n_hid:
-            _check_units(m.n_visible, max_units, "subspace_rbm_log_partition_enumerate")
+            check_enumerable(m.n_visible, max_units, "subspace_rbm_log_partition_enumerate")
             return float(logsumexp_over_binary(m.n_visible, lambda x: -m.free_energy(x)))
-        _check_units(n_hid, max_units, "subspace_rbm_log_partition_enumerate")
+        check_enumerable(n_hid, max_units, "subspace_rbm_log_partition_enumerate")
 
         def log_fn(u: Tensor) -> Tensor:
             h = u[:, : m.n_gates]
@@ -186,7 +163,7 @@ class SpikeSlabAnnealingPath(AnnealingPath[Tensor]):
 
     def __init__(self, net: SpikeSlabRBMNet, base_mean: Optional[Tensor] = None,
                  base_precision: Optional[Tensor | float] = None) -> None:
-        self.net = _f64(net)
+        self.net = frozen_copy(net)
         d, f64 = self.net.n_visible, {"dtype": torch.float64, "device": self.net.W.device}
         self.a = torch.zeros(d, **f64) if base_mean is None else torch.as_tensor(base_mean).detach().to(**f64).reshape(-1).expand(d).clone()
         tau = 1.0 if base_precision is None else base_precision
@@ -249,31 +226,8 @@ def ssrbm_log_partition_enumerate(net: SpikeSlabRBMNet, max_units: int = 16, chu
     Raises:
         EnumerationTooLargeError: if ``N > max_units``.
     """
-    _check_units(net.n_hidden, max_units, "ssrbm_log_partition_enumerate")
-    m = _f64(net)
+    check_enumerable(net.n_hidden, max_units, "ssrbm_log_partition_enumerate")
+    m = frozen_copy(net)
     assert isinstance(m, SpikeSlabRBMNet)
     with torch.no_grad():
         return float(logsumexp_over_binary(m.n_hidden, lambda h: -m.free_energy_hidden(h), chunk_size=chunk_size))
-
-
-def ais_log_partition_path(
-    path: AnnealingPath[Tensor],
-    n_runs: int = 100,
-    betas: Tensor | Sequence[float] | int | None = None,
-    generator: Optional[torch.Generator] = None,
-    progress: Optional[ProgressFn] = None,
-) -> AISResult:
-    r"""Forward AIS along ``path`` from ``n_runs`` exact base samples (:math:`E[\log\hat Z] \le \log Z`).
-
-    Args:
-        path: an annealing path (e.g. :class:`SubspaceRBMAnnealingPath`).
-        n_runs: chains.
-        betas: ``None`` (14,500 literature steps), an int number of steps or explicit values.
-        generator: random generator.
-        progress: optional ``progress(step, total)`` hook.
-    """
-    if n_runs < 1:
-        raise ValueError(f"n_runs must be >= 1, got {n_runs}")
-    beta_list = as_beta_list(betas)
-    log_w = run_ais(path, beta_list, path.sample_base(n_runs, generator), generator, progress)
-    return summarize_log_weights(log_w, path.log_z_base(), n_steps=len(beta_list) - 1)

@@ -36,6 +36,7 @@ from lightning.pytorch.core.mixins.hparams_mixin import _given_hyperparameters, 
 from torch import Tensor
 
 from lightning_gm.errors import ConfigError, LightningGMError
+from lightning_gm.groups import ParameterGroup
 from lightning_gm.metrics import MeanStdErr, bits_per_dim
 
 __all__ = ["GenerativeModel", "CheckpointLoadError"]
@@ -165,6 +166,9 @@ class GenerativeModel(pl.LightningModule):
                    and self._is_non_default_arg(frame, n)]
         super().save_hyperparameters(*args, ignore=[n for n in names if n not in recorded], frame=frame,
                                      logger=logger)
+        for key, value in list(self._hparams.items()):  # parameter groups as plain data (weights_only loading)
+            if isinstance(value, ParameterGroup):
+                self._hparams[key] = value.as_dict()
         self._hparams.pop(UNSAVED_KEY, None)
         if unsaved:
             self._hparams[UNSAVED_KEY] = unsaved
@@ -186,13 +190,15 @@ class GenerativeModel(pl.LightningModule):
         """``__init__`` arguments of ``cls`` that a checkpoint's hyperparameters cannot rebuild: injected objects
         given in Python (listed under ``_unsaved_init_args``) and, in a checkpoint written by the
         ``lightning_gm`` command before injected modules were saved, any non-optimiser argument missing from
-        its configuration."""
+        its configuration (a parameter group is plain data: a checkpoint older than the group records its fields
+        as flat keys, which the model folds back in)."""
         missing = list(hparams.get(UNSAVED_KEY) or [])
         if hparams.get("_instantiator") == _CLI_INSTANTIATOR:
             params = inspect.signature(cls.__init__).parameters.values()
             missing += [p.name for p in params
                         if p.name != "self" and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)
-                        and not _is_optimizer_arg(p.name) and p.name not in hparams and p.name not in missing]
+                        and not _is_optimizer_arg(p.name) and not isinstance(p.default, ParameterGroup)
+                        and p.name not in hparams and p.name not in missing]
         return missing
 
     @classmethod

@@ -16,7 +16,8 @@ are updated" to push the mean detector activation of every group towards the tar
 
 :class:`ConvRBM` test log-likelihood: :math:`\log p(v) = -F(v) - \log Z` with the closed-form :math:`F` and
 :math:`\log Z` exact (enumeration of the visibles, tiny images) or forward AIS from the data's base-rate model
-(:func:`~lightning_gm.estimators.conv_rbm.conv_rbm_ais_log_partition`); estimator ``exact`` or ``ais``.
+(:class:`~lightning_gm.estimators.conv_rbm.ConvRBMAnnealingPath`, through the shared
+:class:`~lightning_gm.models.energy.PartitionMixin`); estimator ``exact`` or ``ais``.
 
 :class:`ConvDBN` is a greedy layer-wise stack (Lee et al. 2009, section 3.4): layer :math:`l + 1` is a
 convolutional RBM whose visibles are layer :math:`l`'s pooling units, trained on their probabilities
@@ -33,6 +34,7 @@ References:
 
 from __future__ import annotations
 
+import inspect
 import itertools
 import math
 from typing import Any, Optional, Sequence
@@ -40,21 +42,28 @@ from typing import Any, Optional, Sequence
 import torch
 import torch.nn.functional as F
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
-from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
+from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor, nn
 
 from lightning_gm.errors import ConfigError
-from lightning_gm.estimators.ais import base_rate_log_odds
-from lightning_gm.estimators.conv_rbm import conv_rbm_ais_log_partition, conv_rbm_log_partition_enumerate
+from lightning_gm.estimators.ais import AISSchedule, AnnealingPath, base_rate_log_odds
+from lightning_gm.estimators.conv_rbm import ConvRBMAnnealingPath, conv_rbm_log_partition_enumerate
 from lightning_gm.models.base import GenerativeModel
-from lightning_gm.models.rbm import LogPartition, _first, _Seeded
+from lightning_gm.models.energy import (
+    FLAT_AIS_KEYS,
+    FLAT_CD_KEYS,
+    ChainStream,
+    PartitionMixin,
+    batch_data,
+    fold_flat_hparams,
+    record_groups,
+    seeded_rng,
+    sgd_conv_rbm,
+)
 from lightning_gm.nn.conv_rbm import ConvolutionalRBM, VisibleType
+from lightning_gm.nn.rbm import CD
 
 __all__ = ["ConvRBM", "ConvDBN", "image_shape", "scale_rows"]
-
-
-def _sgd(params: Any) -> torch.optim.Optimizer:
-    return torch.optim.SGD(params, lr=0.01, momentum=0.9)
 
 
 def image_shape(data_shape: Sequence[int]) -> tuple[int, int, int]:
@@ -82,28 +91,16 @@ def _check_positive(**kw: Any) -> None:
             raise ConfigError(f"model.init_args.{key} must be >= 1, got {value}")
 
 
-class _ConvCD:
+class _ConvCD(ChainStream):
     """CD-k/PCD update, sparsity surrogate and chain random stream shared by :class:`ConvRBM` and :class:`ConvDBN`."""
 
-    k: int
     weight_cost: float
     sparsity_target: float
     sparsity_cost: float
-    _generator: Optional[torch.Generator]
 
-    @property
-    def generator(self) -> torch.Generator:
-        """This process's random stream for the Gibbs chains (seeded from the global seed and the rank)."""
-        if self._generator is None:
-            trainer = getattr(self, "_trainer", None)
-            rank = trainer.global_rank if trainer is not None else 0
-            self._generator = torch.Generator(device=self.device)  # type: ignore[attr-defined]
-            self._generator.manual_seed((torch.initial_seed() * 1_000_003 + 7919 * (rank + 1)) % (2**63))
-        return self._generator
-
-    def _cd_terms(self, rbm: ConvolutionalRBM, v: Tensor, chains: Optional[Tensor]) -> dict[str, Tensor]:
+    def _cd_terms(self, rbm: ConvolutionalRBM, v: Tensor, chains: Optional[Tensor], k: int) -> dict[str, Tensor]:
         start = v if chains is None else chains
-        v_model = rbm.gibbs(start, self.k, self.generator).v
+        v_model = rbm.gibbs(start, k, self.generator).v
         if chains is not None:
             chains.copy_(v_model)
         # per-position average (Lee et al.'s code): gradients of O(1) whatever the map size, comparable to the sparsity term
@@ -117,7 +114,7 @@ class _ConvCD:
         return {"loss": loss, "hidden_activity": q.mean(), "pool_activity": p_mean.detach().mean()}
 
 
-class ConvRBM(_ConvCD, GenerativeModel):
+class ConvRBM(_ConvCD, PartitionMixin, GenerativeModel):
     r"""Convolutional RBM with probabilistic max-pooling (family ``rbm``), trained by CD-k or PCD.
 
     .. math::
@@ -137,21 +134,20 @@ class ConvRBM(_ConvCD, GenerativeModel):
         filter_size: filter side :math:`n_w`.
         pool_size: pooling block side :math:`C` (1 = plain convolutional RBM).
         visible: ``binary`` or ``gaussian`` (unit variance; for standardised real-valued data; no AIS then).
-        k: Gibbs sweeps per update.
-        persistent: PCD chains (``num_chains`` of them) instead of CD-k from the data.
-        num_chains: persistent chains.
+        cd: contrastive divergence (:class:`~lightning_gm.nn.rbm.CD`: sweeps ``k``, PCD chains instead of CD-k from the
+            data, their number); CD-k by default.
         weight_std: standard deviation of the initial filters.
         weight_cost: L2 cost :math:`\lambda_W` on the filters.
         sparsity_target: target mean detector activation :math:`p` per group.
         sparsity_cost: :math:`\lambda_s` (0 = no sparsity regulariser).
         init_visible_bias: set the per-channel visible bias to the log-odds of the training data's mean at fit start.
         sample_steps: Gibbs sweeps behind :meth:`sample`.
-        ais_runs: AIS chains at test.
-        ais_steps: AIS intermediate distributions at test (literature 14,500; reduce for speed and say so).
-        ais_seed: seed of the AIS chains.
-        exact_max_units: enumerate the visibles for the exact :math:`\log Z` up to this many units.
+        ais: the test :math:`\log Z` (:class:`~lightning_gm.estimators.ais.AISSchedule`; literature 100 x 14,500, a
+            reduced schedule is stated in the estimator label; exact enumeration of the visibles up to
+            ``ais.exact_max_units`` units).
         optimizer: optimiser factory (default SGD, lr 0.01, momentum 0.9).
         lr_scheduler: optional scheduler factory.
+        **flat: flat keys of old checkpoints (``k``, ``ais_runs``, ...), folded into the groups.
 
     References:
         Lee, Grosse, Ranganath & Ng (2009); Lee, Ekanadham & Ng (2008); Salakhutdinov & Murray (2008).
@@ -170,41 +166,37 @@ class ConvRBM(_ConvCD, GenerativeModel):
         filter_size: int = 6,
         pool_size: int = 2,
         visible: VisibleType = "binary",
-        k: int = 1,
-        persistent: bool = False,
-        num_chains: int = 100,
+        cd: CD = CD(persistent=False),
         weight_std: float = 0.01,
         weight_cost: float = 1e-4,
         sparsity_target: float = 0.05,
         sparsity_cost: float = 1.0,
         init_visible_bias: bool = True,
         sample_steps: int = 500,
-        ais_runs: int = 100,
-        ais_steps: int = 14500,
-        ais_seed: int = 0,
-        exact_max_units: int = 20,
-        optimizer: OptimizerCallable = _sgd,
+        ais: AISSchedule = AISSchedule(),
+        optimizer: OptimizerCallable = sgd_conv_rbm,
         lr_scheduler: Optional[LRSchedulerCallable] = None,
+        **flat: Any,
     ) -> None:
         super().__init__(data_shape, optimizer, lr_scheduler)
-        self.save_hyperparameters(ignore=["optimizer", "lr_scheduler"])
-        _check_positive(n_filters=n_filters, filter_size=filter_size, pool_size=pool_size, k=k, num_chains=num_chains,
-                        ais_runs=ais_runs, ais_steps=ais_steps)
+        groups = fold_flat_hparams("ConvRBM", flat, {"cd": CD.coerce(cd), "ais": AISSchedule.coerce(ais)},
+                                   {**FLAT_CD_KEYS, **FLAT_AIS_KEYS})
+        self.save_hyperparameters(ignore=["optimizer", "lr_scheduler"], frame=inspect.currentframe())
+        record_groups(self, groups, flat)
+        self.cd: CD = groups["cd"]  # type: ignore[assignment]
+        self.ais = groups["ais"]  # type: ignore[assignment]
+        _check_positive(n_filters=n_filters, filter_size=filter_size, pool_size=pool_size)
         if not 0 < sparsity_target < 1:
             raise ConfigError(f"model.init_args.sparsity_target must be in (0, 1), got {sparsity_target}")
         c, h, w = self.image = image_shape(data_shape)
         if filter_size > min(h, w):
             raise ConfigError(f"model.init_args.filter_size={filter_size} is larger than the images ({h}x{w})")
         self.rbm = ConvolutionalRBM(c, (h, w), n_filters, filter_size, pool_size, visible, weight_std)
-        self.k, self.persistent, self.num_chains = k, persistent, num_chains
         self.weight_cost, self.sparsity_target, self.sparsity_cost = weight_cost, sparsity_target, sparsity_cost
         self.init_visible_bias, self.sample_steps = init_visible_bias, sample_steps
-        self.ais_runs, self.ais_steps, self.ais_seed, self.exact_max_units = ais_runs, ais_steps, ais_seed, exact_max_units
         self.register_buffer("ais_base", torch.zeros(self.rbm.n_visible))
-        self.register_buffer("chains", torch.zeros(num_chains if persistent else 0, c, h, w))
+        self.register_buffer("chains", torch.zeros(self.cd.chains if self.cd.persistent else 0, c, h, w))
         self.register_buffer("chains_ready", torch.tensor(False))
-        self._generator = None
-        self._log_partition: Optional[LogPartition] = None
         self._picture_example: Optional[Tensor] = None
 
     # ------------------------------------------------------------------ data
@@ -220,9 +212,9 @@ class ConvRBM(_ConvCD, GenerativeModel):
             rank_zero_warn("ConvRBM: no DataModule, so no visible-bias initialisation")
             return
         total, count = torch.zeros(self.rbm.n_visible, dtype=torch.float64), 0
-        with _Seeded(12345):
+        with seeded_rng(12345):
             for batch in dm.train_dataloader():
-                x = _first(batch).reshape(_first(batch).shape[0], -1).double()
+                x = batch_data(batch).reshape(batch_data(batch).shape[0], -1).double()
                 total += x.sum(0)
                 count += x.shape[0]
         if count == 0:
@@ -246,60 +238,30 @@ class ConvRBM(_ConvCD, GenerativeModel):
             _, p_mean = self.rbm.mean_hiddens(v)
             return {"loss": fe, "free_energy": fe, "recon_error": recon, "pool_activity": p_mean.mean()}
         chains = None
-        if self.persistent:
+        if self.cd.persistent:
             chains = self.chains
             if not bool(self.chains_ready):
                 with torch.no_grad():
-                    chains.copy_(self.rbm.sample_visibles(torch.zeros(self.num_chains, self.rbm.n_filters,
+                    chains.copy_(self.rbm.sample_visibles(torch.zeros(self.cd.chains, self.rbm.n_filters,
                                                                       *self.rbm.hidden_size, device=self.device),
                                                           self.generator))
                     self.chains_ready.fill_(True)
-        return {**self._cd_terms(self.rbm, v, chains), "recon_error": recon}
+        return {**self._cd_terms(self.rbm, v, chains, self.cd.k), "recon_error": recon}
 
     # ------------------------------------------------------------------ likelihood
-    @property
-    def estimator(self) -> str:
-        return "exact" if self.rbm.n_visible <= self.exact_max_units else "ais"
+    def exact_log_partition(self) -> Optional[float]:
+        """Enumerate the visibles (tiny images: at most ``ais.exact_max_units`` of them)."""
+        if self.rbm.n_visible > self.ais.exact_max_units:
+            return None
+        return conv_rbm_log_partition_enumerate(self.rbm, self.ais.exact_max_units)
 
-    def compute_log_partition(self, n_runs: Optional[int] = None, n_steps: Optional[int] = None) -> LogPartition:
-        r""":math:`\log Z`: exact by enumeration of the visibles when small, else forward AIS from the base-rate model
-        (``ais_runs`` chains, ``ais_steps`` steps, seed ``ais_seed``; every process computes the same value)."""
-        if self.estimator == "exact":
-            log_z = conv_rbm_log_partition_enumerate(self.rbm, self.exact_max_units)
-            return LogPartition(log_z, "exact", interval=(log_z, log_z))
+    def annealing_path(self) -> AnnealingPath:
         if self.rbm.visible != "binary":
             raise ConfigError("ConvRBM: AIS is implemented for binary visibles only (model.init_args.visible=binary)")
-        runs, steps = n_runs or self.ais_runs, n_steps or self.ais_steps
-        rank_zero_info(f"ConvRBM: AIS log Z with {runs} runs x {steps} steps")
-        g = torch.Generator(device=self.device).manual_seed(self.ais_seed)
-        every = max(1, steps // 10)
-        res = conv_rbm_ais_log_partition(self.rbm, runs, steps, self.ais_base, g,
-                                         progress=lambda s, t: rank_zero_info(f"  AIS step {s}/{t}"), progress_every=every)
-        return LogPartition(res.log_z, "ais", res.log_z_std_error, res.log_z_interval, runs, steps,
-                            res.effective_sample_size, res.log_weights)
+        return ConvRBMAnnealingPath(self.rbm, self.ais_base)
 
-    def ensure_log_partition(self) -> LogPartition:
-        if self._log_partition is None:
-            self._log_partition = self.compute_log_partition()
-        return self._log_partition
-
-    def log_prob(self, x: Tensor) -> Tensor:
-        return -self.rbm.free_energy(self.to_model_space(x)) - self.ensure_log_partition().log_z
-
-    def on_test_start(self) -> None:
-        self._log_partition = None
-        self.ensure_log_partition()
-
-    def on_test_epoch_end(self) -> None:
-        lp = self.ensure_log_partition()
-        self.log("test/logZ", lp.log_z, sync_dist=False)
-        self.log("test/logZ_std_error", lp.std_error, sync_dist=False)
-        if lp.estimator == "ais":
-            self.log("test/ais_ess", lp.effective_sample_size, sync_dist=False)
-        super().on_test_epoch_end()
-
-    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        self._log_partition = None
+    def log_prob_unnormalized(self, x: Tensor) -> Tensor:
+        return -self.rbm.free_energy(self.to_model_space(x))
 
     # ------------------------------------------------------------------ pictures
     @torch.no_grad()
@@ -345,7 +307,8 @@ class ConvDBN(_ConvCD, GenerativeModel):
         pool_size: pooling block side per layer.
         epochs_per_layer: training epochs of each layer (``trainer.max_epochs`` should be their sum).
         visible: visibles of the first layer, ``binary`` or ``gaussian``.
-        k, weight_std, weight_cost, sparsity_target, sparsity_cost, init_visible_bias: as :class:`ConvRBM`
+        cd: as :class:`ConvRBM` (``cd.k`` sweeps of CD-k from the data; every layer trains without persistent chains).
+        weight_std, weight_cost, sparsity_target, sparsity_cost, init_visible_bias: as :class:`ConvRBM`
             (the same for every layer).
         sample_steps: Gibbs sweeps in the top layer behind :meth:`sample`.
         down_steps: clamped Gibbs sweeps per lower layer behind :meth:`sample`.
@@ -369,7 +332,7 @@ class ConvDBN(_ConvCD, GenerativeModel):
         pool_size: Sequence[int] = (2, 2),
         epochs_per_layer: Sequence[int] = (5, 5),
         visible: VisibleType = "binary",
-        k: int = 1,
+        cd: CD = CD(persistent=False),
         weight_std: float = 0.01,
         weight_cost: float = 1e-4,
         sparsity_target: float = 0.05,
@@ -377,18 +340,23 @@ class ConvDBN(_ConvCD, GenerativeModel):
         init_visible_bias: bool = True,
         sample_steps: int = 200,
         down_steps: int = 20,
-        optimizer: OptimizerCallable = _sgd,
+        optimizer: OptimizerCallable = sgd_conv_rbm,
         lr_scheduler: Optional[LRSchedulerCallable] = None,
+        **flat: Any,
     ) -> None:
         super().__init__(data_shape, optimizer, lr_scheduler)
+        self.cd: CD = fold_flat_hparams("ConvDBN", flat, {"cd": CD.coerce(cd)}, {"k": FLAT_CD_KEYS["k"]})["cd"]  # type: ignore[assignment]
         self.save_hyperparameters(ignore=["optimizer", "lr_scheduler"])
+        record_groups(self, {"cd": self.cd}, flat)
+        if self.cd.persistent:
+            raise ConfigError("model.init_args.cd.persistent: ConvDBN trains every layer by CD-k from the data; set it to false")
         lists = {"n_filters": n_filters, "filter_size": filter_size, "pool_size": pool_size,
                  "epochs_per_layer": epochs_per_layer}
         lengths = {key: len(v) for key, v in lists.items()}
         if len(set(lengths.values())) != 1 or lengths["n_filters"] < 1:
             raise ConfigError(f"model.init_args n_filters, filter_size, pool_size and epochs_per_layer need one entry "
                               f"per layer (the same length >= 1), got lengths {lengths}")
-        _check_positive(**lists, k=k)
+        _check_positive(**lists)
         if not 0 < sparsity_target < 1:
             raise ConfigError(f"model.init_args.sparsity_target must be in (0, 1), got {sparsity_target}")
         shape = image_shape(data_shape)
@@ -402,9 +370,8 @@ class ConvDBN(_ConvCD, GenerativeModel):
             shape = (nf, *layers[-1].pooled_size)
         self.layers = nn.ModuleList(layers)
         self.epochs_per_layer = [int(e) for e in epochs_per_layer]
-        self.k, self.weight_cost, self.sparsity_target, self.sparsity_cost = k, weight_cost, sparsity_target, sparsity_cost
+        self.weight_cost, self.sparsity_target, self.sparsity_cost = weight_cost, sparsity_target, sparsity_cost
         self.init_visible_bias, self.sample_steps, self.down_steps = init_visible_bias, sample_steps, down_steps
-        self._generator = None
         self._initialised_layer = -1
         self._picture_example: Optional[Tensor] = None
 
@@ -441,9 +408,9 @@ class ConvDBN(_ConvCD, GenerativeModel):
             return
         rbm = self.layers[layer]
         total, count = torch.zeros(rbm.in_channels, dtype=torch.float64, device=self.device), 0
-        with _Seeded(12345 + layer), torch.no_grad():
+        with seeded_rng(12345 + layer), torch.no_grad():
             for batch in dm.train_dataloader():
-                h = self.up(_first(batch).to(self.device), layer)
+                h = self.up(batch_data(batch).to(self.device), layer)
                 total += h.double().sum((0, 2, 3))
                 count += h.shape[0] * h.shape[2] * h.shape[3]
         p = (total / max(count, 1)).clamp(1e-3, 1 - 1e-3)
@@ -477,7 +444,7 @@ class ConvDBN(_ConvCD, GenerativeModel):
                     self._picture_example = x[:1].detach().clone()
                 terms["stack_progress"] = torch.tensor(float(self.current_epoch + 1))
             return terms
-        return {**self._cd_terms(rbm, v, None), "recon_error": recon, "layer": layer_t}
+        return {**self._cd_terms(rbm, v, None, self.cd.k), "recon_error": recon, "layer": layer_t}
 
     # ------------------------------------------------------------------ test: no likelihood
     @property
@@ -488,7 +455,7 @@ class ConvDBN(_ConvCD, GenerativeModel):
         raise NotImplementedError("ConvDBN has no tractable log-likelihood: see test/free_energy_<l>, test/recon_error_<l>")
 
     def test_step(self, batch: Any, batch_idx: int) -> None:
-        x = _first(batch)
+        x = batch_data(batch)
         h = x.reshape(x.shape[0], *self.image).to(self.layers[0].W.dtype)
         metrics = {}
         for l, rbm in enumerate(self.layers):

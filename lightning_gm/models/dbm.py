@@ -38,11 +38,11 @@ Test: the mean-field lower bound minus :math:`\log Z`,
 
     \log p(v) \ge -E(v, \mu) + \sum_l \mathcal H(\mu_l) - \log Z,
 
-with :math:`\log Z` computed once per test (``on_test_start``): exact by enumeration when the smaller
-of the odd/even layer sets has at most ``exact_max_units`` units (estimator ``exact+meanfield``), else
-by AIS with the visible and top layers summed out (``ais_runs`` chains, ``ais_steps`` steps, float64;
-estimator ``ais+meanfield``). Forward AIS under-estimates :math:`\log Z` on average, so the reported
-bound can be slightly optimistic.
+with :math:`\log Z` computed once per test (``on_test_start``, through the shared
+:class:`~lightning_gm.models.energy.PartitionMixin`): exact by enumeration when the smaller of the odd/even
+layer sets has at most ``ais.exact_max_units`` units (estimator ``exact+meanfield``), else by AIS with the
+visible and top layers summed out (``ais.runs`` chains x ``ais.steps`` steps; estimator ``ais+meanfield``).
+Forward AIS under-estimates :math:`\log Z` on average, so the reported bound can be slightly optimistic.
 
 Under DDP the pretraining parameters of other phases get no gradient: use
 ``--trainer.strategy=ddp_find_unused_parameters_true``.
@@ -56,6 +56,7 @@ References:
 
 from __future__ import annotations
 
+import inspect
 from typing import Any, Optional, Sequence
 
 import torch
@@ -64,24 +65,25 @@ from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from torch import Tensor, nn
 
 from lightning_gm.errors import ConfigError
-from lightning_gm.estimators.ais import base_rate_log_odds
-from lightning_gm.estimators.dbm import dbm_ais_log_partition, dbm_log_partition_enumerate
+from lightning_gm.estimators.ais import AISSchedule, AnnealingPath, base_rate_log_odds
+from lightning_gm.estimators.dbm import DBMAnnealingPath, dbm_log_partition_enumerate, dbm_reverse_start
+from lightning_gm.estimators.reverse import ReverseStart
 from lightning_gm.models.base import GenerativeModel
+from lightning_gm.models.energy import FLAT_AIS_KEYS, PartitionMixin, batch_data, fold_flat_hparams, record_groups, sgd_dbm
 from lightning_gm.nn.dbm import BinaryDBM
 
-__all__ = ["DBM"]
+__all__ = ["DBM", "dbm_exact_log_partition"]
 
 
-def _sgd(params: Any) -> torch.optim.Optimizer:
-    # Salakhutdinov's DBM code: learning rate 0.05 on mean gradients, momentum 0.9.
-    return torch.optim.SGD(params, lr=0.05, momentum=0.9)
+def dbm_exact_log_partition(dbm: BinaryDBM, max_units: int) -> Optional[float]:
+    """The exact :math:`\log Z` of ``dbm`` when the smaller of its odd/even layer sets has at most ``max_units``
+    units, else ``None``."""
+    if min(sum(dbm.sizes[1::2]), sum(dbm.sizes[0::2])) > max_units:
+        return None
+    return dbm_log_partition_enumerate(dbm, max_units=max_units)
 
 
-def _first(batch: Any) -> Tensor:
-    return batch[0] if isinstance(batch, (tuple, list)) else batch
-
-
-class DBM(GenerativeModel):
+class DBM(PartitionMixin, GenerativeModel):
     r"""Deep Boltzmann machine with binary units (family ``dbm``, test estimator ``ais+meanfield``).
 
     Args:
@@ -104,12 +106,11 @@ class DBM(GenerativeModel):
         offset_rate: running-average rate of the centring offsets.
         weight_std: standard deviation of the initial weights.
         sample_steps: Gibbs sweeps of fresh chains in :meth:`sample` when the persistent chains cannot be used.
-        ais_runs: AIS chains for :math:`\log Z` at test time.
-        ais_steps: AIS annealing steps (14500 = the literature schedule).
-        ais_seed: seed of the AIS chains (the estimate is reproducible).
-        exact_max_units: enumerate :math:`\log Z` exactly when the smaller odd/even layer set has at most this many units.
+        ais: the test :math:`\log Z` (:class:`~lightning_gm.estimators.ais.AISSchedule`; exact when the smaller odd/even
+            layer set has at most ``ais.exact_max_units`` units).
         optimizer: optimiser factory (default SGD lr 0.05, momentum 0.9).
         lr_scheduler: optional scheduler factory.
+        **flat: flat keys of old checkpoints (``ais_runs``, ...), folded into ``ais``.
     """
 
     family = "dbm"
@@ -136,14 +137,13 @@ class DBM(GenerativeModel):
         offset_rate: float = 0.01,
         weight_std: float = 0.01,
         sample_steps: int = 1000,
-        ais_runs: int = 100,
-        ais_steps: int = 14500,
-        ais_seed: int = 0,
-        exact_max_units: int = 20,
-        optimizer: OptimizerCallable = _sgd,
+        ais: AISSchedule = AISSchedule(),
+        optimizer: OptimizerCallable = sgd_dbm,
         lr_scheduler: Optional[LRSchedulerCallable] = None,
+        **flat: Any,
     ) -> None:
         super().__init__(data_shape=data_shape, optimizer=optimizer, lr_scheduler=lr_scheduler)
+        self.ais = fold_flat_hparams("DBM", flat, {"ais": AISSchedule.coerce(ais)}, FLAT_AIS_KEYS)["ais"]  # type: ignore[assignment]
         hidden = [int(h) for h in hidden]
         if not hidden or any(h < 1 for h in hidden):
             raise ConfigError(f"DBM: hidden must be a non-empty list of positive sizes, got {hidden}")
@@ -157,14 +157,13 @@ class DBM(GenerativeModel):
                 f"DBM: centered=true trains jointly without pretraining; set epochs_per_layer to zeros (got {epochs_per_layer})"
             )
         for name, value in (("pretrain_cd_k", pretrain_cd_k), ("mf_iterations", mf_iterations), ("num_chains", num_chains),
-                            ("gibbs_steps", gibbs_steps), ("ais_runs", ais_runs), ("sample_steps", sample_steps)):
+                            ("gibbs_steps", gibbs_steps), ("sample_steps", sample_steps)):
             if value < 1:
                 raise ConfigError(f"DBM: {name} must be >= 1, got {value}")
-        if ais_steps < 3:
-            raise ConfigError(f"DBM: ais_steps must be >= 3, got {ais_steps}")
         if max_norm is not None and max_norm <= 0:
             raise ConfigError(f"DBM: max_norm must be positive or null, got {max_norm}")
-        self.save_hyperparameters(ignore=["optimizer", "lr_scheduler"])
+        self.save_hyperparameters(ignore=["optimizer", "lr_scheduler"], frame=inspect.currentframe())
+        record_groups(self, {"ais": self.ais}, flat)
         self.hidden, self.epochs_per_layer = hidden, epochs_per_layer
         self.sizes = [self.data_dim, *hidden]
         self.pretrain_cd_k, self.mf_iterations, self.mf_tol = pretrain_cd_k, mf_iterations, mf_tol
@@ -174,8 +173,7 @@ class DBM(GenerativeModel):
             raise ConfigError(f"DBM: joint_lr_scale must be positive, got {joint_lr_scale}")
         self.joint_lr_scale = joint_lr_scale
         self.centered, self.offset_rate = centered, offset_rate
-        self.sample_steps, self.ais_runs, self.ais_steps, self.ais_seed = sample_steps, ais_runs, ais_steps, ais_seed
-        self.exact_max_units = exact_max_units
+        self.sample_steps = sample_steps
         self.dbm = BinaryDBM(self.sizes, weight_std=weight_std, centered=centered)
         L = len(hidden)
         # the modified RBMs of the pretraining phases (R_l, visible bias, hidden bias)
@@ -190,7 +188,7 @@ class DBM(GenerativeModel):
         self.register_buffer("composed", torch.tensor(False))
         self.register_buffer("base_log_odds", torch.zeros(self.data_dim, dtype=torch.float64))
         self.register_buffer("base_ready", torch.tensor(False))
-        self._log_z: Optional[tuple[float, float]] = None
+        self.register_buffer("epochs_started", torch.zeros((), dtype=torch.long))  # the recipe's progress
         self._pending_offsets: Optional[list[Tensor]] = None
 
     # ------------------------------------------------------------------ phases
@@ -346,12 +344,13 @@ class DBM(GenerativeModel):
         total = torch.zeros(self.data_dim, dtype=torch.float64, device=self.device)
         count = 0
         for batch in dm.train_dataloader():
-            x = _first(batch).reshape(-1, self.data_dim).to(self.device)
+            x = batch_data(batch).reshape(-1, self.data_dim).to(self.device)
             total += x.double().sum(0)
             count += x.shape[0]
         return self.trainer.strategy.broadcast(total / max(count, 1), src=0)
 
     def on_train_epoch_start(self) -> None:
+        self.epochs_started.fill_(self.current_epoch + 1)
         if not bool(self.base_ready):
             mean = self._data_mean()
             if mean is not None:
@@ -395,15 +394,17 @@ class DBM(GenerativeModel):
                 self.dbm.shift_offsets(new)
                 self._pending_offsets = None
 
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        state = checkpoint.get("state_dict", {})
+        if "epochs_started" not in state and "composed" in state:  # a checkpoint written before the buffer
+            state["epochs_started"] = torch.tensor(int(checkpoint.get("epoch", -1)) + 1, dtype=torch.long)
+
     def on_fit_start(self) -> None:
         if self.trainer.max_epochs is not None and 0 < self.trainer.max_epochs <= self.joint_start:
             rank_zero_warn(
                 f"DBM: trainer.max_epochs={self.trainer.max_epochs} <= sum(epochs_per_layer)={self.joint_start}: "
                 "joint training never starts and the test bound is not that of a trained DBM"
             )
-
-    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        self._log_z = None
 
     # ------------------------------------------------------------------ generation
     @torch.no_grad()
@@ -428,54 +429,50 @@ class DBM(GenerativeModel):
         return torch.sigmoid(self.dbm.layer_input(mus, 0)).reshape(x.shape[0], *self.data_shape)
 
     # ------------------------------------------------------------------ evaluation
-    def _exact_possible(self) -> bool:
-        n = min(sum(self.sizes[1::2]), sum(self.sizes[0::2]))
-        return n <= self.exact_max_units
+    def exact_log_partition(self) -> Optional[float]:
+        return dbm_exact_log_partition(self.dbm, self.ais.exact_max_units)
+
+    def annealing_path(self) -> AnnealingPath:
+        """From the data's base-rate model, visible and top layers summed out (Salakhutdinov & Hinton 2009)."""
+        return DBMAnnealingPath(self.dbm, self.base_log_odds)
+
+    @property
+    def has_test_likelihood(self) -> bool:
+        """Whether the fit reached the joint phase (the pretrained RBMs were composed into the DBM), or the DBM was
+        built by hand (no epoch run). A fit stopped in pretraining never made a DBM: its random initial weights have
+        no test likelihood worth reporting (issue 17), so none is."""
+        return bool(self.composed) or int(self.epochs_started) == 0
+
+    @property
+    def phase_description(self) -> str:
+        started = int(self.epochs_started)
+        if started == 0 or bool(self.composed):
+            return "joint phase"
+        return f"pretraining phase {self.phase_at(started - 1) + 1} of {self.num_layers}: no DBM composed yet"
 
     @property
     def estimator(self) -> str:
-        return "exact+meanfield" if self._exact_possible() else "ais+meanfield"
+        if not self.has_test_likelihood:
+            return f"none ({self.phase_description})"
+        return self.partition_label(exact="exact+meanfield", ais="ais+meanfield")
 
-    def log_partition(self) -> tuple[float, float]:
-        r"""``(log Z, standard error)``: exact (error 0) when small enough, else AIS (float64, seeded by ``ais_seed``)."""
-        if self._exact_possible():
-            return dbm_log_partition_enumerate(self.dbm, max_units=self.exact_max_units), 0.0
-        generator = torch.Generator(device=self.device).manual_seed(int(self.ais_seed))
-        bar = None
-        try:
-            from tqdm.auto import tqdm
+    def summary_fields(self) -> dict[str, Any]:
+        """The base's warnings and, when the fit stopped in pretraining, the phase and why no NLL is given."""
+        out = super().summary_fields()
+        if not self.has_test_likelihood:
+            out["phase"] = self.phase_description
+            out.setdefault("warnings", []).append(
+                f"DBM: the fit stopped in {self.phase_description} (epoch {int(self.epochs_started)} of the recipe's "
+                f"{self.joint_start} pretraining epochs); no test NLL is given: fit past sum(epochs_per_layer) for one")
+        return out
 
-            if self._trainer is None or self.trainer.is_global_zero:
-                bar = tqdm(total=self.ais_steps, desc="AIS log Z (DBM)", leave=False)
-        except ImportError:  # pragma: no cover - tqdm ships with Lightning
-            bar = None
-
-        def progress(step: int, total: int) -> None:
-            if bar is not None:
-                bar.n = step
-                bar.refresh()
-
-        try:
-            result = dbm_ais_log_partition(self.dbm, n_runs=self.ais_runs, betas=self.ais_steps,
-                                           base_visible_bias=self.base_log_odds, generator=generator,
-                                           progress=progress, progress_every=max(1, self.ais_steps // 100))
-        finally:
-            if bar is not None:
-                bar.close()
-        return result.log_z, result.log_z_std_error
-
-    def on_test_start(self) -> None:
-        self._log_z = self.log_partition()
-
-    def log_prob(self, x: Tensor) -> Tensor:
-        """Per-example mean-field lower bound minus :math:`\\log Z` (``(B,)``)."""
-        if self._log_z is None:
-            self._log_z = self.log_partition()
+    def log_prob_unnormalized(self, x: Tensor) -> Tensor:
+        """Per-example mean-field lower bound on :math:`\log p(v) + \log Z` (``(B,)``)."""
         mus = self.mean_field(x.reshape(x.shape[0], -1).to(self.dbm.weights[0].dtype))
-        return self.dbm.mean_field_bound(mus) - self._log_z[0]
+        return self.dbm.mean_field_bound(mus)
 
-    def on_test_epoch_end(self) -> None:
-        if self._log_z is not None:
-            self.log("test/logZ", float(self._log_z[0]), sync_dist=False)
-            self.log("test/logZ_stderr", float(self._log_z[1]), sync_dist=False)
-        super().on_test_epoch_end()
+    def reverse_annealing_start(self, x: Tensor, chains: int, generator: Optional[torch.Generator] = None) -> ReverseStart:
+        """RAISE from the data with the even hidden layers drawn from the mean-field posterior
+        (:func:`~lightning_gm.estimators.dbm.dbm_reverse_start`)."""
+        v = x.reshape(x.shape[0], -1).to(self.dbm.weights[0].dtype)
+        return dbm_reverse_start(self.dbm, self.base_log_odds, v, self.mean_field(v), chains, generator)

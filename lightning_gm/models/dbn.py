@@ -39,6 +39,7 @@ References:
 
 from __future__ import annotations
 
+import inspect
 import itertools
 import math
 from typing import Any, Literal, Optional, Sequence
@@ -50,10 +51,24 @@ from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor, nn
 
 from lightning_gm.errors import ConfigError
-from lightning_gm.estimators.ais import base_rate_log_odds
+from lightning_gm.estimators.ais import AISSchedule, AnnealingPath, base_rate_log_odds
+from lightning_gm.estimators.rbm_ais import RBMAnnealingPath
+from lightning_gm.estimators.partition import log_partition_enumerate
+from lightning_gm.estimators.reverse import ReverseStart
 from lightning_gm.models.base import GenerativeModel
-from lightning_gm.models.rbm import PartitionMixin, _first, _Seeded, _sgd, cd_step
-from lightning_gm.nn.rbm import BernoulliRBM, RBMBase, bernoulli
+from lightning_gm.models.energy import (
+    FLAT_AIS_KEYS,
+    FLAT_CD_KEYS,
+    ChainStream,
+    PartitionMixin,
+    batch_data,
+    fold_flat_hparams,
+    record_groups,
+    seeded_rng,
+    sgd_binary_rbm,
+)
+from lightning_gm.models.rbm import cd_step
+from lightning_gm.nn.rbm import CD, BernoulliRBM, bernoulli
 
 __all__ = ["DBN", "bernoulli_log_prob"]
 
@@ -64,7 +79,7 @@ def bernoulli_log_prob(x: Tensor, logits: Tensor) -> Tensor:
     return (x * logits - F.softplus(logits)).sum(-1)
 
 
-class DBN(PartitionMixin, GenerativeModel):
+class DBN(ChainStream, PartitionMixin, GenerativeModel):
     r"""Deep belief network: greedy layer-wise RBMs (family ``dbn``), test bound ``ais+bound``.
 
     Args:
@@ -72,9 +87,8 @@ class DBN(PartitionMixin, GenerativeModel):
         hidden: hidden layer sizes, bottom to top (784-500-500-2000 is ``[500, 500, 2000]``).
         epochs_per_layer: epochs of greedy training of each layer (same length as ``hidden``). Set
             ``trainer.max_epochs`` to their sum; extra epochs keep training the top layer.
-        k: Gibbs sweeps per CD/PCD update.
-        persistent: PCD for every layer (else CD-k).
-        num_chains: persistent chains per layer and process.
+        cd: contrastive divergence of every layer (:class:`~lightning_gm.nn.rbm.CD`: sweeps ``k``, PCD or CD-k, the
+            number of persistent chains per layer and process); CD-k by default.
         propagate: ``mean`` (probabilities) or ``sample`` (binary states) as the data of the next layer.
         weight_std, weight_cost: initial weight scale and L2 cost on the weights (as :class:`~lightning_gm.models.RBM`).
         initial_momentum: momentum of the first ``momentum_warmup_epochs`` epochs of every layer.
@@ -83,10 +97,11 @@ class DBN(PartitionMixin, GenerativeModel):
             training input (also the AIS base-rate model of the top layer).
         sample_steps: Gibbs sweeps in the top RBM behind :meth:`sample`.
         bound_samples: posterior samples ``S`` per test example of the importance-weighted bound.
-        ais_runs, ais_steps, ais_seed: AIS for the top RBM's :math:`\log Z` (literature: 100 x 14,500).
-        exact_max_units: enumerate the top RBM exactly when its smaller layer has at most this many units.
+        ais: the top RBM's :math:`\log Z` (:class:`~lightning_gm.estimators.ais.AISSchedule`; literature 100 x 14,500;
+            exact when the top RBM's smaller layer has at most ``ais.exact_max_units`` units).
         optimizer: optimiser factory (default SGD, lr 0.1, momentum 0.9).
         lr_scheduler: optional scheduler factory.
+        **flat: flat keys of old checkpoints (``k``, ``ais_runs``, ...), folded into the groups.
 
     References:
         Hinton, Osindero & Teh (2006); Salakhutdinov & Murray (2008).
@@ -103,9 +118,7 @@ class DBN(PartitionMixin, GenerativeModel):
         data_shape: Sequence[int] = (784,),
         hidden: Sequence[int] = (500, 500, 2000),
         epochs_per_layer: Sequence[int] = (10, 10, 10),
-        k: int = 1,
-        persistent: bool = False,
-        num_chains: int = 100,
+        cd: CD = CD(persistent=False),
         propagate: Literal["mean", "sample"] = "mean",
         weight_std: float = 0.01,
         weight_cost: float = 2e-4,
@@ -114,15 +127,18 @@ class DBN(PartitionMixin, GenerativeModel):
         init_visible_bias: bool = True,
         sample_steps: int = 1000,
         bound_samples: int = 10,
-        ais_runs: int = 100,
-        ais_steps: int = 14500,
-        ais_seed: int = 0,
-        exact_max_units: int = 20,
-        optimizer: OptimizerCallable = _sgd,
+        ais: AISSchedule = AISSchedule(),
+        optimizer: OptimizerCallable = sgd_binary_rbm,
         lr_scheduler: Optional[LRSchedulerCallable] = None,
+        **flat: Any,
     ) -> None:
         super().__init__(data_shape, optimizer, lr_scheduler)
-        self.save_hyperparameters(ignore=["optimizer", "lr_scheduler"])
+        groups = fold_flat_hparams("DBN", flat, {"cd": CD.coerce(cd), "ais": AISSchedule.coerce(ais)},
+                                   {**FLAT_CD_KEYS, **FLAT_AIS_KEYS})
+        self.save_hyperparameters(ignore=["optimizer", "lr_scheduler"], frame=inspect.currentframe())
+        record_groups(self, groups, flat)
+        self.cd: CD = groups["cd"]  # type: ignore[assignment]
+        self.ais = groups["ais"]  # type: ignore[assignment]
         hidden, epochs_per_layer = [int(h) for h in hidden], [int(e) for e in epochs_per_layer]
         if not hidden or any(h < 1 for h in hidden):
             raise ConfigError(f"model.init_args.hidden must be a non-empty list of positive sizes, got {hidden}")
@@ -133,25 +149,22 @@ class DBN(PartitionMixin, GenerativeModel):
             )
         if propagate not in ("mean", "sample"):
             raise ConfigError(f"model.init_args.propagate must be 'mean' or 'sample', got {propagate!r}")
-        if k < 1 or num_chains < 1 or bound_samples < 1:
-            raise ConfigError(f"model.init_args: k, num_chains and bound_samples must be >= 1, got {k}, {num_chains}, {bound_samples}")
+        if bound_samples < 1:
+            raise ConfigError(f"model.init_args.bound_samples must be >= 1, got {bound_samples}")
         self.sizes = [self.data_dim, *hidden]
         self.epochs_per_layer = epochs_per_layer
-        self.k, self.persistent, self.num_chains, self.propagate = k, persistent, num_chains, propagate
+        self.propagate = propagate
         self.weight_cost, self.initial_momentum, self.momentum_warmup_epochs = weight_cost, initial_momentum, momentum_warmup_epochs
         self.init_visible_bias, self.sample_steps, self.bound_samples = init_visible_bias, sample_steps, bound_samples
-        self.ais_runs, self.ais_steps, self.ais_seed, self.exact_max_units = ais_runs, ais_steps, ais_seed, exact_max_units
         self.rbms = nn.ModuleList(
             BernoulliRBM(n_v, n_h, weight_std=weight_std) for n_v, n_h in zip(self.sizes[:-1], self.sizes[1:])
         )
         for l, n_v in enumerate(self.sizes[:-1]):
-            self.register_buffer(f"chains_{l}", torch.zeros(num_chains if persistent else 0, n_v))
+            self.register_buffer(f"chains_{l}", torch.zeros(self.cd.chains if self.cd.persistent else 0, n_v))
             self.register_buffer(f"base_log_odds_{l}", torch.zeros(n_v))
         self.register_buffer("chains_ready", torch.zeros(len(hidden), dtype=torch.bool))
+        self.register_buffer("epochs_started", torch.zeros((), dtype=torch.long))  # the recipe's progress
         self._ddp_params_and_buffers_to_ignore = [f"chains_{l}" for l in range(len(hidden))]
-        self._log_partition = None
-        self._log_partition_key = None
-        self._generator: Optional[torch.Generator] = None
         self._initialised_layer = -1
 
     # ------------------------------------------------------------------ structure
@@ -174,17 +187,18 @@ class DBN(PartitionMixin, GenerativeModel):
     def current_layer(self) -> int:
         return self.layer_at(self.current_epoch)
 
+    @property
+    def depth(self) -> int:
+        """Layers of the model the fit has produced, by the recipe's phase: all of them once the top layer's phase
+        has begun (or when no epoch has been run: a model built by hand), else the layers up to the one the last
+        epoch trained (``epochs_started``, a buffer, so a checkpoint knows it). The likelihood, the samples and the
+        estimator label are those of this ``depth``-layer DBN (greedy training defines exactly that model after
+        each phase)."""
+        started = int(self.epochs_started)
+        return self.num_layers if started == 0 else self.layer_at(started - 1) + 1
+
     def _chains(self, layer: int) -> Tensor:
         return getattr(self, f"chains_{layer}")
-
-    @property
-    def generator(self) -> torch.Generator:
-        """This process's random stream for the Gibbs chains (seeded from the global seed and the rank)."""
-        if self._generator is None:
-            rank = self.trainer.global_rank if self._trainer is not None else 0
-            self._generator = torch.Generator(device=self.device)
-            self._generator.manual_seed((torch.initial_seed() * 1_000_003 + 7919 * (rank + 1)) % (2**63))
-        return self._generator
 
     # ------------------------------------------------------------------ upward pass
     @torch.no_grad()
@@ -214,9 +228,9 @@ class DBN(PartitionMixin, GenerativeModel):
             return
         total = torch.zeros(self.sizes[layer], dtype=torch.float64, device=self.device)
         count = 0
-        with _Seeded(12345 + layer):
+        with seeded_rng(12345 + layer):
             for batch in dm.train_dataloader():
-                h = self.up(_first(batch).to(self.device), layer)
+                h = self.up(batch_data(batch).to(self.device), layer)
                 total += h.double().sum(0)
                 count += h.shape[0]
         log_odds = base_rate_log_odds((total / max(count, 1)).unsqueeze(0)).to(self.device)
@@ -227,6 +241,7 @@ class DBN(PartitionMixin, GenerativeModel):
                 self.rbms[layer].b.copy_(log_odds.to(self.rbms[layer].b))
 
     def on_train_epoch_start(self) -> None:
+        self.epochs_started.fill_(self.current_epoch + 1)
         layer = self.current_layer
         if self.current_epoch == self.phase_start(layer) and self._initialised_layer != layer:
             self._init_layer(layer)
@@ -255,14 +270,14 @@ class DBN(PartitionMixin, GenerativeModel):
                 terms["stack_progress"] = torch.tensor(float(self.current_epoch + 1))
             return terms
         chains = None
-        if self.persistent:
+        if self.cd.persistent:
             chains = self._chains(layer)
             if not bool(self.chains_ready[layer]):
                 with torch.no_grad():
-                    h0 = torch.zeros(self.num_chains, rbm.n_hidden, device=self.device, dtype=rbm.W.dtype)
+                    h0 = torch.zeros(self.cd.chains, rbm.n_hidden, device=self.device, dtype=rbm.W.dtype)
                     chains.copy_(rbm.sample_visibles(h0, generator=self.generator))
                     self.chains_ready[layer] = True
-        v_model = cd_step(rbm, v, self.k, chains, self.generator)
+        v_model = cd_step(rbm, v, self.cd.k, chains, self.generator)
         loss = rbm.cd_loss(v, v_model)
         if self.weight_cost > 0:
             loss = loss + 0.5 * self.weight_cost * rbm.W.pow(2).sum()
@@ -282,19 +297,21 @@ class DBN(PartitionMixin, GenerativeModel):
             for l, chains in per_rank.items():
                 if chains.shape[0] == world:
                     checkpoint["state_dict"][f"chains_{l}"] = chains[rank].clone()
-        self._log_partition = None
+        state = checkpoint.get("state_dict", {})
+        if "epochs_started" not in state and "chains_ready" in state:  # a checkpoint written before the buffer
+            state["epochs_started"] = torch.tensor(int(checkpoint.get("epoch", -1)) + 1, dtype=torch.long)
 
     # ------------------------------------------------------------------ generation
     @torch.no_grad()
     def sample(self, n: int, steps: Optional[int] = None) -> Tensor:
         """Gibbs sampling in the top RBM (``steps`` sweeps from its visible marginals at ``h = 0``), then a
         downward pass of samples, with the conditional means of the last (data) layer."""
-        top = self.rbms[-1]
+        top = self.rbms[self.depth - 1]
         h0 = torch.zeros(n, top.n_hidden, device=self.device, dtype=top.W.dtype)
         h = top.gibbs_vhv(top.sample_visibles(h0), steps or self.sample_steps).v
-        for l in range(self.num_layers - 2, -1, -1):
+        for l in range(self.depth - 2, -1, -1):
             h = self.rbms[l].mean_visibles(h) if l == 0 else self.rbms[l].sample_visibles(h)
-        if self.num_layers == 1:
+        if self.depth == 1:
             h = top.mean_visibles(top.sample_hiddens(h))
         return h.reshape(n, *self.data_shape)
 
@@ -306,23 +323,42 @@ class DBN(PartitionMixin, GenerativeModel):
         return {"filters": ((w - lo) / (hi - lo).clamp_min(1e-12)).float().cpu()}
 
     # ------------------------------------------------------------------ the bound
-    def _partition_rbm(self) -> RBMBase:
-        return self.rbms[-1]
+    def annealing_path(self) -> AnnealingPath:
+        """The top RBM's path from its base-rate model (the log-odds of its training input)."""
+        return RBMAnnealingPath(self.rbms[self.depth - 1], getattr(self, f"base_log_odds_{self.depth - 1}"))
 
-    def _ais_base(self) -> Optional[Tensor]:
-        return getattr(self, f"base_log_odds_{self.num_layers - 1}")
+    def exact_log_partition(self) -> Optional[float]:
+        top = self.rbms[self.depth - 1]
+        if min(top.n_visible, top.n_hidden) > self.ais.exact_max_units:
+            return None
+        return log_partition_enumerate(top, max_units=self.ais.exact_max_units)
 
     @property
     def estimator(self) -> str:
-        z = self.partition_estimator
-        return z if self.num_layers == 1 else ("bound" if z == "exact" else "ais+bound")
+        label = self.partition_label() if self.depth == 1 else self.partition_label(exact="bound", ais="ais+bound")
+        return label if self.depth == self.num_layers else f"{label} ({self.phase_description})"
+
+    @property
+    def phase_description(self) -> str:
+        """Which model the greedy recipe has produced so far."""
+        return f"greedy phase: {self.depth} of {self.num_layers} layers trained"
+
+    def summary_fields(self) -> dict[str, Any]:
+        """The base's warnings and, when the fit stopped before the top layer's phase, the phase and a warning."""
+        out = super().summary_fields()
+        if self.depth < self.num_layers:
+            out["phase"] = self.phase_description
+            out.setdefault("warnings", []).append(
+                f"DBN: the fit stopped before the top layer's phase ({self.phase_description}); test/nll is that of "
+                f"the {self.depth}-layer DBN trained so far, not of the {self.num_layers}-layer recipe")
+        return out
 
     @torch.no_grad()
     def sample_posterior(self, x: Tensor, n: int, generator: Optional[torch.Generator] = None) -> list[Tensor]:
         """``n`` samples of :math:`q(h_1, \\dots, h_{L-1} \\mid v)`: a list of ``(n, B, size_l)`` tensors."""
         h = x.reshape(x.shape[0], -1).to(self.rbms[0].W.dtype).expand(n, -1, -1)
         out = []
-        for rbm in self.rbms[:-1]:
+        for rbm in self.rbms[: self.depth - 1]:
             h = bernoulli(rbm.mean_hiddens(h), generator)
             out.append(h)
         return out
@@ -337,30 +373,37 @@ class DBN(PartitionMixin, GenerativeModel):
         Returns:
             ``(..., B)``; :math:`\log p(v) + \log Z` is :math:`\log E_q[e^{\text{this}}]` exactly.
         """
-        if len(hs) != self.num_layers - 1:
-            raise ValueError(f"need {self.num_layers - 1} hidden layers of samples, got {len(hs)}")
+        if len(hs) != self.depth - 1:
+            raise ValueError(f"need {self.depth - 1} hidden layers of samples, got {len(hs)}")
         v = x.reshape(x.shape[0], -1).to(self.rbms[0].W.dtype)
         below = [v, *hs]  # v (B, D) broadcasts against the samples' leading dimensions
-        total = -self.rbms[-1].free_energy(below[-1])  # log p_top(h_{L-1}) + log Z
-        for l in range(self.num_layers - 1):
+        total = -self.rbms[self.depth - 1].free_energy(below[-1])  # log p_top(h_{L-1}) + log Z
+        for l in range(self.depth - 1):
             rbm, lower, upper = self.rbms[l], below[l], below[l + 1]
             total = total + bernoulli_log_prob(lower, rbm.visible_logits(upper))  # log p(h_l | h_{l+1})
             total = total - bernoulli_log_prob(upper, rbm.hidden_logits(lower))  # - log q(h_{l+1} | h_l)
         return total
 
+    def reverse_annealing_start(self, x: Tensor, chains: int, generator: Optional[torch.Generator] = None) -> ReverseStart:
+        r"""RAISE for the top RBM inside the bound: for each of the ``bound_samples`` posterior samples :math:`h` of
+        an example, reverse annealing of the top RBM from :math:`h_{L-1}` replaces :math:`p_{\text{top}}(h_{L-1})`
+        by its unbiased annealing-model estimate, so the average over samples and chains (``chains * bound_samples``
+        per example) is unbiased for the DBN-with-annealed-top density and its log a stochastic lower bound
+        (Burda et al. 2015): numerator :math:`\log p(v \mid h) - \log q(h \mid v) - F_{\text{top}}(h_{L-1})`."""
+        b = x.shape[0]
+        if self.depth == 1:
+            top = x.reshape(b, -1).to(self.rbms[0].W.dtype)
+            numerator = -self.rbms[0].free_energy(top)
+        else:
+            hs = self.sample_posterior(x, self.bound_samples, generator)
+            numerator = self.log_weights(x, hs).reshape(-1)  # (S * B,): log p(v|h) - log q(h|v) - F_top
+            top = hs[-1].reshape(-1, hs[-1].shape[-1])
+        return ReverseStart(self.annealing_path(), top.repeat(chains, 1),
+                            numerator.detach().to(torch.float64).repeat(chains), b)
+
     def log_prob_unnormalized(self, x: Tensor) -> Tensor:
         """The importance-weighted bound with ``bound_samples`` samples, plus :math:`\\log Z_{\\text{top}}`."""
-        if self.num_layers == 1:
+        if self.depth == 1:
             return -self.rbms[0].free_energy(x.reshape(x.shape[0], -1))
         lw = self.log_weights(x, self.sample_posterior(x, self.bound_samples))
         return torch.logsumexp(lw, dim=0) - math.log(self.bound_samples)
-
-    # ------------------------------------------------------------------ test
-    def on_test_start(self) -> None:
-        self.ensure_log_partition()
-
-    def on_test_epoch_end(self) -> None:
-        lp = self.ensure_log_partition()
-        for key, value in self._log_partition_metrics().items():
-            self.log(f"test/{key}", float(value), sync_dist=False)
-        super().on_test_epoch_end()

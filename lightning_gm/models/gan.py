@@ -36,7 +36,7 @@ from typing import Any, Literal, Optional, Sequence
 
 import torch
 import torch.nn.functional as F
-from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
+from lightning.pytorch.cli import OptimizerCallable
 from torch import Tensor
 
 from lightning_gm.errors import ConfigError
@@ -72,53 +72,31 @@ class GAN(ImplicitGenerativeModel):
     r"""Generator and discriminator trained by the minimax game (two optimisers, manual optimisation).
 
     Args:
-        data_shape: shape of one example (linked from the data).
-        latent_dim: size of :math:`z \sim \mathcal N(0, I)`.
         generator: factory ``(latent_dim, D) -> network`` (default MLPGenerator with ``hidden``); e.g.
             :class:`~lightning_gm.nn.generators.ConvGenerator`.
         discriminator: factory ``(D, 1) -> logit network`` (default MLPDiscriminator with
             ``discriminator_hidden``); e.g. :class:`~lightning_gm.nn.generators.ConvDiscriminator`.
-        hidden: hidden widths of the default MLP generator.
         discriminator_hidden: hidden widths of the default MLP discriminator.
         generator_loss: ``minimax`` (:math:`\min \log(1 - D(G(z)))`, the value function) or
             ``non_saturating`` (:math:`\min -\log D(G(z))`, default).
         d_steps: discriminator steps per generator step (``k`` of Goodfellow et al.'s Algorithm 1; each on its own batch).
-        obs_sigma: observation standard deviation of the decoder-AIS test likelihood.
-        ais_chains: AIS chains per test example.
-        ais_steps: AIS annealing steps.
-        ais_leapfrog_steps: leapfrog steps per HMC transition.
-        ais_step_size: initial HMC step size.
-        ais_target_accept: HMC acceptance rate the step size is adapted to.
-        val_ais_examples: validation examples with a ``val/nll_ais`` estimate (0 = off; to choose ``obs_sigma``).
-        eval_seed: seed of the AIS noise.
-        optimizer: optimiser factory of the generator (default Adam, lr 1e-3).
         discriminator_optimizer: optimiser factory of the discriminator (default Adam, lr 1e-3).
-        lr_scheduler: optional scheduler factory, applied to both optimisers and stepped every epoch.
+        **kwargs: the arguments of :class:`~lightning_gm.models.implicit.ImplicitGenerativeModel` (``data_shape``,
+            ``latent_dim``, ``hidden``, ``obs_sigma``, ``ais``, ``val_ais_examples``, ``optimizer`` of the generator,
+            ``lr_scheduler`` applied to both optimisers and stepped every epoch), by keyword.
     """
 
     family = "gan"
 
     def __init__(
         self,
-        data_shape: Sequence[int] = (784,),
-        latent_dim: int = 100,
         generator: Optional[NetFactory] = None,
         discriminator: Optional[NetFactory] = None,
-        hidden: Sequence[int] = (256, 512),
         discriminator_hidden: Sequence[int] = (512, 256),
         generator_loss: GeneratorLoss = "non_saturating",
         d_steps: int = 1,
-        obs_sigma: float = 0.05,
-        ais_chains: int = 16,
-        ais_steps: int = 1000,
-        ais_leapfrog_steps: int = 10,
-        ais_step_size: float = 0.05,
-        ais_target_accept: float = 0.65,
-        val_ais_examples: int = 0,
-        eval_seed: int = 0,
-        optimizer: OptimizerCallable = _adam,
         discriminator_optimizer: OptimizerCallable = _adam,
-        lr_scheduler: Optional[LRSchedulerCallable] = None,
+        **kwargs: Any,
     ) -> None:
         if generator_loss not in ("minimax", "non_saturating"):
             raise ConfigError(
@@ -126,9 +104,7 @@ class GAN(ImplicitGenerativeModel):
             )
         if d_steps < 1:
             raise ConfigError(f"model.init_args.d_steps must be >= 1 (discriminator steps per generator step), got {d_steps}")
-        super().__init__(data_shape, latent_dim, generator, hidden, obs_sigma, ais_chains, ais_steps,
-                         ais_leapfrog_steps, ais_step_size, ais_target_accept, val_ais_examples, eval_seed,
-                         optimizer, lr_scheduler)
+        super().__init__(generator=generator, **kwargs)
         self.save_hyperparameters(ignore=["generator", "discriminator", "optimizer", "discriminator_optimizer",
                                           "lr_scheduler"])
         self.automatic_optimization = False

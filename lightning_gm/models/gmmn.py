@@ -24,14 +24,12 @@ Two-Sample Test.
 
 from __future__ import annotations
 
-from typing import Literal, Optional, Sequence
+from typing import Any, Literal, Optional, Sequence
 
-from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from torch import Tensor
 
 from lightning_gm.errors import ConfigError
 from lightning_gm.estimators.mmd import DEFAULT_BANDWIDTHS, mmd2
-from lightning_gm.models.base import _adam
 from lightning_gm.models.implicit import ImplicitGenerativeModel, NetFactory
 
 __all__ = ["GMMN"]
@@ -41,7 +39,6 @@ class GMMN(ImplicitGenerativeModel):
     r"""A generator trained on the batch MMD with a mixture of Gaussian kernels.
 
     Args:
-        data_shape: shape of one example (linked from the data).
         latent_dim: size of :math:`z \sim \mathcal N(0, I)`.
         generator: factory ``(latent_dim, D) -> network`` (default MLPGenerator with ``hidden``).
         hidden: hidden widths of the default MLP generator (Li et al.: 64-256-256-1024, ReLU, sigmoid output).
@@ -49,23 +46,14 @@ class GMMN(ImplicitGenerativeModel):
         unbiased: train on the unbiased U-statistic instead of the biased V-statistic (default ``False``: biased).
         objective: ``mmd2`` (the squared MMD) or ``mmd`` (its square root, default, as Li et al.'s code).
         num_samples: generator samples per training batch (default: as many as the data batch).
-        obs_sigma: observation standard deviation of the decoder-AIS test likelihood.
-        ais_chains: AIS chains per test example.
-        ais_steps: AIS annealing steps.
-        ais_leapfrog_steps: leapfrog steps per HMC transition.
-        ais_step_size: initial HMC step size.
-        ais_target_accept: HMC acceptance rate the step size is adapted to.
-        val_ais_examples: validation examples with a ``val/nll_ais`` estimate (0 = off; to choose ``obs_sigma``).
-        eval_seed: seed of the AIS noise.
-        optimizer: optimiser factory (default Adam, lr 1e-3).
-        lr_scheduler: optional scheduler factory.
+        **kwargs: the other arguments of :class:`~lightning_gm.models.implicit.ImplicitGenerativeModel`
+            (``data_shape``, ``obs_sigma``, ``ais``, ``val_ais_examples``, ``optimizer``, ``lr_scheduler``), by keyword.
     """
 
     family = "gmmn"
 
     def __init__(
         self,
-        data_shape: Sequence[int] = (784,),
         latent_dim: int = 10,
         generator: Optional[NetFactory] = None,
         hidden: Sequence[int] = (64, 256, 256, 1024),
@@ -73,16 +61,7 @@ class GMMN(ImplicitGenerativeModel):
         unbiased: bool = False,
         objective: Literal["mmd2", "mmd"] = "mmd",
         num_samples: Optional[int] = None,
-        obs_sigma: float = 0.05,
-        ais_chains: int = 16,
-        ais_steps: int = 1000,
-        ais_leapfrog_steps: int = 10,
-        ais_step_size: float = 0.05,
-        ais_target_accept: float = 0.65,
-        val_ais_examples: int = 0,
-        eval_seed: int = 0,
-        optimizer: OptimizerCallable = _adam,
-        lr_scheduler: Optional[LRSchedulerCallable] = None,
+        **kwargs: Any,
     ) -> None:
         if len(bandwidths) == 0 or any(float(s) <= 0 for s in bandwidths):
             raise ConfigError(f"model.init_args.bandwidths must be a non-empty list of positive numbers, got {list(bandwidths)}")
@@ -90,9 +69,7 @@ class GMMN(ImplicitGenerativeModel):
             raise ConfigError(f"model.init_args.objective must be 'mmd2' or 'mmd', got {objective!r}")
         if num_samples is not None and num_samples < 2:
             raise ConfigError(f"model.init_args.num_samples must be >= 2 (or null for the batch size), got {num_samples}")
-        super().__init__(data_shape, latent_dim, generator, hidden, obs_sigma, ais_chains, ais_steps,
-                         ais_leapfrog_steps, ais_step_size, ais_target_accept, val_ais_examples, eval_seed,
-                         optimizer, lr_scheduler)
+        super().__init__(latent_dim=latent_dim, generator=generator, hidden=hidden, **kwargs)
         self.save_hyperparameters(ignore=["generator", "optimizer", "lr_scheduler"])
         self.bandwidths = tuple(float(s) for s in bandwidths)
         self.unbiased, self.objective, self.num_samples = bool(unbiased), objective, num_samples

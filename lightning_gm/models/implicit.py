@@ -14,6 +14,13 @@ expectation, and it depends strongly on :math:`\sigma`: the estimator name state
 ``ais-decoder(sigma=0.05,steps=1000)``). Wu et al. choose :math:`\sigma` on validation data; here
 ``val_ais_examples > 0`` logs ``val/nll_ais`` for the configured ``obs_sigma`` on the first validation
 examples, so a sweep over ``obs_sigma`` with ``lightning_gm validate`` picks it (see :class:`ImplicitGenerativeModel`).
+Beside it, bidirectional Monte Carlo (Grosse et al. 2016; Wu et al. 2017) on ``bdmc_examples`` examples
+*simulated* from the model brackets :math:`\log p_\sigma(x)` between forward AIS (a stochastic lower bound, the
+conservative side: ``test/nll_conservative``) and reverse AIS from the latent that generated each example (a
+stochastic upper bound: ``test/nll_subset``); the gap is what forward AIS with these settings can miss.
+The AIS settings are one group, ``ais`` (:class:`~lightning_gm.estimators.decoder_ais.HMCAnnealing`: chains,
+steps, leapfrog steps, step size, target acceptance, seed), the same group and names as the
+:class:`~lightning_gm.callbacks.decoder_ais.DecoderAISEvaluation` callback's.
 
 Both models also log ``val/mmd2``: the biased squared MMD (kernel bandwidths of Li et al. 2015) between a
 validation batch and as many samples, a sample-quality number comparable between the GAN and the GMMN,
@@ -26,34 +33,30 @@ Generative Models; Goodfellow et al. (2014); Li, Swersky & Zemel (2015).
 from __future__ import annotations
 
 import contextlib
+import inspect
 from typing import Any, Callable, Iterator, Optional, Sequence
 
 import torch
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from torch import Tensor, nn
 
-from lightning_gm.errors import ConfigError, LightningGMError
+from lightning_gm.errors import ConfigError
+from lightning_gm.estimators.decoder_ais import HMCAnnealing, decoder_ais_log_prob, decoder_bdmc, gaussian_observation
 from lightning_gm.estimators.mmd import DEFAULT_BANDWIDTHS, mmd2
 from lightning_gm.models.base import GenerativeModel, _adam
+from lightning_gm.models.energy import fold_flat_hparams, record_groups
 from lightning_gm.nn.generators import MLPGenerator
+from lightning_gm.progress import trainer_progress
 
-__all__ = ["ImplicitGenerativeModel", "NetFactory", "decoder_ais_functions"]
+__all__ = ["ImplicitGenerativeModel", "NetFactory", "FLAT_HMC_KEYS"]
 
 #: ``(in_features, out_features) -> network`` on flat vectors
 NetFactory = Callable[[int, int], nn.Module]
 
-
-def decoder_ais_functions() -> tuple[Callable[..., Any], Callable[..., Any]]:
-    """``(decoder_ais_log_prob, gaussian_observation)`` from :mod:`lightning_gm.estimators.decoder_ais`,
-    or a clear error when that estimator is not installed."""
-    try:
-        from lightning_gm.estimators.decoder_ais import decoder_ais_log_prob, gaussian_observation
-    except ImportError as exc:  # pragma: no cover - depends on the other half of issue 12
-        raise LightningGMError(
-            "the test log-likelihood of a GAN / GMMN needs lightning_gm.estimators.decoder_ais (AIS for decoder-based "
-            "models), which is not available in this installation; train with --test_after_fit=false"
-        ) from exc
-    return decoder_ais_log_prob, gaussian_observation
+#: flat keys of checkpoints written before the ``ais`` group, and their fields in it
+FLAT_HMC_KEYS = {"ais_chains": ("ais", "chains"), "ais_steps": ("ais", "steps"),
+                 "ais_leapfrog_steps": ("ais", "leapfrog_steps"), "ais_step_size": ("ais", "step_size"),
+                 "ais_target_accept": ("ais", "target_accept"), "eval_seed": ("ais", "seed")}
 
 
 @contextlib.contextmanager
@@ -86,16 +89,16 @@ class ImplicitGenerativeModel(GenerativeModel):
             with ``hidden``), e.g. :class:`~lightning_gm.nn.generators.ConvGenerator`.
         hidden: hidden widths of the default MLP generator.
         obs_sigma: standard deviation :math:`\sigma` of the Gaussian observation model of the test likelihood.
-        ais_chains: AIS chains per test example.
-        ais_steps: annealing steps (intermediate distributions) of each chain.
-        ais_leapfrog_steps: leapfrog steps per HMC transition.
-        ais_step_size: initial HMC step size (adapted towards ``ais_target_accept``).
-        ais_target_accept: HMC acceptance rate the step size is adapted to.
+        ais: the decoder AIS (:class:`~lightning_gm.estimators.decoder_ais.HMCAnnealing`: chains per example, steps,
+            leapfrog steps, step size, target acceptance, and the seed of its noise: each call to :meth:`log_prob`
+            starts from it, so it is deterministic).
         val_ais_examples: examples of the first validation batch whose ``val/nll_ais`` is estimated each
             validation (0 = never; > 0 to choose ``obs_sigma`` on validation data).
-        eval_seed: seed of the AIS noise (each call to :meth:`log_prob` starts from it: deterministic).
+        bdmc_examples: simulated examples of the bidirectional Monte Carlo bracket at test (0 = none); it costs
+            twice the decoder AIS of as many test examples.
         optimizer: optimiser factory of the generator (default Adam, lr 1e-3).
         lr_scheduler: optional scheduler factory.
+        **flat: flat keys of old checkpoints (``ais_chains``, ``eval_seed``, ...), folded into ``ais``.
     """
 
     family = "implicit"
@@ -109,37 +112,39 @@ class ImplicitGenerativeModel(GenerativeModel):
         generator: Optional[NetFactory] = None,
         hidden: Sequence[int] = (256, 512),
         obs_sigma: float = 0.05,
-        ais_chains: int = 16,
-        ais_steps: int = 1000,
-        ais_leapfrog_steps: int = 10,
-        ais_step_size: float = 0.05,
-        ais_target_accept: float = 0.65,
+        ais: HMCAnnealing = HMCAnnealing(),
         val_ais_examples: int = 0,
-        eval_seed: int = 0,
+        bdmc_examples: int = 20,
         optimizer: OptimizerCallable = _adam,
         lr_scheduler: Optional[LRSchedulerCallable] = None,
+        **flat: Any,
     ) -> None:
         super().__init__(data_shape, optimizer, lr_scheduler)
+        self._flat_hparams = dict(flat)
+        self.ais: HMCAnnealing = fold_flat_hparams(type(self).__name__, flat, {"ais": HMCAnnealing.coerce(ais)},
+                                                   FLAT_HMC_KEYS)["ais"]  # type: ignore[assignment]
         checks = {
             "latent_dim": (latent_dim >= 1, latent_dim), "obs_sigma": (obs_sigma > 0, obs_sigma),
-            "ais_chains": (ais_chains >= 1, ais_chains), "ais_steps": (ais_steps >= 1, ais_steps),
-            "ais_leapfrog_steps": (ais_leapfrog_steps >= 1, ais_leapfrog_steps),
-            "ais_step_size": (ais_step_size > 0, ais_step_size),
-            "ais_target_accept": (0 < ais_target_accept < 1, ais_target_accept),
             "val_ais_examples": (val_ais_examples >= 0, val_ais_examples),
+            "bdmc_examples": (bdmc_examples >= 0, bdmc_examples),
         }
         for key, (ok, value) in checks.items():
             if not ok:
                 raise ConfigError(f"model.init_args.{key}: invalid value {value!r} (see the {type(self).__name__} docstring)")
         self.latent_dim = int(latent_dim)
         self.obs_sigma = float(obs_sigma)
-        self.ais_chains, self.ais_steps = int(ais_chains), int(ais_steps)
-        self.ais_leapfrog_steps, self.ais_step_size = int(ais_leapfrog_steps), float(ais_step_size)
-        self.ais_target_accept = float(ais_target_accept)
-        self.val_ais_examples, self.eval_seed = int(val_ais_examples), int(eval_seed)
+        self.val_ais_examples, self.bdmc_examples = int(val_ais_examples), int(bdmc_examples)
+        self._bdmc_label: Optional[str] = None
+        self._bdmc_gap: Optional[float] = None
         factory = generator or (lambda i, o: MLPGenerator(i, o, hidden=hidden))
         self.generator = factory(self.latent_dim, self.data_dim)
         self.last_accept_rate: Optional[float] = None
+
+    def save_hyperparameters(self, *args: Any, ignore: Any = None, frame: Any = None, logger: bool = True) -> None:
+        """The base's, with the ``ais`` group stored in place of the flat keys of an old checkpoint."""
+        super().save_hyperparameters(*args, ignore=ignore, frame=frame or inspect.currentframe().f_back,  # type: ignore[union-attr]
+                                     logger=logger)
+        record_groups(self, {"ais": self.ais}, self._flat_hparams)
 
     # --- the generator ---------------------------------------------------------------------------
     def prior_noise(self, n: int) -> Tensor:
@@ -164,33 +169,28 @@ class ImplicitGenerativeModel(GenerativeModel):
         r""":math:`\log \mathcal N(x; G(z), \sigma^2 I)` with :math:`\sigma` = ``obs_sigma``, ``(N,)`` for ``z``
         ``(N, latent_dim)`` and flat ``x`` ``(N, D)`` (also what
         :class:`~lightning_gm.callbacks.decoder_ais.DecoderAISEvaluation` uses with ``observation: model``)."""
-        _, gaussian_observation = decoder_ais_functions()
         return gaussian_observation(self.generate, self.obs_sigma)(z, x)
 
     @property
     def estimator(self) -> str:
-        return f"ais-decoder(sigma={self.obs_sigma:g},steps={self.ais_steps})"
+        return f"ais-decoder(sigma={self.obs_sigma:g},steps={self.ais.steps})"
 
     def log_prob(self, x: Tensor) -> Tensor:
-        r"""Decoder-AIS estimate of :math:`\log p_\sigma(x)`, ``(B,)`` (nats; ``ais_chains`` chains of
-        ``ais_steps`` HMC steps per example; deterministic given ``eval_seed``)."""
-        decoder_ais_log_prob, gaussian_observation = decoder_ais_functions()
-        gen = torch.Generator(device=x.device).manual_seed(self.eval_seed)
+        r"""Decoder-AIS estimate of :math:`\log p_\sigma(x)`, ``(B,)`` (nats; ``ais.chains`` chains of
+        ``ais.steps`` HMC steps per example; deterministic given ``ais.seed``)."""
+        gen = torch.Generator(device=x.device).manual_seed(self.ais.seed)
         was_training = self.generator.training
         self.generator.eval()
         bar = None
-        if self._trainer is not None and self.trainer.is_global_zero:
-            from lightning_gm.callbacks.ais import _Bar
-
-            bar = _Bar(True, f"decoder AIS, {x.shape[0]} examples x {self.ais_chains} chains")
+        if self._trainer is not None:
+            bar = trainer_progress(self.trainer, f"decoder AIS, {x.shape[0]} examples x {self.ais.chains} chains")
         try:
             # Lightning evaluates under inference mode; HMC needs gradients with respect to z
             with torch.inference_mode(False), torch.enable_grad(), _frozen(self.generator):
                 flat = x.flatten(1).detach().clone()
                 result = decoder_ais_log_prob(
-                    gaussian_observation(self.generate, self.obs_sigma), flat, self.latent_dim,
-                    n_chains=self.ais_chains, n_steps=self.ais_steps, leapfrog_steps=self.ais_leapfrog_steps,
-                    step_size=self.ais_step_size, target_accept=self.ais_target_accept, generator=gen, progress=bar,
+                    gaussian_observation(self.generate, self.obs_sigma), flat, self.latent_dim, self.ais,
+                    generator=gen, progress=bar,
                 )
         finally:
             self.generator.train(was_training)
@@ -203,6 +203,53 @@ class ImplicitGenerativeModel(GenerativeModel):
         super().test_step(batch, batch_idx)
         if self.last_accept_rate is not None:
             self.log("test/ais_accept_rate", self.last_accept_rate, on_epoch=True, batch_size=1)
+
+    def bdmc(self, n: int) -> tuple[Tensor, Tensor]:
+        """Bidirectional Monte Carlo on ``n`` examples simulated from the model (:math:`z \\sim \\mathcal N(0, I)`,
+        :math:`x = G(z) + \\sigma\\epsilon`): ``(lower, upper)`` per-example bounds on :math:`\\log p_\\sigma(x)`
+        (deterministic given ``ais.seed``)."""
+        gen = torch.Generator(device=self.device).manual_seed(self.ais.seed + 1)
+        was_training = self.generator.training
+        self.generator.eval()
+        bar = trainer_progress(self.trainer, f"BDMC, {n} simulated examples x {self.ais.chains} chains") \
+            if self._trainer is not None else None
+        try:
+            with torch.inference_mode(False), torch.enable_grad(), _frozen(self.generator):
+                z = torch.randn(n, self.latent_dim, generator=gen, device=self.device, dtype=self.dtype)
+                with torch.no_grad():
+                    x = self.generate(z)
+                    x = (x + self.obs_sigma * torch.randn(x.shape, generator=gen, device=x.device, dtype=x.dtype)).flatten(1)
+                res = decoder_bdmc(gaussian_observation(self.generate, self.obs_sigma), x.detach().clone(), z, self.ais,
+                                   generator=gen, progress=bar)
+        finally:
+            self.generator.train(was_training)
+            if bar is not None:
+                bar.close()
+        return res.lower, res.upper
+
+    def on_test_epoch_end(self) -> None:
+        """The bracket on simulated examples (``test/nll_conservative``: forward AIS, ``test/nll_subset``: reverse
+        AIS, ``test/bracket_examples``), then the test NLL."""
+        if self.bdmc_examples > 0:
+            lower, upper = self.bdmc(self.bdmc_examples)
+            n = lower.numel()
+            se = (lambda t: float(t.std() / n**0.5) if n > 1 else 0.0)
+            metrics = {"nll_conservative": float(-lower.mean()), "nll_conservative_stderr": se(lower),
+                       "nll_subset": float(-upper.mean()), "nll_subset_stderr": se(upper), "bracket_examples": float(n)}
+            for key, value in metrics.items():
+                self.log(f"test/{key}", value, sync_dist=False)
+            self._bdmc_label = f"bdmc {self.ais.chains:,}x{self.ais.steps:,} on {n:,} simulated examples"
+            self._bdmc_gap = metrics["nll_conservative"] - metrics["nll_subset"]
+        super().on_test_epoch_end()
+
+    def summary_fields(self) -> dict[str, Any]:
+        """The BDMC bracket's label, and a warning when it is wider than 1 nat."""
+        if self._bdmc_label is None or self._bdmc_gap is None:
+            return {}
+        out: dict[str, Any] = {"conservative_estimator": self._bdmc_label}
+        if abs(self._bdmc_gap) > 1.0:
+            out["warnings"] = [f"decoder AIS bracket {self._bdmc_gap:.2f} nats wide ({self._bdmc_label}; over 1 nat)"]
+        return out
 
     def validation_step(self, batch: Any, batch_idx: int) -> Tensor:
         loss = super().validation_step(batch, batch_idx)

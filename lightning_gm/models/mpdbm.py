@@ -35,6 +35,7 @@ References:
 
 from __future__ import annotations
 
+import inspect
 from typing import Any, Optional, Sequence
 
 import torch
@@ -42,9 +43,12 @@ from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from torch import Tensor, nn
 
 from lightning_gm.errors import ConfigError
-from lightning_gm.estimators.ais import base_rate_log_odds
-from lightning_gm.estimators.dbm import dbm_ais_log_partition, dbm_log_partition_enumerate
+from lightning_gm.estimators.ais import AISSchedule, AnnealingPath, base_rate_log_odds
+from lightning_gm.estimators.dbm import DBMAnnealingPath, dbm_reverse_start
+from lightning_gm.estimators.reverse import ReverseStart
 from lightning_gm.models.base import GenerativeModel
+from lightning_gm.models.dbm import dbm_exact_log_partition
+from lightning_gm.models.energy import FLAT_AIS_KEYS, PartitionMixin, fold_flat_hparams, record_groups
 from lightning_gm.nn.dbm import BinaryDBM
 from lightning_gm.nn.mpdbm import MaskedMeanField, label_logits, layer_conditional, masked_mean_field, multi_prediction_loss, sample_missing
 
@@ -55,7 +59,7 @@ def _adam(params: Any) -> torch.optim.Optimizer:
     return torch.optim.Adam(params, lr=1e-3)
 
 
-class MPDBM(GenerativeModel):
+class MPDBM(PartitionMixin, GenerativeModel):
     r"""Multi-prediction DBM with binary units and optional label units (module docstring).
 
     Args:
@@ -77,12 +81,11 @@ class MPDBM(GenerativeModel):
         eval_seed: seed of the validation / test masks (reset every epoch).
         test_loglik: at test, log ``test/nll`` = -(mean-field bound - log Z) (no labels only).
         sample_steps: Gibbs sweeps for :meth:`sample`.
-        ais_runs: AIS chains for :math:`\log Z` (``test_loglik``).
-        ais_steps: AIS annealing steps.
-        ais_seed: seed of the AIS chains.
-        exact_max_units: enumerate :math:`\log Z` exactly when the smaller odd/even layer set has at most this many units.
+        ais: :math:`\log Z` for ``test_loglik`` (:class:`~lightning_gm.estimators.ais.AISSchedule`; exact when the smaller
+            odd/even layer set has at most ``ais.exact_max_units`` units).
         optimizer: optimiser factory (default Adam, lr 1e-3).
         lr_scheduler: optional scheduler factory.
+        **flat: flat keys of old checkpoints (``ais_runs``, ...), folded into ``ais``.
     """
 
     family = "dbm"
@@ -105,14 +108,13 @@ class MPDBM(GenerativeModel):
         eval_seed: int = 0,
         test_loglik: bool = False,
         sample_steps: int = 1000,
-        ais_runs: int = 100,
-        ais_steps: int = 14500,
-        ais_seed: int = 0,
-        exact_max_units: int = 20,
+        ais: AISSchedule = AISSchedule(),
         optimizer: OptimizerCallable = _adam,
         lr_scheduler: Optional[LRSchedulerCallable] = None,
+        **flat: Any,
     ) -> None:
         super().__init__(data_shape, optimizer, lr_scheduler)
+        self.ais = fold_flat_hparams("MPDBM", flat, {"ais": AISSchedule.coerce(ais)}, FLAT_AIS_KEYS)["ais"]  # type: ignore[assignment]
         hidden = [int(h) for h in hidden]
         if not hidden or any(h < 1 for h in hidden):
             raise ConfigError(f"model.hidden must be a non-empty list of positive sizes, got {hidden}")
@@ -131,13 +133,12 @@ class MPDBM(GenerativeModel):
                 f"model.test_loglik=true with model.n_classes={n_classes}: the DBM AIS estimator has no label "
                 "units, so no test log-likelihood is available; set test_loglik=false or n_classes=0"
             )
-        self.save_hyperparameters(ignore=["optimizer", "lr_scheduler"])
+        self.save_hyperparameters(ignore=["optimizer", "lr_scheduler"], frame=inspect.currentframe())
+        record_groups(self, {"ais": self.ais}, flat)
         self.hidden, self.n_classes, self.mf_steps = hidden, int(n_classes), int(mf_steps)
         self.mask_prob, self.mask_per_example, self.classify_prob = float(mask_prob), mask_per_example, float(classify_prob)
         self.multi_inference, self.weight_cost = multi_inference, float(weight_cost)
         self.eval_seed, self.test_loglik, self.sample_steps = int(eval_seed), test_loglik, int(sample_steps)
-        self.ais_runs, self.ais_steps, self.ais_seed = int(ais_runs), int(ais_steps), int(ais_seed)
-        self.exact_max_units = int(exact_max_units)
         self.sizes = [self.data_dim, *hidden]
         self.centered = centered
         self.dbm = BinaryDBM(self.sizes, weight_std=weight_std, centered=centered)
@@ -153,7 +154,6 @@ class MPDBM(GenerativeModel):
             self.label_weights = self.label_bias = None
         self._y: Optional[Tensor] = None
         self._eval_generator: Optional[torch.Generator] = None
-        self._log_z: Optional[tuple[float, float]] = None
 
     # ------------------------------------------------------------------ inference
     def _flat(self, x: Tensor) -> Tensor:
@@ -301,49 +301,46 @@ class MPDBM(GenerativeModel):
         return self.inpaint(v, missing).reshape(x.shape[0], *self.data_shape)
 
     # ------------------------------------------------------------------ test
-    def _exact_possible(self) -> bool:
-        return min(sum(self.sizes[1::2]), sum(self.sizes[0::2])) <= self.exact_max_units
+    def exact_log_partition(self) -> Optional[float]:
+        self._check_loglik()
+        return dbm_exact_log_partition(self.dbm, self.ais.exact_max_units)
+
+    def _base_log_odds(self) -> Tensor:
+        mean = self.dbm.offset(0) if self.centered else torch.sigmoid(self.dbm.biases[0].detach())
+        return base_rate_log_odds(mean.double().unsqueeze(0))
+
+    def annealing_path(self) -> AnnealingPath:
+        """The label-free DBM's path from the base-rate model of the visible means (the centring offset, or the
+        visible biases' probabilities)."""
+        self._check_loglik()
+        return DBMAnnealingPath(self.dbm, self._base_log_odds())
+
+    def reverse_annealing_start(self, x: Tensor, chains: int, generator: Optional[torch.Generator] = None) -> ReverseStart:
+        """RAISE from the data, the even hidden layers drawn from the mean-field posterior (as the DBM)."""
+        self._check_loglik()
+        v = self._flat(x)
+        with torch.no_grad():
+            means = self.dbm.mean_field(v, iterations=max(self.mf_steps, 30))[0]
+        return dbm_reverse_start(self.dbm, self._base_log_odds(), v, means, chains, generator)
+
+    def _check_loglik(self) -> None:
+        if self.n_classes:
+            raise ConfigError("MPDBM: no log Z with label units (model.init_args.n_classes > 0)")
 
     @property
     def estimator(self) -> str:
         if not self.test_loglik:
             raise NotImplementedError("MPDBM: no test log-likelihood (test_loglik=false)")
-        return "exact+meanfield" if self._exact_possible() else "ais+meanfield"
+        return self.partition_label(exact="exact+meanfield", ais="ais+meanfield")
 
-    def log_partition(self) -> tuple[float, float]:
-        """``(log Z, standard error)`` of the label-free DBM (exact when enumerable, else AIS, base rate from ``b_0``)."""
-        if self.n_classes:
-            raise ConfigError("MPDBM.log_partition: not available with label units (model.n_classes > 0)")
-        if self._exact_possible():
-            return dbm_log_partition_enumerate(self.dbm, max_units=self.exact_max_units), 0.0
-        generator = torch.Generator(device=self.device).manual_seed(self.ais_seed)
-        mean = self.dbm.offset(0) if self.centered else torch.sigmoid(self.dbm.biases[0].detach())
-        base = base_rate_log_odds(mean.double().unsqueeze(0))
-        res = dbm_ais_log_partition(self.dbm, n_runs=self.ais_runs, betas=self.ais_steps, base_visible_bias=base,
-                                    generator=generator)
-        return res.log_z, res.log_z_std_error
-
-    def log_prob(self, x: Tensor) -> Tensor:
-        """Mean-field lower bound minus :math:`\\log Z` (no labels; ``(B,)``)."""
-        if self._log_z is None:
-            self._log_z = self.log_partition()
+    def log_prob_unnormalized(self, x: Tensor) -> Tensor:
+        """Mean-field lower bound on :math:`\log p(v) + \log Z` (no labels; ``(B,)``)."""
         v = self._flat(x)
         with torch.no_grad():
             mus = self.dbm.mean_field(v, iterations=max(self.mf_steps, 30))[0]
-            return self.dbm.mean_field_bound(mus) - self._log_z[0]
+            return self.dbm.mean_field_bound(mus)
 
-    def test_step(self, batch: Any, batch_idx: int) -> None:
-        self._common_step(batch, "test")
-        if self.test_loglik:
-            x = batch[0] if isinstance(batch, (tuple, list)) else batch
-            self.test_nll.update(-self.log_prob(x))
-
-    def on_test_epoch_end(self) -> None:
-        if self.test_loglik:
-            if self._log_z is not None:
-                self.log("test/logZ", float(self._log_z[0]), sync_dist=False)
-                self.log("test/logZ_stderr", float(self._log_z[1]), sync_dist=False)
-            super().on_test_epoch_end()
-
-    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        self._log_z = None
+    @property
+    def has_test_likelihood(self) -> bool:
+        """``test_loglik`` (then ``test/nll`` is the label-free DBM's bound minus log Z)."""
+        return self.test_loglik

@@ -19,10 +19,22 @@ target: the gradient of the last term is :math:`\lambda_s (q_j - p)` on :math:`c
 of Hinton (2010, section 11). The weight cost applies to ``W`` only (not the biases), as recommended.
 
 Test log-likelihood: :math:`\log p(v) = -F(v) - \log Z` with :math:`\log Z` exact (enumeration of the
-smaller layer, when it has at most ``exact_max_units`` units) or estimated by AIS (``ais_runs`` chains,
-``ais_steps`` intermediate distributions). The estimate is computed once per set of parameters at
-``on_test_start``; the :class:`~lightning_gm.callbacks.ais.AISEvaluation` callback, when configured,
-runs the same computation first with a progress bar and writes the per-example free energies.
+smaller layer, when it has at most ``ais.exact_max_units`` units) or estimated by AIS (``ais.runs`` chains,
+``ais.steps`` intermediate distributions), through the shared
+:class:`~lightning_gm.models.energy.PartitionMixin` (computed once per set of parameters at ``on_test_start``,
+with a progress bar; the :class:`~lightning_gm.callbacks.ais.AISEvaluation` callback, when configured, also
+writes the per-example free energies).
+
+The knobs several RBM-family models share come as parameter groups: ``cd``
+(:class:`~lightning_gm.nn.rbm.CD`: ``k``, ``persistent``, ``chains``), ``penalties``
+(:class:`~lightning_gm.nn.rbm.Penalties`: weight cost and sparsity) and ``ais``
+(:class:`~lightning_gm.estimators.ais.AISSchedule`); in a config::
+
+    model:
+      class_path: lightning_gm.models.RBM
+      init_args:
+        cd: {k: 1, persistent: true, chains: 100}
+        ais: {runs: 100, steps: 14500}
 
 Persistent chains are the buffer ``chains`` (saved in checkpoints). Under DDP every process keeps
 its own chains and its own random stream for them (seeded from the global seed and the rank; the
@@ -40,8 +52,7 @@ References:
 
 from __future__ import annotations
 
-import math
-from dataclasses import dataclass, field
+import inspect
 from typing import Any, Iterable, Optional, Sequence
 
 import torch
@@ -51,41 +62,25 @@ from torch import Tensor
 from torchmetrics import MeanMetric
 
 from lightning_gm.errors import ConfigError
-from lightning_gm.estimators.ais import ProgressFn, ais_log_partition, base_rate_log_odds, summarize_log_weights
+from lightning_gm.estimators.ais import AISSchedule, AnnealingPath, base_rate_log_odds
+from lightning_gm.estimators.rbm_ais import GaussianRBMAnnealingPath, RBMAnnealingPath
 from lightning_gm.estimators.partition import log_partition_enumerate
 from lightning_gm.models.base import GenerativeModel
-from lightning_gm.nn.rbm import BernoulliRBM, GaussianBernoulliRBM, RBMBase, with_gradients
+from lightning_gm.models.energy import (
+    FLAT_AIS_KEYS,
+    FLAT_CD_KEYS,
+    FLAT_PENALTY_KEYS,
+    ChainStream,
+    PartitionMixin,
+    batch_data,
+    fold_flat_hparams,
+    record_groups,
+    seeded_rng,
+    sgd_binary_rbm,
+)
+from lightning_gm.nn.rbm import CD, BernoulliRBM, GaussianBernoulliRBM, Penalties, RBMBase, with_gradients
 
-__all__ = ["RBM", "GaussianRBM", "LogPartition", "PartitionMixin", "cd_step", "sparsity_penalty"]
-
-
-def _sgd(params: Any) -> torch.optim.Optimizer:
-    # Hinton (2010): learning rate ~0.1 for binary RBMs on mean gradients, momentum 0.9 after a warm-up at 0.5.
-    return torch.optim.SGD(params, lr=0.1, momentum=0.9)
-
-
-@dataclass
-class LogPartition:
-    r"""A log-partition function and how it was obtained.
-
-    Attributes:
-        log_z: :math:`\log Z` (exact or :math:`\log \hat Z`).
-        estimator: ``"exact"`` or ``"ais"``.
-        std_error: delta-method standard error of :math:`\log\hat Z` (0 when exact).
-        interval: the :math:`\pm 3\sigma` interval of Salakhutdinov & Murray (2008) (``(log_z, log_z)`` when exact).
-        n_runs, n_steps: AIS chains and intermediate distributions (0 when exact).
-        effective_sample_size: of the AIS weights (``n_runs`` when exact).
-        log_weights: ``(n_runs,)`` float64 AIS log-weights (empty when exact).
-    """
-
-    log_z: float
-    estimator: str
-    std_error: float = 0.0
-    interval: tuple[float, float] = (0.0, 0.0)
-    n_runs: int = 0
-    n_steps: int = 0
-    effective_sample_size: float = 0.0
-    log_weights: Tensor = field(default_factory=lambda: torch.zeros(0, dtype=torch.float64))
+__all__ = ["RBM", "GaussianRBM", "RBMModelBase", "cd_step", "sparsity_penalty"]
 
 
 def sparsity_penalty(hidden_logits: Tensor, running_q: Tensor, target: float, cost: float) -> Tensor:
@@ -132,144 +127,34 @@ def cd_step(
     return new
 
 
-class _Seeded:
-    """Context: run a block with the global torch RNG seeded to ``seed``, then restore the outer stream."""
+class RBMModelBase(ChainStream, PartitionMixin, GenerativeModel):
+    """Everything the RBM-family LightningModules share (:class:`RBM`, :class:`GaussianRBM`, the subspace and the
+    spike-and-slab RBM). A subclass takes its own arguments plus ``**kwargs`` and passes them on by keyword;
+    it implements ``_make_rbm``, ``_init_from_data`` and the :class:`~lightning_gm.models.energy.PartitionMixin`
+    hooks.
 
-    def __init__(self, seed: int) -> None:
-        self.seed = seed
-        self._ctx = torch.random.fork_rng(devices=[])
-
-    def __enter__(self) -> None:
-        self._ctx.__enter__()
-        torch.manual_seed(self.seed)
-
-    def __exit__(self, *exc: Any) -> None:
-        self._ctx.__exit__(*exc)
-
-
-def _first(batch: Any) -> Tensor:
-    return batch[0] if isinstance(batch, (tuple, list)) else batch
-
-
-class PartitionMixin:
-    """Log-partition bookkeeping shared by the RBM-family LightningModules.
-
-    A model using it implements :meth:`_partition_rbm` (the RBM whose :math:`Z` is needed),
-    :meth:`_ais_base` (the AIS base model's visible biases) and :meth:`log_prob_unnormalized`, and has
-    ``ais_runs``, ``ais_steps``, ``ais_seed`` and ``exact_max_units`` attributes. Then
-    ``log_prob(x) = log_prob_unnormalized(x) - log Z`` and :meth:`ensure_log_partition` computes
-    :math:`\\log Z` once per set of parameters.
-
-    Under DDP the AIS runs are sharded: every process runs ``ceil(ais_runs / world_size)`` chains with
-    its own seed (``ais_seed``, rank), the log-weights are all-gathered and every process summarises the
-    same ``ais_runs`` weights, so all ranks hold the same :math:`\\log\\hat Z` and the wall time drops
-    with the number of processes.
+    Args:
+        data_shape: shape of one example (linked from the data); ``D`` visible units.
+        n_hidden: hidden units ``H``.
+        cd: contrastive divergence (:class:`~lightning_gm.nn.rbm.CD`: sweeps ``k``, ``persistent`` chains, their number).
+        penalties: weight cost and sparsity (:class:`~lightning_gm.nn.rbm.Penalties`).
+        weight_std: standard deviation of the initial weights (Hinton: 0.01).
+        initial_momentum: momentum of the first ``momentum_warmup_epochs`` epochs (Hinton: 0.5), after
+            which the optimiser's own momentum applies (0 epochs = always the optimiser's).
+        momentum_warmup_epochs: see ``initial_momentum``.
+        init_visible_bias: set the visible biases from the training data at fit start (the binary RBM:
+            :math:`b_i = \\log p_i/(1-p_i)`).
+        monitor_examples: size of the fixed training subset for ``val/free_energy_gap``.
+        sample_steps: Gibbs sweeps behind :meth:`sample` (pictures).
+        ais: the test :math:`\\log Z` (:class:`~lightning_gm.estimators.ais.AISSchedule`: runs, steps, seed, exact limit).
+        update_batch_size: examples per CD update when it is smaller than the data's batch size: each loaded
+            batch is split into consecutive updates of this size (the same updates as loading them one by one;
+            Lightning's per-step cost is paid once per loaded batch). ``None``: one update per loaded batch.
+        optimizer: optimiser factory (default SGD, lr 0.1, momentum 0.9).
+        lr_scheduler: optional scheduler factory.
+        **flat: the flat keys of checkpoints written before the parameter groups (``k``, ``ais_runs``, ...),
+            folded into the groups; anything else is a ``TypeError``.
     """
-
-    ais_runs: int
-    ais_steps: int
-    ais_seed: int
-    exact_max_units: int
-    _log_partition: Optional[LogPartition]
-    _log_partition_key: Optional[tuple[float, ...]]
-
-    def _partition_rbm(self) -> RBMBase:
-        raise NotImplementedError
-
-    def _ais_base(self) -> Optional[Tensor]:
-        raise NotImplementedError
-
-    def log_prob_unnormalized(self, x: Tensor) -> Tensor:
-        """``log p(x) + log Z`` per example, ``(B,)``."""
-        raise NotImplementedError
-
-    # ------------------------------------------------------------------ log Z
-    def _enumerable(self) -> bool:
-        rbm = self._partition_rbm()
-        n = min(rbm.n_visible, rbm.n_hidden) if isinstance(rbm, BernoulliRBM) else rbm.n_hidden
-        return n <= self.exact_max_units
-
-    @property
-    def partition_estimator(self) -> str:
-        """``"exact"`` when the smaller layer can be enumerated, else ``"ais"``."""
-        return "exact" if self._enumerable() else "ais"
-
-    def _parameter_key(self) -> tuple[float, ...]:
-        rbm = self._partition_rbm()
-        key: list[float] = []
-        for t in list(rbm.parameters()) + list(rbm.buffers()):
-            d = t.detach().double()
-            key += [float(d.sum()), float(d.pow(2).sum()), float(t.numel())]
-        return tuple(key)
-
-    def compute_log_partition(
-        self,
-        n_runs: Optional[int] = None,
-        n_steps: Optional[int] = None,
-        progress: Optional[ProgressFn] = None,
-        force_ais: bool = False,
-        seed: Optional[int] = None,
-    ) -> LogPartition:
-        r""":math:`\log Z` of :meth:`_partition_rbm`: exact if enumerable (and not ``force_ais``), else AIS.
-
-        Args:
-            n_runs: AIS chains (default ``ais_runs``), split over the DDP processes.
-            n_steps: intermediate distributions (default ``ais_steps``; 14,500 = the literature schedule).
-            progress: ``progress(step, total)`` hook (called by every process; show it on rank 0).
-            force_ais: use AIS even when exact enumeration is possible (tests of the estimator).
-            seed: AIS seed (default ``ais_seed``); process ``r`` uses ``seed * 1000 + r``.
-        """
-        rbm = self._partition_rbm()
-        if self._enumerable() and not force_ais:
-            log_z = log_partition_enumerate(rbm, max_units=self.exact_max_units)
-            return LogPartition(log_z, "exact", interval=(log_z, log_z))
-        n_runs = int(n_runs or self.ais_runs)
-        n_steps = int(n_steps or self.ais_steps)
-        trainer = getattr(self, "_trainer", None)
-        world = trainer.world_size if trainer is not None else 1
-        rank = trainer.global_rank if trainer is not None else 0
-        local_runs = math.ceil(n_runs / world)
-        device = rbm.W.device
-        generator = torch.Generator(device=device).manual_seed(int(seed if seed is not None else self.ais_seed) * 1000 + rank)
-        local = ais_log_partition(
-            rbm, n_runs=local_runs, betas=n_steps, base_visible_bias=self._ais_base(), generator=generator,
-            progress=progress,
-        )
-        log_w = local.log_weights
-        if world > 1:
-            log_w = self.all_gather(log_w).reshape(-1)  # type: ignore[attr-defined]
-        res = summarize_log_weights(log_w[:n_runs].cpu(), local.log_z_base, n_steps=n_steps)
-        return LogPartition(
-            log_z=res.log_z, estimator="ais", std_error=res.log_z_std_error, interval=res.log_z_interval,
-            n_runs=n_runs, n_steps=n_steps, effective_sample_size=res.effective_sample_size, log_weights=res.log_weights,
-        )
-
-    def ensure_log_partition(self, progress: Optional[ProgressFn] = None) -> LogPartition:
-        """:math:`\\log Z` for the current parameters with the test schedule, computed at most once."""
-        key = self._parameter_key()
-        if self._log_partition is None or self._log_partition_key != key:
-            self._log_partition = self.compute_log_partition(progress=progress)
-            self._log_partition_key = key
-        return self._log_partition
-
-    @property
-    def log_z(self) -> LogPartition:
-        """The cached :class:`LogPartition` (computed on first use)."""
-        return self.ensure_log_partition()
-
-    def log_prob(self, x: Tensor) -> Tensor:
-        return self.log_prob_unnormalized(x) - self.ensure_log_partition().log_z
-
-    def _log_partition_metrics(self) -> dict[str, float]:
-        lp = self.ensure_log_partition()
-        out = {"logZ": lp.log_z, "logZ_stderr": lp.std_error, "logZ_lower": lp.interval[0], "logZ_upper": lp.interval[1]}
-        if lp.estimator == "ais":
-            out["ais_ess"] = lp.effective_sample_size
-        return out
-
-
-class _RBMModelBase(PartitionMixin, GenerativeModel):
-    """Everything :class:`RBM` and :class:`GaussianRBM` share (see :class:`RBM` for the arguments)."""
 
     family = "rbm"
     manual_loop = True  # plain "CD loss, backward, SGD step": the base's lean loop (see models/base.py)
@@ -281,58 +166,47 @@ class _RBMModelBase(PartitionMixin, GenerativeModel):
 
     def __init__(
         self,
-        data_shape: Sequence[int],
-        n_hidden: int,
-        k: int,
-        persistent: bool,
-        num_chains: int,
-        weight_std: float,
-        weight_cost: float,
-        sparsity_target: float,
-        sparsity_cost: float,
-        sparsity_decay: float,
-        initial_momentum: float,
-        momentum_warmup_epochs: int,
-        init_visible_bias: bool,
-        monitor_examples: int,
-        sample_steps: int,
-        ais_runs: int,
-        ais_steps: int,
-        ais_seed: int,
-        exact_max_units: int,
-        optimizer: OptimizerCallable,
-        lr_scheduler: Optional[LRSchedulerCallable],
+        data_shape: Sequence[int] = (784,),
+        n_hidden: int = 500,
+        cd: CD = CD(),
+        penalties: Penalties = Penalties(),
+        weight_std: float = 0.01,
+        initial_momentum: float = 0.5,
+        momentum_warmup_epochs: int = 5,
+        init_visible_bias: bool = True,
+        monitor_examples: int = 1000,
+        sample_steps: int = 1000,
+        ais: AISSchedule = AISSchedule(),
+        update_batch_size: Optional[int] = None,
+        optimizer: OptimizerCallable = sgd_binary_rbm,
+        lr_scheduler: Optional[LRSchedulerCallable] = None,
+        **flat: Any,
     ) -> None:
         super().__init__(data_shape, optimizer, lr_scheduler)
-        checks = {
-            "n_hidden": (n_hidden >= 1, n_hidden), "k": (k >= 1, k), "num_chains": (num_chains >= 1, num_chains),
-            "weight_cost": (weight_cost >= 0, weight_cost), "sparsity_cost": (sparsity_cost >= 0, sparsity_cost),
-            "sparsity_target": (0 <= sparsity_target < 1, sparsity_target),
-            "sparsity_decay": (0 <= sparsity_decay < 1, sparsity_decay), "ais_runs": (ais_runs >= 1, ais_runs),
-            "ais_steps": (ais_steps >= 3, ais_steps), "sample_steps": (sample_steps >= 1, sample_steps),
-        }
-        for key, (ok, value) in checks.items():
+        groups = fold_flat_hparams(type(self).__name__, flat, {"cd": CD.coerce(cd), "penalties": Penalties.coerce(penalties),
+                                                               "ais": AISSchedule.coerce(ais)},
+                                   {**FLAT_CD_KEYS, **FLAT_PENALTY_KEYS, **FLAT_AIS_KEYS})
+        self.save_hyperparameters(ignore=["optimizer", "lr_scheduler"], frame=inspect.currentframe())
+        record_groups(self, groups, flat)
+        for key, (ok, value) in {"n_hidden": (n_hidden >= 1, n_hidden), "sample_steps": (sample_steps >= 1, sample_steps)}.items():
             if not ok:
                 raise ConfigError(f"model.init_args.{key}: invalid value {value!r} (see the {type(self).__name__} docstring)")
-        self.n_hidden, self.k, self.persistent, self.num_chains = n_hidden, k, persistent, num_chains
-        self.weight_cost = weight_cost
-        self.sparsity_target, self.sparsity_cost, self.sparsity_decay = sparsity_target, sparsity_cost, sparsity_decay
+        self.cd: CD = groups["cd"]  # type: ignore[assignment]
+        self.penalties: Penalties = groups["penalties"]  # type: ignore[assignment]
+        self.ais = groups["ais"]  # type: ignore[assignment]
+        self.n_hidden = n_hidden
         self.initial_momentum, self.momentum_warmup_epochs = initial_momentum, momentum_warmup_epochs
         self.init_visible_bias = init_visible_bias
         self.monitor_examples, self.sample_steps = monitor_examples, sample_steps
-        self.ais_runs, self.ais_steps, self.ais_seed, self.exact_max_units = ais_runs, ais_steps, ais_seed, exact_max_units
+        self.set_update_batch_size(update_batch_size)
         self.rbm = self._make_rbm(weight_std)
-        self.register_buffer("chains", torch.zeros(num_chains if persistent else 0, self.data_dim))
+        self.register_buffer("chains", torch.zeros(self.cd.chains if self.cd.persistent else 0, self.data_dim))
         self.register_buffer("chains_ready", torch.zeros((), dtype=torch.bool))
-        self.register_buffer("running_q", torch.full((n_hidden,), sparsity_target))
+        self.register_buffer("running_q", torch.full((n_hidden,), self.penalties.sparsity_target))
         self.register_buffer("ais_base", torch.zeros(self.data_dim))
         # per-process chains: DDP must not overwrite them with rank 0's at every forward
         self._ddp_params_and_buffers_to_ignore = ["chains"]
         self._train_subset: Optional[Tensor] = None
-        self._generator: Optional[torch.Generator] = None
-        self._pending_generator_state: Optional[Tensor] = None
-        self._log_partition = None
-        self._log_partition_key = None
         self._closed_form_grads: Optional[tuple[Tensor, ...]] = None
         self.val_free_energy = MeanMetric()
 
@@ -353,11 +227,18 @@ class _RBMModelBase(PartitionMixin, GenerativeModel):
         raise NotImplementedError
 
     # ------------------------------------------------------------------ PartitionMixin hooks
-    def _partition_rbm(self) -> RBMBase:
-        return self.rbm
+    def annealing_path(self) -> AnnealingPath:
+        """Salakhutdinov & Murray's path from the base-rate model (``ais_base``, the data's log-odds) to the RBM."""
+        return RBMAnnealingPath(self.rbm, self.ais_base)  # type: ignore[arg-type]
 
-    def _ais_base(self) -> Optional[Tensor]:
-        return self.ais_base
+    def exact_log_partition(self) -> Optional[float]:
+        """Enumerate the smaller layer (the hidden one for real-valued visibles) when it has at most
+        ``ais.exact_max_units`` units."""
+        rbm = self.rbm
+        n = min(rbm.n_visible, rbm.n_hidden) if isinstance(rbm, BernoulliRBM) else rbm.n_hidden
+        if n > self.ais.exact_max_units:
+            return None
+        return log_partition_enumerate(rbm, max_units=self.ais.exact_max_units)
 
     def free_energy(self, x: Tensor) -> Tensor:
         """:math:`F(v)` of data ``x`` (in model space), ``(B,)``."""
@@ -365,24 +246,6 @@ class _RBMModelBase(PartitionMixin, GenerativeModel):
 
     def log_prob_unnormalized(self, x: Tensor) -> Tensor:
         return -self.free_energy(x)
-
-    @property
-    def estimator(self) -> str:
-        return self.partition_estimator
-
-    # ------------------------------------------------------------------ randomness of the chains
-    @property
-    def generator(self) -> torch.Generator:
-        """This process's random stream for the Gibbs chains (seeded from the global seed and the rank)."""
-        if self._generator is None:
-            rank = self.trainer.global_rank if self._trainer is not None else 0
-            self._generator = torch.Generator(device=self.device)
-            if self._pending_generator_state is not None:
-                self._generator.set_state(self._pending_generator_state)
-                self._pending_generator_state = None
-            else:
-                self._generator.manual_seed((torch.initial_seed() * 1_000_003 + 7919 * (rank + 1)) % (2**63))
-        return self._generator
 
     # ------------------------------------------------------------------ data at fit start
     def _training_data(self) -> Optional[Iterable[Any]]:
@@ -399,7 +262,7 @@ class _RBMModelBase(PartitionMixin, GenerativeModel):
         count, subset = 0, []
         kept = 0
         for batch in loader:
-            x = _first(batch).reshape(_first(batch).shape[0], -1).double()
+            x = batch_data(batch).reshape(batch_data(batch).shape[0], -1).double()
             total += x.sum(0)
             total_sq += x.pow(2).sum(0)
             count += x.shape[0]
@@ -421,7 +284,7 @@ class _RBMModelBase(PartitionMixin, GenerativeModel):
         loader = self._training_data()
         if loader is None:
             return
-        with _Seeded(12345):  # fixed draws (dynamic binarisation, shuffling); the outer stream is untouched
+        with seeded_rng(12345):  # fixed draws (dynamic binarisation, shuffling); the outer stream is untouched
             mean, sq_mean, subset = self._data_moments(loader)
         self._train_subset = subset
         if self.trainer.ckpt_path is None:
@@ -442,14 +305,14 @@ class _RBMModelBase(PartitionMixin, GenerativeModel):
                 group["momentum"] = self.initial_momentum if warm else group["final_momentum"]
 
     def _negative(self, v: Tensor, data_logits: Optional[Tensor] = None) -> Tensor:
-        if not self.persistent:  # CD-k: the chain starts at the data, from the hidden input already computed
-            return self.rbm.gibbs_vhv(v, self.k, self.generator, hidden_logits=data_logits).v
+        if not self.cd.persistent:  # CD-k: the chain starts at the data, from the hidden input already computed
+            return self.rbm.gibbs_vhv(v, self.cd.k, self.generator, hidden_logits=data_logits).v
         if not bool(self.chains_ready):
             with torch.no_grad():  # start the chains at the model's visible marginals with h = 0
-                h0 = torch.zeros(self.num_chains, self.n_hidden, device=self.device, dtype=self.rbm.W.dtype)
+                h0 = torch.zeros(self.cd.chains, self.n_hidden, device=self.device, dtype=self.rbm.W.dtype)
                 self.chains.copy_(self.rbm.sample_visibles(h0, generator=self.generator))
                 self.chains_ready.fill_(True)
-        return cd_step(self.rbm, v, self.k, self.chains, self.generator)
+        return cd_step(self.rbm, v, self.cd.k, self.chains, self.generator)
 
     def _monitor_terms(self, v: Tensor) -> dict[str, Tensor]:
         return {}
@@ -475,17 +338,18 @@ class _RBMModelBase(PartitionMixin, GenerativeModel):
             with torch.no_grad():
                 terms["recon_error"] = self.rbm.reconstruction_error(v, hidden_probs=torch.sigmoid(logits))
         signal = None
-        if self.sparsity_cost > 0:
+        pen = self.penalties
+        if pen.sparsity_cost > 0:
             with torch.no_grad():
                 q = torch.sigmoid(logits).mean(0)
-                self.running_q.mul_(self.sparsity_decay).add_((1 - self.sparsity_decay) * q)
-                signal = self.running_q - self.sparsity_target
+                self.running_q.mul_(pen.sparsity_decay).add_((1 - pen.sparsity_decay) * q)
+                signal = self.running_q - pen.sparsity_target
             terms["hidden_activity"] = q.mean()
         if closed_form:
             assert isinstance(self.rbm, BernoulliRBM)
             logged = self.is_logging_step()
-            value, grads = self.rbm.cd_gradients(v, v_model, logits, self.weight_cost,
-                                                 None if signal is None else (signal, self.sparsity_cost),
+            value, grads = self.rbm.cd_gradients(v, v_model, logits, pen.weight_cost,
+                                                 None if signal is None else (signal, pen.sparsity_cost),
                                                  compute_value=logged)
             # in a one-process fit _backward hands the gradients to .grad: the loss needs no autograd carrier
             fitting_alone = self._trainer is not None and self._single_process()
@@ -495,10 +359,10 @@ class _RBMModelBase(PartitionMixin, GenerativeModel):
                 terms["cd_gap"] = value
         else:
             loss = self.rbm.cd_loss(v, v_model, data_logits=logits)
-            if self.weight_cost > 0:
-                loss = loss + 0.5 * self.weight_cost * self.rbm.W.pow(2).sum()
-            if self.sparsity_cost > 0:
-                loss = loss + sparsity_penalty(logits, self.running_q, self.sparsity_target, self.sparsity_cost)
+            if pen.weight_cost > 0:
+                loss = loss + 0.5 * pen.weight_cost * self.rbm.W.pow(2).sum()
+            if pen.sparsity_cost > 0:
+                loss = loss + sparsity_penalty(logits, self.running_q, pen.sparsity_target, pen.sparsity_cost)
             terms["cd_gap"] = loss.detach()
         terms["loss"] = loss
         return terms
@@ -527,21 +391,6 @@ class _RBMModelBase(PartitionMixin, GenerativeModel):
                 self.log("val/free_energy_gap", (val_fe - train_fe).float(), sync_dist=False)
                 self.log("val/free_energy_train_subset", train_fe.float(), sync_dist=False)
 
-    # ------------------------------------------------------------------ test
-    def on_test_start(self) -> None:
-        self.ensure_log_partition()
-
-    def on_test_epoch_end(self) -> None:
-        lp = self.ensure_log_partition()
-        for key, value in self._log_partition_metrics().items():
-            self.log(f"test/{key}", float(value), sync_dist=False)
-        if self.test_nll.update_called:
-            nll = float(self.test_nll.compute()[0])
-            # nll = mean F + log Z: the log Z interval moves the NLL one for one
-            self.log("test/nll_lower", nll + lp.interval[0] - lp.log_z, sync_dist=False)
-            self.log("test/nll_upper", nll + lp.interval[1] - lp.log_z, sync_dist=False)
-        super().on_test_epoch_end()
-
     # ------------------------------------------------------------------ checkpoints
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         """Store every process's chains and chain random stream (collective under DDP: Lightning calls
@@ -566,7 +415,6 @@ class _RBMModelBase(PartitionMixin, GenerativeModel):
         if states is not None and states.shape[0] == world:
             self._pending_generator_state = states[rank].to(torch.uint8).clone()
             self._generator = None
-        self._log_partition = None
 
     # ------------------------------------------------------------------ sampling and pictures
     @torch.no_grad()
@@ -595,7 +443,7 @@ class _RBMModelBase(PartitionMixin, GenerativeModel):
         w = self.rbm.W.detach().T[: max(n, 100)]
         lo, hi = w.min(1, keepdim=True).values, w.max(1, keepdim=True).values
         out = {"filters": ((w - lo) / (hi - lo).clamp_min(1e-12)).float().cpu()}
-        if self.persistent and bool(self.chains_ready):
+        if self.cd.persistent and bool(self.chains_ready):
             v = self.rbm.mean_visibles(self.rbm.mean_hiddens(self.chains[:n]))
             out["fantasy"] = self._display(v)
         return out
@@ -604,7 +452,7 @@ class _RBMModelBase(PartitionMixin, GenerativeModel):
         return self.to_data_space(v).reshape(v.shape[0], -1).clamp(0, 1).float().cpu()
 
 
-class RBM(_RBMModelBase):
+class RBM(RBMModelBase):
     r"""Bernoulli-Bernoulli RBM (model family ``rbm``) trained by CD-k or PCD.
 
     .. math::
@@ -619,32 +467,9 @@ class RBM(_RBMModelBase):
     ``test/nll`` (estimator ``exact`` or ``ais``), ``test/logZ`` and its interval.
 
     Args:
-        data_shape: shape of one example (linked from the data); ``D`` visible units.
-        n_hidden: hidden units ``H``.
-        k: Gibbs sweeps per update (CD-k, or PCD-k).
-        persistent: PCD (Tieleman 2008) when true, CD-k from the data when false.
-        num_chains: persistent chains per process (PCD); usually the batch size.
-        weight_std: standard deviation of the initial weights (Hinton: 0.01).
-        weight_cost: L2 cost :math:`\lambda_W` on ``W`` only (Hinton: 1e-4 .. 1e-2 times the learning rate scale; 2e-4 here).
-        sparsity_target: target mean activation :math:`p` of every hidden unit.
-        sparsity_cost: :math:`\lambda_s` (0 = no sparsity penalty).
-        sparsity_decay: decay of the running estimate :math:`q` (Hinton: 0.9 .. 0.99).
-        initial_momentum: momentum of the first ``momentum_warmup_epochs`` epochs (Hinton: 0.5), after
-            which the optimiser's own momentum applies (0 epochs = always the optimiser's).
-        momentum_warmup_epochs: see ``initial_momentum``.
-        init_visible_bias: set :math:`b_i = \log p_i/(1-p_i)` from the training data at fit start.
-        monitor_examples: size of the fixed training subset for ``val/free_energy_gap``.
-        sample_steps: Gibbs sweeps behind :meth:`sample` (pictures).
-        ais_runs: AIS chains at test (the literature: 100).
-        ais_steps: AIS intermediate distributions at test (the literature: 14,500).
-        ais_seed: seed of the AIS chains (reproducible test numbers).
-        exact_max_units: enumerate the smaller layer for the exact :math:`\log Z` when it has at most this
-            many units (estimator ``exact``); otherwise AIS.
-        update_batch_size: examples per CD update when it is smaller than the data's batch size: each loaded
-            batch is split into consecutive updates of this size (the same updates as loading them one by one;
-            Lightning's per-step cost is paid once per loaded batch). ``None``: one update per loaded batch.
-        optimizer: optimiser factory (default SGD, lr 0.1, momentum 0.9).
-        lr_scheduler: optional scheduler factory.
+        **kwargs: the arguments of :class:`RBMModelBase` (``data_shape``, ``n_hidden``, ``cd``, ``penalties``,
+            ``ais``, ...), by keyword. At fit start the visible biases are set to the data's log-odds
+            (``init_visible_bias``) and the AIS base-rate model is the data's log-odds.
 
     References:
         Hinton (2002); Tieleman (2008); Hinton (2010), A practical guide to training RBMs;
@@ -654,38 +479,8 @@ class RBM(_RBMModelBase):
     monitor = "val/pll"
     monitor_mode = "max"
 
-    def __init__(
-        self,
-        data_shape: Sequence[int] = (784,),
-        n_hidden: int = 500,
-        k: int = 1,
-        persistent: bool = True,
-        num_chains: int = 100,
-        weight_std: float = 0.01,
-        weight_cost: float = 2e-4,
-        sparsity_target: float = 0.1,
-        sparsity_cost: float = 0.0,
-        sparsity_decay: float = 0.95,
-        initial_momentum: float = 0.5,
-        momentum_warmup_epochs: int = 5,
-        init_visible_bias: bool = True,
-        monitor_examples: int = 1000,
-        sample_steps: int = 1000,
-        ais_runs: int = 100,
-        ais_steps: int = 14500,
-        ais_seed: int = 0,
-        exact_max_units: int = 20,
-        update_batch_size: Optional[int] = None,
-        optimizer: OptimizerCallable = _sgd,
-        lr_scheduler: Optional[LRSchedulerCallable] = None,
-    ) -> None:
-        super().__init__(
-            data_shape, n_hidden, k, persistent, num_chains, weight_std, weight_cost, sparsity_target,
-            sparsity_cost, sparsity_decay, initial_momentum, momentum_warmup_epochs, init_visible_bias,
-            monitor_examples, sample_steps, ais_runs, ais_steps, ais_seed, exact_max_units, optimizer, lr_scheduler,
-        )
-        self.set_update_batch_size(update_batch_size)
-        self.save_hyperparameters(ignore=["optimizer", "lr_scheduler"])
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
 
     def _make_rbm(self, weight_std: float) -> RBMBase:
         return BernoulliRBM(self.data_dim, self.n_hidden, weight_std=weight_std)
@@ -702,7 +497,7 @@ class RBM(_RBMModelBase):
         return {"pll": self.rbm.pseudo_log_likelihood(v).mean()}
 
 
-class GaussianRBM(_RBMModelBase):
+class GaussianRBM(RBMModelBase):
     r"""Gaussian-Bernoulli RBM (family ``rbm``) for real-valued data, trained by CD-k or PCD.
 
     .. math::
@@ -716,19 +511,16 @@ class GaussianRBM(_RBMModelBase):
     .. math:: \log p(x) = -F(v) - \log Z - \sum_i \log s_i.
 
     Args:
-        data_shape: shape of one example (linked from the data).
-        n_hidden: hidden units.
         sigma: initial (or fixed) visible standard deviation in model space (1 for standardised data).
         learn_sigma: learn :math:`\log\sigma` too.
         standardize: standardise the data per unit inside the model (statistics from the training set at
             fit start).
         min_std: lower clamp of the data standard deviations (constant pixels).
-        k, persistent, num_chains, weight_std, weight_cost, sparsity_target, sparsity_cost, sparsity_decay,
-        initial_momentum, momentum_warmup_epochs, monitor_examples, sample_steps, ais_runs, ais_steps, ais_seed,
-        exact_max_units, update_batch_size, optimizer, lr_scheduler: as :class:`RBM` (Hinton: a learning rate one or two orders of
-        magnitude smaller than for binary units).
-        init_visible_bias: set :math:`b` to the (standardised) data mean at fit start; the AIS base is a
-            Gaussian at that mean with the model's :math:`\sigma`.
+        cd: as :class:`RBM`, CD-k from the data by default (``persistent: false``).
+        **kwargs: the other arguments of :class:`RBMModelBase`, by keyword (Hinton: a learning rate one or two
+            orders of magnitude smaller than for binary units). ``init_visible_bias`` sets :math:`b` to the
+            (standardised) data mean at fit start; the AIS base is a Gaussian at that mean with the model's
+            :math:`\sigma`.
 
     References:
         Cho, Ilin & Raiko (2011); Hinton (2010), section 13.2; Salakhutdinov & Murray (2008).
@@ -741,43 +533,17 @@ class GaussianRBM(_RBMModelBase):
 
     def __init__(
         self,
-        data_shape: Sequence[int] = (784,),
-        n_hidden: int = 500,
         sigma: float = 1.0,
         learn_sigma: bool = False,
         standardize: bool = True,
         min_std: float = 0.01,
-        k: int = 1,
-        persistent: bool = False,
-        num_chains: int = 100,
-        weight_std: float = 0.01,
-        weight_cost: float = 2e-4,
-        sparsity_target: float = 0.1,
-        sparsity_cost: float = 0.0,
-        sparsity_decay: float = 0.95,
-        initial_momentum: float = 0.5,
-        momentum_warmup_epochs: int = 5,
-        init_visible_bias: bool = True,
-        monitor_examples: int = 1000,
-        sample_steps: int = 1000,
-        ais_runs: int = 100,
-        ais_steps: int = 14500,
-        ais_seed: int = 0,
-        exact_max_units: int = 20,
-        update_batch_size: Optional[int] = None,
-        optimizer: OptimizerCallable = _sgd,
-        lr_scheduler: Optional[LRSchedulerCallable] = None,
+        cd: CD = CD(persistent=False),
+        **kwargs: Any,
     ) -> None:
         if sigma <= 0 or min_std <= 0:
             raise ConfigError(f"model.init_args.sigma and min_std must be > 0, got {sigma} and {min_std}")
         self.sigma0, self.learn_sigma, self.standardize, self.min_std = sigma, learn_sigma, standardize, min_std
-        super().__init__(
-            data_shape, n_hidden, k, persistent, num_chains, weight_std, weight_cost, sparsity_target,
-            sparsity_cost, sparsity_decay, initial_momentum, momentum_warmup_epochs, init_visible_bias,
-            monitor_examples, sample_steps, ais_runs, ais_steps, ais_seed, exact_max_units, optimizer, lr_scheduler,
-        )
-        self.set_update_batch_size(update_batch_size)
-        self.save_hyperparameters(ignore=["optimizer", "lr_scheduler"])
+        super().__init__(cd=cd, **kwargs)
         self.register_buffer("data_mean", torch.zeros(self.data_dim))
         self.register_buffer("data_std", torch.ones(self.data_dim))
 
@@ -792,6 +558,10 @@ class GaussianRBM(_RBMModelBase):
     def to_data_space(self, v: Tensor) -> Tensor:
         x = v * self.data_std + self.data_mean if self.standardize else v
         return x.reshape(v.shape[0], *self.data_shape)
+
+    def annealing_path(self) -> AnnealingPath:
+        """From a Gaussian at ``ais_base`` (the standardised data mean) with the model's sigma to the RBM."""
+        return GaussianRBMAnnealingPath(self.rbm, self.ais_base)  # type: ignore[arg-type]
 
     def log_prob_unnormalized(self, x: Tensor) -> Tensor:
         # change of variables x -> (x - mu) / s: log|dv/dx| = -sum_i log s_i

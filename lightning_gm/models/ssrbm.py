@@ -1,6 +1,6 @@
 r"""The spike-and-slab RBM (Courville, Bergstra & Bengio 2011) as a LightningModule, on the RBM machinery.
 
-:class:`SpikeSlabRBM` reuses :class:`~lightning_gm.models.rbm._RBMModelBase` (CD-k/PCD, chains in checkpoints,
+:class:`SpikeSlabRBM` reuses :class:`~lightning_gm.models.rbm.RBMModelBase` (CD-k/PCD, chains in checkpoints,
 weight cost on ``W``, sparsity on the spikes, momentum warm-up, fit-start statistics, test :math:`\log Z`) with
 the maths of :class:`~lightning_gm.nn.ssrbm.SpikeSlabRBMNet` (a µ-ssRBM with diagonal :math:`\Lambda` and
 :math:`\Phi_i`). With ``standardize`` the model sees :math:`v = (x - m)/\varsigma` (per-pixel training mean
@@ -16,28 +16,23 @@ References:
 
 from __future__ import annotations
 
-from typing import Optional, Sequence
+from typing import Any, Optional
 
 import torch
-from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
+from lightning.pytorch.cli import OptimizerCallable
 from torch import Tensor
 
 from lightning_gm.errors import ConfigError
-from lightning_gm.estimators.ais import AnnealingPath
+from lightning_gm.estimators.ais import AISSchedule, AnnealingPath
 from lightning_gm.estimators.rbm_variants import SpikeSlabAnnealingPath, ssrbm_log_partition_enumerate
-from lightning_gm.models.rbm import _RBMModelBase
-from lightning_gm.models.subspace_rbm import VariantPartitionMixin
+from lightning_gm.models.energy import sgd_real_rbm
+from lightning_gm.models.rbm import RBMModelBase
 from lightning_gm.nn.ssrbm import SpikeSlabRBMNet
 
 __all__ = ["SpikeSlabRBM"]
 
 
-def _sgd_small(params: object) -> torch.optim.Optimizer:
-    # real-valued units: a learning rate two orders of magnitude below the binary RBM's (Hinton 2010, 13.2)
-    return torch.optim.SGD(params, lr=1e-3, momentum=0.9)  # type: ignore[arg-type]
-
-
-class SpikeSlabRBM(VariantPartitionMixin, _RBMModelBase):
+class SpikeSlabRBM(RBMModelBase):
     r"""Spike-and-slab RBM (family ``rbm``) for real-valued data, trained by CD-k or PCD.
 
     .. math::
@@ -62,13 +57,12 @@ class SpikeSlabRBM(VariantPartitionMixin, _RBMModelBase):
     Monitors: ``val/recon_error``, ``val/free_energy``, ``val/free_energy_gap``; the checkpoint monitor is
     ``val/progress`` (epochs done), so the test runs on the last checkpoint.
 
-    Test :math:`\log Z`: exact when ``n_hidden <= exact_max_units`` and ``D <= exact_max_visible`` (all
+    Test :math:`\log Z`: exact when ``n_hidden <= ais.exact_max_units`` and ``D <= exact_max_visible`` (all
     :math:`2^N` spike configurations, slabs and visibles integrated analytically), else AIS from a Gaussian
     base at the data's mean and precision in model space
     (:class:`~lightning_gm.estimators.rbm_variants.SpikeSlabAnnealingPath`).
 
     Args:
-        data_shape: shape of one example (linked from the data), ``D`` visibles.
         n_hidden: spike units ``N`` (one slab each).
         visible_precision: initial :math:`\lambda` (> ``min_precision``).
         slab_precision: initial :math:`\alpha` (> ``min_precision``).
@@ -81,13 +75,11 @@ class SpikeSlabRBM(VariantPartitionMixin, _RBMModelBase):
         standardize: standardise the data per pixel inside the model (training statistics at fit start).
         min_std: lower clamp of the per-pixel standard deviations (> 0).
         exact_max_visible: largest ``D`` for the exact :math:`\log Z` (costs :math:`2^N` Cholesky factorisations of ``D x D``).
-        k, persistent, num_chains, weight_std, weight_cost, sparsity_target, sparsity_cost, sparsity_decay,
-        initial_momentum, momentum_warmup_epochs, monitor_examples, sample_steps, ais_runs, ais_steps, ais_seed,
-        exact_max_units: as :class:`~lightning_gm.models.RBM`.
-        init_visible_bias: unused by this model (it has no visible bias: the data are centred by ``standardize``);
-            kept for the shared machinery.
+        ais: as :class:`~lightning_gm.models.RBM`, exact up to 12 spike units by default.
         optimizer: default SGD, lr 1e-3, momentum 0.9.
-        lr_scheduler: optional scheduler factory.
+        **kwargs: the other arguments of :class:`~lightning_gm.models.rbm.RBMModelBase` (``cd``, ``penalties``, ...),
+            by keyword. ``init_visible_bias`` is unused (this model has no visible bias: the data are centred by
+            ``standardize``).
 
     References:
         Courville, Bergstra & Bengio (2011), AISTATS and ICML; Tieleman (2008); Salakhutdinov & Murray (2008).
@@ -104,7 +96,6 @@ class SpikeSlabRBM(VariantPartitionMixin, _RBMModelBase):
 
     def __init__(
         self,
-        data_shape: Sequence[int] = (784,),
         n_hidden: int = 256,
         visible_precision: float = 1.0,
         slab_precision: float = 1.0,
@@ -117,25 +108,9 @@ class SpikeSlabRBM(VariantPartitionMixin, _RBMModelBase):
         standardize: bool = True,
         min_std: float = 0.01,
         exact_max_visible: int = 100,
-        k: int = 1,
-        persistent: bool = True,
-        num_chains: int = 100,
-        weight_std: float = 0.01,
-        weight_cost: float = 2e-4,
-        sparsity_target: float = 0.1,
-        sparsity_cost: float = 0.0,
-        sparsity_decay: float = 0.95,
-        initial_momentum: float = 0.5,
-        momentum_warmup_epochs: int = 5,
-        init_visible_bias: bool = True,
-        monitor_examples: int = 1000,
-        sample_steps: int = 1000,
-        ais_runs: int = 100,
-        ais_steps: int = 14500,
-        ais_seed: int = 0,
-        exact_max_units: int = 12,
-        optimizer: OptimizerCallable = _sgd_small,
-        lr_scheduler: Optional[LRSchedulerCallable] = None,
+        ais: AISSchedule = AISSchedule(exact_max_units=12),
+        optimizer: OptimizerCallable = sgd_real_rbm,
+        **kwargs: Any,
     ) -> None:
         if not min_precision > 0:
             raise ConfigError(f"model.init_args.min_precision: must be > 0 (the precision margin), got {min_precision!r}")
@@ -155,12 +130,7 @@ class SpikeSlabRBM(VariantPartitionMixin, _RBMModelBase):
             learn_phi=learn_phi,
         )
         self.standardize, self.min_std, self.exact_max_visible = standardize, min_std, exact_max_visible
-        super().__init__(
-            data_shape, n_hidden, k, persistent, num_chains, weight_std, weight_cost, sparsity_target,
-            sparsity_cost, sparsity_decay, initial_momentum, momentum_warmup_epochs, init_visible_bias,
-            monitor_examples, sample_steps, ais_runs, ais_steps, ais_seed, exact_max_units, optimizer, lr_scheduler,
-        )
-        self.save_hyperparameters(ignore=["optimizer", "lr_scheduler"])
+        super().__init__(n_hidden=n_hidden, ais=ais, optimizer=optimizer, **kwargs)
         self.register_buffer("data_mean", torch.zeros(self.data_dim))
         self.register_buffer("data_std", torch.ones(self.data_dim))
         self.register_buffer("ais_precision", torch.ones(self.data_dim))
@@ -196,13 +166,12 @@ class SpikeSlabRBM(VariantPartitionMixin, _RBMModelBase):
             self.ais_precision.copy_(std.pow(-2).to(self.ais_precision))
 
     # ------------------------------------------------------------------ log Z
-    def _enumerable(self) -> bool:
-        return self.n_hidden <= self.exact_max_units and self.data_dim <= self.exact_max_visible
+    def exact_log_partition(self) -> Optional[float]:
+        if self.n_hidden > self.ais.exact_max_units or self.data_dim > self.exact_max_visible:
+            return None
+        return ssrbm_log_partition_enumerate(self.rbm, max_units=max(self.ais.exact_max_units, 1))
 
-    def _exact_log_partition(self) -> float:
-        return ssrbm_log_partition_enumerate(self.rbm, max_units=max(self.exact_max_units, 1))
-
-    def _annealing_path(self) -> AnnealingPath[Tensor]:
+    def annealing_path(self) -> AnnealingPath:
         return SpikeSlabAnnealingPath(self.rbm, self.ais_base, self.ais_precision)
 
     def loss_terms(self, x: Tensor, stage: str) -> dict[str, Tensor]:
@@ -224,6 +193,6 @@ class SpikeSlabRBM(VariantPartitionMixin, _RBMModelBase):
         w = self.rbm.W.detach().T[: max(n, 100)]
         lo, hi = w.min(1, keepdim=True).values, w.max(1, keepdim=True).values
         out = {"filters": ((w - lo) / (hi - lo).clamp_min(1e-12)).float().cpu()}
-        if self.persistent and bool(self.chains_ready):
+        if self.cd.persistent and bool(self.chains_ready):
             out["fantasy"] = self._display(self.chains[:n])
         return out

@@ -36,14 +36,79 @@ References:
 from __future__ import annotations
 
 import math
-from typing import Any, NamedTuple, Optional, Sequence
+from dataclasses import dataclass
+from typing import Any, ClassVar, NamedTuple, Optional, Sequence
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-__all__ = ["RBMBase", "BernoulliRBM", "GaussianBernoulliRBM", "GibbsState", "bernoulli", "uniform", "with_gradients"]
+from lightning_gm.groups import ParameterGroup
+
+__all__ = ["RBMBase", "BernoulliRBM", "GaussianBernoulliRBM", "GibbsState", "CD", "Penalties", "bernoulli", "uniform",
+           "chain_seed", "chain_generator", "with_gradients"]
+
+
+@dataclass(frozen=True)
+class CD(ParameterGroup):
+    """Contrastive divergence: how the negative phase of an RBM-family update is sampled.
+
+    Args:
+        k: block-Gibbs sweeps per update (CD-k, or PCD-k), >= 1.
+        persistent: persistent chains (PCD, Tieleman 2008) instead of chains started at the data (CD-k).
+        chains: persistent chains per process (PCD; usually the batch size), >= 1.
+
+    References:
+        Hinton (2002); Tieleman (2008).
+    """
+
+    key: ClassVar[str] = "model.init_args.cd"
+    k: int = 1
+    persistent: bool = True
+    chains: int = 100
+
+    def __post_init__(self) -> None:
+        self.require("k", self.k >= 1, ">= 1")
+        self.require("chains", self.chains >= 1, ">= 1")
+
+
+@dataclass(frozen=True)
+class Penalties(ParameterGroup):
+    r"""The penalties of Hinton's practical guide added to the CD surrogate (see :class:`~lightning_gm.models.RBM`):
+    :math:`\tfrac{\lambda_W}{2}\lVert W\rVert^2 + \lambda_s \sum_j \operatorname{sg}[q_j - p]\,\overline{x_j}`.
+
+    Args:
+        weight_cost: L2 cost :math:`\lambda_W` on ``W`` only (Hinton: 1e-4 .. 1e-2 times the learning rate scale), >= 0.
+        sparsity_target: target mean activation :math:`p` of every hidden unit, in [0, 1).
+        sparsity_cost: :math:`\lambda_s` (0 = no sparsity penalty), >= 0.
+        sparsity_decay: decay of the running estimate :math:`q` of the activations (Hinton: 0.9 .. 0.99), in [0, 1).
+
+    References:
+        Hinton (2010), A practical guide to training restricted Boltzmann machines, sections 10-11.
+    """
+
+    key: ClassVar[str] = "model.init_args.penalties"
+    weight_cost: float = 2e-4
+    sparsity_target: float = 0.1
+    sparsity_cost: float = 0.0
+    sparsity_decay: float = 0.95
+
+    def __post_init__(self) -> None:
+        self.require("weight_cost", self.weight_cost >= 0, ">= 0")
+        self.require("sparsity_target", 0 <= self.sparsity_target < 1, "in [0, 1)")
+        self.require("sparsity_cost", self.sparsity_cost >= 0, ">= 0")
+        self.require("sparsity_decay", 0 <= self.sparsity_decay < 1, "in [0, 1)")
+
+
+def chain_seed(seed: int, rank: int = 0) -> int:
+    """The seed of process ``rank``'s Markov chains under ``seed`` (distinct for distinct pairs, < 2**63)."""
+    return (int(seed) * 1_000_003 + 7919 * (int(rank) + 1)) % (2**63)
+
+
+def chain_generator(seed: int, rank: int = 0, device: torch.device | str | None = None) -> torch.Generator:
+    """A fresh generator for process ``rank``'s chains (persistent CD chains, AIS runs) seeded by :func:`chain_seed`."""
+    return torch.Generator(device=device if device is not None else "cpu").manual_seed(chain_seed(seed, rank))
 
 _LOG_2PI = math.log(2.0 * math.pi)
 

@@ -9,6 +9,7 @@ import torch
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, TensorDataset
 
+from lightning_gm.estimators.decoder_ais import HMCAnnealing
 from lightning_gm.callbacks import DecoderAISEvaluation, IWAEEvaluation
 from lightning_gm.callbacks.decoder_ais import decoder_log_likelihood_fn
 from lightning_gm.errors import ConfigError
@@ -51,7 +52,7 @@ def test_linear_gaussian_vae_gets_its_exact_log_prob(tmp_path):
     log N(x; b, WW' + sigma^2 I) per example; the model's own IWAE evaluation runs beside it."""
     model, n, observation = linear_vae(), 5, "model"
     ds = data(model, 8)
-    cb = DecoderAISEvaluation(n_chains=128, n_steps=1500, leapfrog_steps=2, step_size=0.1, test_examples=n,
+    cb = DecoderAISEvaluation(ais=HMCAnnealing(chains=128, steps=1500, leapfrog_steps=2, step_size=0.1), test_examples=n,
                               observation=observation, batch_size=n, progress=False)
     logged = run_test(model, ds, cb, tmp_path)
     exact = exact_log_prob(model, ds.tensors[0][:n])
@@ -91,8 +92,8 @@ def test_blocks_are_seeded_and_reproducible(tmp_path):
     ds = data(model, 6)
 
     def per_example(seed: int) -> Tensor:
-        cb = DecoderAISEvaluation(n_chains=4, n_steps=10, leapfrog_steps=2, test_examples=0, batch_size=4, seed=seed,
-                                  progress=False, save=False)
+        cb = DecoderAISEvaluation(ais=HMCAnnealing(chains=4, steps=10, leapfrog_steps=2, seed=seed), test_examples=0,
+                                  batch_size=4, progress=False, save=False)
         run_test(model, ds, cb, tmp_path)
         assert cb.per_example is not None
         return cb.per_example
@@ -104,20 +105,17 @@ def test_blocks_are_seeded_and_reproducible(tmp_path):
 @pytest.mark.parametrize(
     "kwargs, name",
     [
-        ({"n_chains": 0}, "n_chains"),
-        ({"n_steps": 0}, "n_steps"),
-        ({"leapfrog_steps": 0}, "leapfrog_steps"),
-        ({"step_size": -1.0}, "step_size"),
-        ({"target_accept": 0.0}, "target_accept"),
         ({"test_examples": -1}, "test_examples"),
         ({"batch_size": 0}, "batch_size"),
         ({"observation": "poisson"}, "observation"),
-        ({"observation": "gaussian"}, "sigma"),
+        ({"observation": "gaussian"}, "obs_sigma"),
     ],
 )
 def test_bad_options_are_config_errors(kwargs: dict, name: str):
     with pytest.raises(ConfigError, match=f"DecoderAISEvaluation.{name}"):
         DecoderAISEvaluation(**kwargs)
+    with pytest.raises(ValueError, match=r"^ais\.chains must be >= 1"):
+        DecoderAISEvaluation(ais=dict(chains=0))
 
 
 @pytest.mark.parametrize(
@@ -132,4 +130,4 @@ def test_models_it_cannot_anneal_are_refused_before_the_test(make, match: str, t
     model = make()
     ds = TensorDataset(torch.rand(4, DIM).round(), torch.zeros(4))
     with pytest.raises(ConfigError, match=match):
-        run_test(model, ds, DecoderAISEvaluation(n_steps=2, progress=False), tmp_path)
+        run_test(model, ds, DecoderAISEvaluation(ais=HMCAnnealing(steps=2), progress=False), tmp_path)

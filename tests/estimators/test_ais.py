@@ -11,15 +11,14 @@ import torch.nn.functional as F
 from lightning_gm.estimators.ais import (
     AISResult,
     AnnealingPath,
-    RBMAnnealingPath,
     ais_log_partition,
     base_rate_log_odds,
     betas_schedule,
     default_betas,
-    rbm_log_likelihood,
     run_ais,
     summarize_log_weights,
 )
+from lightning_gm.estimators.rbm_ais import RBMAnnealingPath, rbm_log_likelihood
 from lightning_gm.estimators.partition import enumerate_binary, log_partition_enumerate, sample_rbm_exact
 from lightning_gm.nn.rbm import BernoulliRBM
 
@@ -50,14 +49,19 @@ def test_path_endpoints_match_base_and_target() -> None:
         rbm.W.normal_(generator=torch.Generator().manual_seed(0))
         rbm.c.fill_(0.3)
     b_base = torch.linspace(-1, 1, 6, dtype=torch.float64)
-    path = RBMAnnealingPath(rbm, b_base)
+    path = RBMAnnealingPath(rbm, b_base, dtype=torch.float64)
     v = enumerate_binary(6)
     # beta = 1: the target's -F(v); beta = 0: base-rate model with H free hidden units
     torch.testing.assert_close(path.log_unnormalized(v, 1.0), -rbm.free_energy(v).detach())
     torch.testing.assert_close(path.log_unnormalized(v, 0.0), v @ b_base + 4 * math.log(2.0))
     assert path.log_z_base() == pytest.approx(float(torch.logsumexp(path.log_unnormalized(v, 0.0), 0)))
-    expected_ratio = path.log_unnormalized(v, 0.7) - path.log_unnormalized(v, 0.3)
-    torch.testing.assert_close(path.log_ratio(v, 0.3, 0.7), expected_ratio)
+    for lo, hi in ((0.3, 0.7), (0.7, 0.3), (0.9, 0.90001), (0.5, 0.5)):
+        expected_ratio = path.log_unnormalized(v, hi) - path.log_unnormalized(v, lo)
+        torch.testing.assert_close(path.log_ratio(v, lo, hi), expected_ratio, rtol=1e-9, atol=1e-12)
+        # float32 Gibbs, float64 weights: the increment keeps float32's relative precision of the difference
+        fast = RBMAnnealingPath(rbm, b_base).log_ratio(v.float(), lo, hi)
+        assert fast.dtype == torch.float64
+        torch.testing.assert_close(fast, expected_ratio, rtol=1e-5, atol=1e-6 * abs(hi - lo))
 
 
 def test_ais_is_exact_when_weights_do_not_depend_on_the_chain() -> None:
@@ -68,33 +72,38 @@ def test_ais_is_exact_when_weights_do_not_depend_on_the_chain() -> None:
         rbm.b.copy_(torch.tensor([-1.0, 0.5, 2.0, 0.0, -3.0]))
         rbm.c.copy_(torch.tensor([1.5, -2.0, 0.7]))
     g = torch.Generator().manual_seed(0)
-    res = ais_log_partition(rbm, n_runs=7, betas=20, base_visible_bias=rbm.b.detach(), generator=g)
+    res = ais_log_partition(RBMAnnealingPath(rbm, rbm.b.detach(), dtype=torch.float64), runs=7, steps=20, generator=g)
     exact = log_partition_enumerate(rbm)
     assert res.log_z == pytest.approx(exact, abs=1e-12)
-    assert res.log_z_std_error == pytest.approx(0.0, abs=1e-12)
+    fast = ais_log_partition(RBMAnnealingPath(rbm, rbm.b.detach()), runs=7, steps=20, generator=g)
+    assert fast.log_z == pytest.approx(exact, abs=1e-6)  # float32 chains: float32's precision
+    assert res.log_z_stderr == pytest.approx(0.0, abs=1e-12)
     assert torch.allclose(res.log_weights, res.log_weights[0].expand(7), atol=1e-12)
 
 
 def test_summary_statistics_match_direct_computation() -> None:
-    lw = torch.tensor([0.1, -0.3, 0.25, 0.0, -1.0], dtype=torch.float64)
+    lw = torch.tensor([0.1, -0.3, 0.25, 0.0, -1.0, 0.4, -0.2, 0.05], dtype=torch.float64)
     w = lw.exp()
-    res = summarize_log_weights(lw, log_z_base=2.0)
-    se = (w.std() / w.mean() / math.sqrt(5)).item()
+    res = summarize_log_weights(lw, log_z_base=2.0, batches=2)
     assert res.log_z == pytest.approx(2.0 + math.log(w.mean().item()))
-    assert res.log_z_std_error == pytest.approx(se)
-    lo, hi = res.log_z_interval
-    half = 3 * w.std().item() / math.sqrt(5)
-    assert lo == pytest.approx(2.0 + math.log(w.mean().item() - half))
-    assert hi == pytest.approx(2.0 + math.log(w.mean().item() + half))
-    assert res.effective_sample_size == pytest.approx((w.sum() ** 2 / (w**2).sum()).item())
+    assert res.delta_stderr == pytest.approx((w.std() / w.mean() / math.sqrt(8)).item())
+    ess = (w.sum() ** 2 / (w**2).sum()).item()
+    assert res.effective_sample_size == pytest.approx(ess)
+    assert res.ess_stderr == pytest.approx(lw.std().item() / math.sqrt(ess))
+    halves = torch.tensor([math.log(w[:4].mean().item()), math.log(w[4:].mean().item())], dtype=torch.float64)
+    assert res.batches == 2 and res.replicate_stderr == pytest.approx(halves.std().item() / math.sqrt(2))
+    se = max(res.delta_stderr, res.replicate_stderr, res.ess_stderr)
+    assert res.log_z_stderr == se and res.log_z_interval == pytest.approx((res.log_z - 3 * se, res.log_z + 3 * se))
     # the reverse estimate inverts the mean weight
     rev = summarize_log_weights(lw, log_z_base=2.0, reverse=True)
     assert rev.log_z == pytest.approx(2.0 - math.log(w.mean().item()))
-    assert rev.log_z_interval[0] == pytest.approx(2.0 - math.log(w.mean().item() + half))
-    # huge spread: the lower end of the forward interval is -inf, and large log-weights do not overflow
-    wild = summarize_log_weights(torch.tensor([1000.0, 0.0, 0.0], dtype=torch.float64), 0.0)
-    assert wild.log_z_interval[0] == -math.inf and math.isfinite(wild.log_z)
-    assert wild.log_z == pytest.approx(1000.0 - math.log(3.0))
+    assert rev.log_z_interval == pytest.approx((rev.log_z - 3 * rev.log_z_stderr, rev.log_z + 3 * rev.log_z_stderr))
+    # one run dominates: the ESS is ~1, the interval is wide but finite (the delta method's lower end was -inf),
+    # and large log-weights do not overflow
+    wild = summarize_log_weights(torch.tensor([1000.0, 0.0, 0.0, 1.0], dtype=torch.float64), 0.0)
+    assert wild.log_z == pytest.approx(1000.0 - math.log(4.0)) and wild.effective_sample_size == pytest.approx(1.0)
+    lo, hi = wild.log_z_interval
+    assert math.isfinite(lo) and math.isfinite(hi) and hi - lo > 1000
 
 
 class GaussianScalePath(AnnealingPath[torch.Tensor]):
@@ -126,49 +135,36 @@ def test_run_ais_is_generic_over_paths(s: float) -> None:
     lw = run_ais(path, torch.linspace(0, 1, 201, dtype=torch.float64), path.sample_base(2000, g), g)
     res = summarize_log_weights(lw, path.log_z_base())
     exact = 0.5 * math.log(2 * math.pi) + math.log(s)
-    assert abs(res.log_z - exact) < 4 * res.log_z_std_error + 1e-3
+    assert abs(res.log_z - exact) < 4 * res.log_z_stderr + 1e-3
     assert res.log_z_interval[0] <= exact <= res.log_z_interval[1]
 
 
 def test_progress_hook_reports_steps() -> None:
     calls: list[tuple[int, int]] = []
     ais_log_partition(
-        BernoulliRBM(4, 3), n_runs=3, betas=250, progress=lambda k, n: calls.append((k, n)), progress_every=100
+        RBMAnnealingPath(BernoulliRBM(4, 3)), runs=3, steps=250, progress=lambda k, n: calls.append((k, n)),
+        progress_every=100,
     )
     assert calls == [(100, 250), (200, 250), (250, 250)]
 
 
 def test_invalid_arguments() -> None:
-    rbm = BernoulliRBM(4, 3)
+    path = RBMAnnealingPath(BernoulliRBM(4, 3))
     with pytest.raises(ValueError, match="start at 0"):
-        ais_log_partition(rbm, betas=torch.linspace(0.1, 1, 10))
+        ais_log_partition(path, betas=torch.linspace(0.1, 1, 10))
     with pytest.raises(ValueError, match="non-decreasing"):
-        ais_log_partition(rbm, betas=[0.0, 0.6, 0.4, 1.0])
-    with pytest.raises(ValueError, match="initial_visibles"):
-        ais_log_partition(rbm, betas=10, reverse=True)
+        ais_log_partition(path, betas=[0.0, 0.6, 0.4, 1.0])
+    with pytest.raises(ValueError, match="initial_state"):
+        ais_log_partition(path, steps=10, reverse=True)
+    with pytest.raises(ValueError, match="steps must be >= 3"):
+        ais_log_partition(path, steps=2)
 
 
 # ----------------------------------------------------------------------------- trained RBM
 @pytest.fixture(scope="module")
-def trained() -> dict:
-    """A 64x20 RBM trained with 600 PCD-1 steps on binarised 8x8 digits, and its exact log Z."""
-    from sklearn.datasets import load_digits
-
-    x = torch.tensor(load_digits().data / 16.0 > 0.5, dtype=torch.float32)
-    torch.manual_seed(0)
-    g = torch.Generator().manual_seed(0)
-    rbm = BernoulliRBM(64, 20)
-    rbm.init_visible_bias_from_data(x)
-    opt = torch.optim.SGD(rbm.parameters(), lr=0.1, momentum=0.5)
-    chains = torch.bernoulli(torch.full((100, 64), 0.5), generator=g)
-    for _ in range(600):
-        batch = x[torch.randint(0, len(x), (100,), generator=g)]
-        chains = rbm.gibbs_vhv(chains, 1, generator=g).v
-        opt.zero_grad()
-        rbm.cd_loss(batch, chains).backward()
-        opt.step()
-    log_z = log_partition_enumerate(rbm)
-    return {"rbm": rbm, "x": x, "log_z": log_z, "base": base_rate_log_odds(x)}
+def trained(digits_rbm: dict) -> dict:
+    """The trained 64x20 digits RBM (tests/estimators/conftest.py)."""
+    return digits_rbm
 
 
 def test_trained_model_is_non_trivial(trained: dict) -> None:
@@ -184,29 +180,55 @@ def test_trained_model_is_non_trivial(trained: dict) -> None:
 
 @pytest.mark.parametrize("seed", [0, 1])
 def test_forward_ais_matches_exact_log_partition(trained: dict, seed: int) -> None:
-    res = ais_log_partition(
-        trained["rbm"],
-        n_runs=100,
-        betas=3000,
-        base_visible_bias=trained["base"],
-        generator=torch.Generator().manual_seed(seed),
-    )
+    res = ais_log_partition(RBMAnnealingPath(trained["rbm"], trained["base"]), runs=100, steps=3000,
+                            generator=torch.Generator().manual_seed(seed))
     exact = trained["log_z"]
-    assert isinstance(res, AISResult) and not res.reverse and res.n_steps == 3000
+    assert isinstance(res, AISResult) and not res.reverse and res.steps == 3000 and res.runs == 100
     assert res.log_weights.shape == (100,) and res.log_weights.dtype == torch.float64
     assert res.log_z_base == pytest.approx(float(F.softplus(trained["base"]).sum()) + 20 * math.log(2.0))
     assert abs(res.log_z - exact) < 0.1
     assert res.log_z_interval[0] <= exact <= res.log_z_interval[1]
-    assert 0 < res.log_z_std_error < 0.1 and res.effective_sample_size > 50
+    assert 0 < res.log_z_stderr < 0.1 and res.effective_sample_size > 50
+
+
+def test_float32_chains_leave_the_estimate_unchanged_in_law(trained: dict) -> None:
+    """The fast path (float32 products and draws, float64 log-weights) and the float64 reference path: over 6
+    independent seeds each, both mean log Z are within 3 standard errors (of the mean over seeds) of the enumerated
+    log Z and of each other."""
+    exact = trained["log_z"]
+    estimates = {}
+    for dtype in (torch.float64, torch.float32):
+        path = RBMAnnealingPath(trained["rbm"], trained["base"], dtype=dtype)
+        estimates[dtype] = torch.tensor([ais_log_partition(path, runs=50, steps=500,
+                                                           generator=torch.Generator().manual_seed(10 + s)).log_z
+                                         for s in range(6)], dtype=torch.float64)
+    for est in estimates.values():
+        se = float(est.std() / math.sqrt(len(est)))
+        assert abs(float(est.mean()) - exact) < 3 * se + 0.02
+    a, b = estimates[torch.float64], estimates[torch.float32]
+    assert abs(float(a.mean() - b.mean())) < 3 * math.sqrt(float(a.var() + b.var()) / 6) + 0.02
+
+
+def test_more_sweeps_per_step_stay_unbiased_and_mix_more(trained: dict) -> None:
+    """3 Gibbs sweeps per intermediate distribution: still within error of the enumerated log Z, with a larger ESS
+    than 1 sweep at the same number of steps."""
+    exact, ess = trained["log_z"], {}
+    for sweeps in (1, 3):
+        path = RBMAnnealingPath(trained["rbm"], trained["base"], sweeps=sweeps)
+        res = ais_log_partition(path, runs=100, steps=200, generator=torch.Generator().manual_seed(5))
+        assert abs(res.log_z - exact) < 3 * res.log_z_stderr + 0.02
+        ess[sweeps] = res.effective_sample_size
+    assert ess[3] > ess[1]
+    with pytest.raises(ValueError, match="sweeps"):
+        RBMAnnealingPath(trained["rbm"], sweeps=0)
 
 
 @pytest.mark.parametrize("seed", [0, 1])
 def test_reverse_ais_from_exact_samples_matches_exact_log_partition(trained: dict, seed: int) -> None:
     g = torch.Generator().manual_seed(seed)
     v, _ = sample_rbm_exact(trained["rbm"], 100, generator=g)
-    res = ais_log_partition(
-        trained["rbm"], betas=3000, base_visible_bias=trained["base"], generator=g, reverse=True, initial_visibles=v
-    )
+    res = ais_log_partition(RBMAnnealingPath(trained["rbm"], trained["base"]), steps=3000, generator=g, reverse=True,
+                            initial_state=v.double())
     exact = trained["log_z"]
     assert res.reverse and res.log_weights.shape == (100,)
     assert abs(res.log_z - exact) < 0.1
@@ -220,7 +242,7 @@ def test_uniform_base_on_small_random_rbm() -> None:
         rbm.W.copy_(torch.randn(12, 8, generator=g, dtype=torch.float64))
         rbm.b.copy_(torch.randn(12, generator=g, dtype=torch.float64))
         rbm.c.copy_(torch.randn(8, generator=g, dtype=torch.float64))
-    res = ais_log_partition(rbm, n_runs=200, betas=2000, generator=g)
+    res = ais_log_partition(RBMAnnealingPath(rbm), runs=200, steps=2000, generator=g)
     exact = log_partition_enumerate(rbm)
     assert res.log_z_base == pytest.approx(12 * math.log(2.0) + 8 * math.log(2.0))
     assert abs(res.log_z - exact) < 0.1
@@ -239,8 +261,7 @@ def test_rbm_log_likelihood_normalises() -> None:
 
 @pytest.mark.slow
 def test_literature_schedule_is_tight(trained: dict) -> None:
-    res = ais_log_partition(
-        trained["rbm"], n_runs=100, base_visible_bias=trained["base"], generator=torch.Generator().manual_seed(3)
-    )
-    assert res.n_steps == 14500
-    assert abs(res.log_z - trained["log_z"]) < 0.05 and res.log_z_std_error < 0.02
+    res = ais_log_partition(RBMAnnealingPath(trained["rbm"], trained["base"]), runs=100,
+                            generator=torch.Generator().manual_seed(3))
+    assert res.steps == 14500
+    assert abs(res.log_z - trained["log_z"]) < 0.05 and res.log_z_stderr < 0.02

@@ -7,7 +7,8 @@ import math
 import pytest
 import torch
 
-from lightning_gm.estimators.ais import GaussianRBMAnnealingPath, ais_log_partition
+from lightning_gm.estimators.ais import ais_log_partition
+from lightning_gm.estimators.rbm_ais import GaussianRBMAnnealingPath
 from lightning_gm.estimators.partition import log_partition_enumerate
 from lightning_gm.nn.rbm import GaussianBernoulliRBM
 
@@ -56,5 +57,5 @@ def test_transition_leaves_the_intermediate_distribution_invariant() -> None:
 def test_ais_matches_exact_log_partition(seed: int) -> None:
     rbm = _grbm(seed)
     exact = log_partition_enumerate(rbm)
-    res = ais_log_partition(rbm, n_runs=200, betas=2000, generator=torch.Generator().manual_seed(seed))
+    res = ais_log_partition(GaussianRBMAnnealingPath(rbm), runs=200, steps=2000, generator=torch.Generator().manual_seed(seed))
     assert abs(res.log_z - exact) < 0.05 and res.log_z_interval[0] - 0.02 <= exact <= res.log_z_interval[1] + 0.02

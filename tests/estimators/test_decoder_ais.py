@@ -10,6 +10,7 @@ import torch
 from torch import Tensor
 
 from lightning_gm.estimators.decoder_ais import (
+    HMCAnnealing,
     HMCState,
     bernoulli_observation,
     decoder_ais_log_prob,
@@ -61,7 +62,7 @@ def test_sigmoid_schedule_matches_formula():
 def test_recovers_linear_gaussian_log_prob(latent: int, dim: int, sigma: float, seed: int):
     W, b, x, exact = linear_gaussian(latent, dim, sigma, 4, seed)
     ll = gaussian_observation(lambda z: z @ W.T + b, sigma)
-    res = decoder_ais_log_prob(ll, x, latent, n_chains=128, n_steps=2500, leapfrog_steps=2, step_size=0.1,
+    res = decoder_ais_log_prob(ll, x, latent, HMCAnnealing(chains=128, steps=2500, leapfrog_steps=2, step_size=0.1),
                                generator=torch.Generator().manual_seed(100 + seed))
     assert res.log_prob.shape == (4,) and res.log_weights.shape == (128, 4)
     assert (res.log_prob - exact).abs().max() < 0.1
@@ -74,7 +75,7 @@ def test_few_steps_are_loose_and_many_are_tight():
     W, b, x, exact = linear_gaussian(2, 8, 0.3, 4, 5)
     ll = gaussian_observation(lambda z: z @ W.T + b, 0.3)
     gaps = [
-        (exact - decoder_ais_log_prob(ll, x, 2, n_chains=16, n_steps=t, generator=torch.Generator().manual_seed(0))
+        (exact - decoder_ais_log_prob(ll, x, 2, HMCAnnealing(chains=16, steps=t), generator=torch.Generator().manual_seed(0))
          .log_prob).mean().item()
         for t in (1, 300)
     ]
@@ -90,7 +91,7 @@ def test_weights_are_unbiased_and_log_prob_is_a_lower_bound(x_value: float, seed
     x = torch.tensor([[x_value]], dtype=F64)
     log_px = torch.distributions.Normal(0.0, math.sqrt(4.25)).log_prob(torch.tensor(x_value, dtype=F64)).item()
     ll = gaussian_observation(lambda z: 2.0 * z, 0.5)
-    res = decoder_ais_log_prob(ll, x, 1, n_chains=m, n_steps=3, leapfrog_steps=3, step_size=0.3,
+    res = decoder_ais_log_prob(ll, x, 1, HMCAnnealing(chains=m, steps=3, leapfrog_steps=3, step_size=0.3),
                                generator=torch.Generator().manual_seed(seed))
     r = torch.exp(res.log_weights[:, 0] - log_px)  # mean 1 if unbiased
     assert abs(r.mean().item() - 1.0) < 4 * r.std().item() / math.sqrt(m)
@@ -169,8 +170,8 @@ def test_bernoulli_decoder_module_under_no_grad_and_chunks():
 
     def run() -> Tensor:
         with torch.no_grad():
-            return decoder_ais_log_prob(bernoulli_observation(net), x, 2, n_chains=4, n_steps=20, leapfrog_steps=2,
-                                        chunk_size=2, generator=torch.Generator().manual_seed(1),
+            return decoder_ais_log_prob(bernoulli_observation(net), x, 2,
+                                        HMCAnnealing(chains=4, steps=20, leapfrog_steps=2), chunk_size=2, generator=torch.Generator().manual_seed(1),
                                         progress=lambda s, t: seen.append((s, t))).log_prob
 
     a, b = run(), run()
@@ -190,16 +191,20 @@ def test_log_standard_normal():
 @pytest.mark.parametrize(
     "kwargs, name",
     [
-        ({"n_chains": 0}, "n_chains"),
-        ({"n_steps": 0}, "n_steps"),
+        ({"chains": 0}, "chains"),
+        ({"steps": 0}, "steps"),
         ({"leapfrog_steps": 0}, "leapfrog_steps"),
         ({"step_size": 0.0}, "step_size"),
         ({"step_size": float("nan")}, "step_size"),
         ({"target_accept": 1.0}, "target_accept"),
-        ({"chunk_size": 0}, "chunk_size"),
-        ({"latent_dim": 0}, "latent_dim"),
     ],
 )
+def test_bad_annealing_settings_name_the_key(kwargs: dict, name: str):
+    with pytest.raises(ValueError, match=rf"^ais\.{name} must be"):
+        HMCAnnealing(**kwargs)
+
+
+@pytest.mark.parametrize("kwargs, name", [({"chunk_size": 0}, "chunk_size"), ({"latent_dim": 0}, "latent_dim")])
 def test_bad_arguments_name_the_argument(kwargs: dict, name: str):
     args = {"latent_dim": 2, **kwargs}
     with pytest.raises(ValueError, match=name):
@@ -210,10 +215,10 @@ def test_bad_shapes_and_sigma():
     with pytest.raises(ValueError, match=r"\(B, D\)"):
         decoder_ais_log_prob(lambda z, x: -z.pow(2).sum(-1), torch.zeros(3, 1, 4), 2)
     with pytest.raises(ValueError, match=r"must return shape \(6,\)"):
-        decoder_ais_log_prob(lambda z, x: -z.pow(2), torch.zeros(3, 4), 2, n_chains=2)
+        decoder_ais_log_prob(lambda z, x: -z.pow(2), torch.zeros(3, 4), 2, HMCAnnealing(chains=2))
     with pytest.raises(ValueError, match="sigma must be > 0"):
         gaussian_observation(lambda z: z, 0.0)
     with pytest.raises(ValueError, match="does not match the data"):
-        decoder_ais_log_prob(gaussian_observation(lambda z: z, 1.0), torch.zeros(3, 4), 2, n_steps=2)
-    with pytest.raises(ValueError, match="n_steps"):
+        decoder_ais_log_prob(gaussian_observation(lambda z: z, 1.0), torch.zeros(3, 4), 2, HMCAnnealing(steps=2))
+    with pytest.raises(ValueError, match="steps"):
         sigmoid_schedule(0)

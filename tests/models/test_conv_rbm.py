@@ -10,6 +10,8 @@ import pytest
 import torch
 from torch.utils.data import DataLoader, TensorDataset
 
+from lightning_gm.estimators.ais import AISSchedule
+from lightning_gm.nn.rbm import CD
 from lightning_gm.data import DigitsDataModule
 from lightning_gm.errors import ConfigError
 from lightning_gm.estimators.conv_rbm import conv_rbm_log_partition_enumerate
@@ -61,8 +63,8 @@ def test_conv_rbm_fits_digits_and_draws_pictures(tmp_path, persistent: bool) -> 
     """Two epochs on sklearn digits (8x8, binarised): the reconstruction error falls below that of the initial
     model, the sparsity regulariser pulls the detector activity towards the target, the pictures have the shapes."""
     dm = DigitsDataModule(binarize="threshold", flatten=False, batch_size=50)
-    m = ConvRBM(data_shape=(1, 8, 8), n_filters=6, filter_size=3, pool_size=2, persistent=persistent, num_chains=50,
-                sparsity_target=0.05, sparsity_cost=5.0, sample_steps=5, ais_runs=10, ais_steps=50,
+    m = ConvRBM(data_shape=(1, 8, 8), n_filters=6, filter_size=3, pool_size=2, cd=CD(persistent=persistent, chains=50),
+                sparsity_target=0.05, sparsity_cost=5.0, sample_steps=5, ais=AISSchedule(runs=10, steps=50),
                 optimizer=lambda p: torch.optim.SGD(p, lr=0.05, momentum=0.5))
     trainer = _trainer(tmp_path, 3)
     dm.setup("fit")
@@ -77,7 +79,7 @@ def test_conv_rbm_fits_digits_and_draws_pictures(tmp_path, persistent: bool) -> 
     assert pics["filters"].shape == (6, 9) and pics["pooled"].shape == (6, 9)
     assert m.sample(4).shape == (4, 1, 8, 8)
     res = trainer.test(m, dm, verbose=False)[0]
-    assert m.estimator == "ais" and res["test/nll"] > 0 and res["test/ais_ess"] >= 1
+    assert m.estimator == "ais 10x50" and res["test/nll"] > 0 and res["test/ais_ess"] >= 1
 
 
 class _Snapshots(pl.Callback):
@@ -144,11 +146,11 @@ def test_cli_fit_and_test_on_digits(run_cli, tmp_path) -> None:
     args = ["fit", "--config", str(ROOT / "conf" / "conv_rbm.yaml"), "--data=lightning_gm.data.DigitsDataModule",
             "--data.binarize=threshold", "--data.flatten=false", "--data.val_size=300", "--data.eval_batch_size=300",
             "--model.init_args.filter_size=4",
-            "--model.init_args.n_filters=4", "--model.init_args.ais_runs=5", "--model.init_args.ais_steps=20",
+            "--model.init_args.n_filters=4", "--model.init_args.ais.runs=5", "--model.init_args.ais.steps=20",
             "--model.init_args.sample_steps=2", "--trainer.max_epochs=1", "--trainer.logger=false",
             "--run_name=t"]
     assert run_cli(*args) == 0
     run = tmp_path / "runs" / "conv_rbm" / "t"
     summary = json.loads((run / "summary.json").read_text())
-    assert summary["estimator"] == "ais" and summary["test"]["test/nll"] > 0
+    assert summary["estimator"] == "ais 5x20" and summary["test"]["test/nll"] > 0
     assert list((run / "samples").glob("filters_*.png"))  # 4x4 filters; 3x3 pooled maps are too small for a grid

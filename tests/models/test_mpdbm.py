@@ -128,8 +128,8 @@ def test_fit_reports_accuracy_and_inpainting_next_to_the_dbm(run_cli, tmp_path) 
                    "--trainer.max_epochs=4", "--experiment=mpdbm", *DIGITS) == 0
     assert run_cli("fit", "--model=lightning_gm.models.DBM", "--model.init_args.hidden=[32, 32]",
                    "--model.init_args.epochs_per_layer=[1, 1]", "--model.init_args.num_chains=20",
-                   "--model.init_args.sample_steps=2", "--model.init_args.mf_iterations=4", "--model.init_args.exact_max_units=0",
-                   "--model.init_args.ais_runs=4", "--model.init_args.ais_steps=20",
+                   "--model.init_args.sample_steps=2", "--model.init_args.mf_iterations=4", "--model.init_args.ais.exact_max_units=0",
+                   "--model.init_args.ais.runs=4", "--model.init_args.ais.steps=20",
                    "--trainer.max_epochs=3", "--experiment=dbm", *DIGITS) == 0
     results = {}
     for name in ("mpdbm", "dbm"):
@@ -143,7 +143,7 @@ def test_fit_reports_accuracy_and_inpainting_next_to_the_dbm(run_cli, tmp_path) 
             assert (run / "samples" / f"inpaint_{kind}.png").is_file()
         results[name] = test
     assert 0.0 <= results["mpdbm"]["test/accuracy"] <= 1.0  # learning is slow here; correctness: planted test
-    assert "test/nll" not in results["mpdbm"] and summary["estimator"] == "ais+meanfield"
+    assert "test/nll" not in results["mpdbm"] and summary["estimator"] == "ais+meanfield 4x20"
 
 
 @pytest.mark.parametrize("n_classes", [0, 3])

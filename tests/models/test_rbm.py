@@ -15,7 +15,9 @@ import torch
 
 from lightning_gm.data import DigitsDataModule
 from lightning_gm.estimators.partition import enumerate_binary, log_partition_enumerate
+from lightning_gm.estimators.ais import AISSchedule
 from lightning_gm.models import RBM, GaussianRBM
+from lightning_gm.nn.rbm import CD, Penalties
 from tests.conftest import ROOT
 
 
@@ -28,8 +30,9 @@ def _trainer(tmp_path, epochs: int, **kw) -> pl.Trainer:
 def test_training_loss_gradient_is_hinton_update(weight_cost: float, sparsity_cost: float) -> None:
     """-grad = <v p(h|v)>_data - <v p(h|v)>_model - lambda_W W - lambda_s (q - p) <v>, and on c the same without v."""
     torch.manual_seed(0)
-    m = RBM(data_shape=(7,), n_hidden=5, persistent=False, k=1, weight_cost=weight_cost, sparsity_cost=sparsity_cost,
-            sparsity_target=0.05, sparsity_decay=0.9, weight_std=0.5)
+    m = RBM(data_shape=(7,), n_hidden=5, cd=CD(persistent=False, k=1), weight_std=0.5,
+            penalties=Penalties(weight_cost=weight_cost, sparsity_cost=sparsity_cost, sparsity_target=0.05,
+                                sparsity_decay=0.9))
     v = torch.bernoulli(torch.full((13, 7), 0.4))
     state = torch.random.get_rng_state()
     m._generator = torch.Generator().manual_seed(3)
@@ -72,8 +75,8 @@ def _cli(*args: str) -> int:
 
 
 _DIGITS_RBM = [
-    "--model=lightning_gm.models.RBM", "--model.init_args.n_hidden=12", "--model.init_args.num_chains=20",
-    "--model.init_args.sample_steps=10", "--model.init_args.exact_max_units=12", "--data=lightning_gm.data.DigitsDataModule",
+    "--model=lightning_gm.models.RBM", "--model.init_args.n_hidden=12", "--model.init_args.cd.chains=20",
+    "--model.init_args.sample_steps=10", "--model.init_args.ais.exact_max_units=12", "--data=lightning_gm.data.DigitsDataModule",
     "--data.init_args.binarize=static", "--data.init_args.batch_size=100", "--trainer.logger=false",
     "--trainer.enable_progress_bar=false", "--trainer.enable_model_summary=false", "--test_after_fit=false",
     "--experiment=rbm",
@@ -104,7 +107,7 @@ def test_pcd_chains_survive_a_checkpoint_and_resume_exactly(tmp_path, monkeypatc
 def test_gaussian_rbm_density_in_data_space_integrates_to_one(tmp_path) -> None:
     """Standardisation inside the model: exp(log_prob) over a grid of the *data* space sums to 1."""
     torch.manual_seed(1)
-    m = GaussianRBM(data_shape=(2,), n_hidden=3, weight_std=0.8, exact_max_units=10).double()
+    m = GaussianRBM(data_shape=(2,), n_hidden=3, weight_std=0.8, ais=AISSchedule(exact_max_units=10)).double()
     with torch.no_grad():
         m.data_mean.copy_(torch.tensor([3.0, -1.0]))
         m.data_std.copy_(torch.tensor([0.5, 2.0]))
@@ -130,10 +133,14 @@ def test_bernoulli_log_prob_normalises_over_all_binary_vectors() -> None:
 def test_bad_config_values_name_the_key() -> None:
     from lightning_gm.errors import ConfigError
 
-    with pytest.raises(ConfigError, match="model.init_args.k"):
-        RBM(k=0)
-    with pytest.raises(ConfigError, match="sparsity_target"):
-        RBM(sparsity_target=1.5)
+    with pytest.raises(ValueError, match=r"^model\.init_args\.cd\.k must be >= 1, got 0$"):
+        CD(k=0)
+    with pytest.raises(ValueError, match=r"^model\.init_args\.penalties\.sparsity_target must be in \[0, 1\), got 1\.5$"):
+        Penalties(sparsity_target=1.5)
+    with pytest.raises(ConfigError, match="model.init_args.n_hidden"):
+        RBM(n_hidden=0)
+    with pytest.raises(TypeError, match="unexpected keyword argument.*'n_hiden'"):
+        RBM(n_hiden=3)
 
 
 def _env() -> dict:
@@ -143,12 +150,12 @@ def _env() -> dict:
 def test_ddp_two_processes_keep_their_own_chains(tmp_path) -> None:
     args = [sys.executable, "-m", "lightning_gm", "fit", *_DIGITS_RBM, "--run_name=ddp", "--trainer.max_epochs=2",
             "--trainer.strategy=ddp", "--trainer.devices=2", "--trainer.accelerator=cpu", "--test_after_fit=true",
-            "--model.init_args.exact_max_units=0", "--model.init_args.ais_runs=10", "--model.init_args.ais_steps=100"]
+            "--model.init_args.ais.exact_max_units=0", "--model.init_args.ais.runs=10", "--model.init_args.ais.steps=100"]
     out = subprocess.run(args, cwd=tmp_path, env=_env(), capture_output=True, text=True, timeout=600)
     assert out.returncode == 0, out.stderr[-3000:]
     run = tmp_path / "runs/rbm/ddp"
     summary = json.loads((run / "summary.json").read_text())
-    assert summary["status"] == "tested" and summary["estimator"] == "ais"
+    assert summary["status"] == "tested" and summary["estimator"] == "ais 10x100"
     assert summary["global_step"] == 2 * 6  # 1197 examples over 2 processes, 100 per batch
     assert math.isfinite(summary["test"]["test/nll"]) and math.isfinite(summary["test"]["test/logZ"])
     ck = torch.load(run / "checkpoints/last.ckpt", weights_only=True)

@@ -11,14 +11,16 @@ import torch
 
 from lightning_gm.data import DigitsDataModule
 from lightning_gm.errors import ConfigError
+from lightning_gm.estimators.ais import AISSchedule
 from lightning_gm.estimators.partition import enumerate_binary
 from lightning_gm.models import SpikeSlabRBM, SubspaceRBM
+from lightning_gm.nn.rbm import CD, Penalties
 
 
 def test_subspace_rbm_log_prob_normalises_and_ais_agrees() -> None:
     torch.manual_seed(0)
-    m = SubspaceRBM(data_shape=(7,), n_hidden=3, subspace_size=2, weight_std=1.0, exact_max_units=10,
-                    ais_runs=200, ais_steps=500).double()
+    m = SubspaceRBM(data_shape=(7,), n_hidden=3, subspace_size=2, weight_std=1.0,
+                    ais=AISSchedule(exact_max_units=10, runs=200, steps=500)).double()
     with torch.no_grad():
         m.rbm.c.normal_()
         m.rbm.A.normal_()
@@ -31,7 +33,8 @@ def test_subspace_rbm_log_prob_normalises_and_ais_agrees() -> None:
 def test_subspace_rbm_cd_gradient_is_the_expected_statistics() -> None:
     """-dL/dW_ijk = <x_i p(h_j|x) sigma(a_jk)>_data - <same>_model (CD-1 negatives from the same stream)."""
     torch.manual_seed(1)
-    m = SubspaceRBM(data_shape=(6,), n_hidden=3, subspace_size=2, persistent=False, weight_std=0.5, weight_cost=0.0)
+    m = SubspaceRBM(data_shape=(6,), n_hidden=3, subspace_size=2, cd=CD(persistent=False), weight_std=0.5,
+                    penalties=Penalties(weight_cost=0.0))
     x = torch.bernoulli(torch.full((11, 6), 0.4))
     m._generator = torch.Generator().manual_seed(3)
     m.loss_terms(x, "train")["loss"].backward()
@@ -46,7 +49,7 @@ def test_subspace_rbm_cd_gradient_is_the_expected_statistics() -> None:
 
 def test_spike_slab_rbm_density_in_data_space_integrates_to_one() -> None:
     torch.manual_seed(2)
-    m = SpikeSlabRBM(data_shape=(2,), n_hidden=3, weight_std=1.0, exact_max_units=10).double()
+    m = SpikeSlabRBM(data_shape=(2,), n_hidden=3, weight_std=1.0, ais=AISSchedule(exact_max_units=10)).double()
     with torch.no_grad():
         m.data_mean.copy_(torch.tensor([0.5, -1.0]))
         m.data_std.copy_(torch.tensor([0.25, 2.0]))
@@ -67,7 +70,6 @@ def test_spike_slab_rbm_density_in_data_space_integrates_to_one() -> None:
     (SpikeSlabRBM, "min_precision", 0.0),
     (SpikeSlabRBM, "phi", -0.1),
     (SpikeSlabRBM, "min_std", 0.0),
-    (SpikeSlabRBM, "k", 0),
     (SubspaceRBM, "subspace_size", 0),
     (SubspaceRBM, "n_hidden", 0),
 ])
@@ -83,13 +85,15 @@ def test_bad_values_raise_config_error_naming_the_key(cls: type, key: str, value
 def test_short_fit_and_ais_test_on_digits(tmp_path, cls: type, kwargs: dict, dm_kwargs: dict) -> None:
     pl.seed_everything(0)
     dm = DigitsDataModule(batch_size=100, val_size=200, **dm_kwargs)
-    m = cls(data_shape=dm.shape, num_chains=20, sample_steps=5, exact_max_units=0, ais_runs=16, ais_steps=60, **kwargs)
+    m = cls(data_shape=dm.shape, cd=CD(chains=20), sample_steps=5, ais=AISSchedule(exact_max_units=0, runs=16, steps=60),
+            **kwargs)
     trainer = pl.Trainer(max_epochs=1, limit_train_batches=4, limit_val_batches=1, limit_test_batches=1,
                          accelerator="cpu", logger=False, enable_progress_bar=False, enable_model_summary=False,
                          enable_checkpointing=False, default_root_dir=str(tmp_path))
     trainer.fit(m, dm)
     out = trainer.test(m, dm, verbose=False)[0]
-    assert m.estimator == "ais" and m.log_z.n_runs == 16 and m.log_z.n_steps == 60
+    assert m.estimator == "ais 16x60" and m.log_z.runs == 16 and m.log_z.steps == 60
+    assert out["test/ais_runs"] == 16 and out["test/ais_steps"] == 60 and 1 <= out["test/ais_ess"] <= 16
     assert math.isfinite(out["test/nll"]) and math.isfinite(out["test/logZ"])
     assert bool(m.chains_ready) and torch.isfinite(m.chains).all()
     pics = m.pictures(8)

@@ -8,7 +8,8 @@ import pytest
 import torch
 
 from lightning_gm.estimators.partition import enumerate_binary
-from lightning_gm.estimators.rbm_variants import SpikeSlabAnnealingPath, ais_log_partition_path, ssrbm_log_partition_enumerate
+from lightning_gm.estimators.ais import ais_log_partition
+from lightning_gm.estimators.rbm_variants import SpikeSlabAnnealingPath, ssrbm_log_partition_enumerate
 from lightning_gm.nn.ssrbm import SpikeSlabRBMNet
 
 
@@ -133,7 +134,7 @@ def test_ais_is_within_a_tenth_of_a_nat_of_exact_log_z(seed: int) -> None:
     net = _net(6, 8, seed, scale=0.8)
     exact = ssrbm_log_partition_enumerate(net)
     path = SpikeSlabAnnealingPath(net, base_mean=torch.zeros(6), base_precision=net.visible_precision)
-    res = ais_log_partition_path(path, n_runs=200, betas=1000, generator=torch.Generator().manual_seed(50 + seed))
+    res = ais_log_partition(path, runs=200, steps=1000, generator=torch.Generator().manual_seed(50 + seed))
     assert res.log_z == pytest.approx(exact, abs=0.1)
 
 

@@ -9,11 +9,8 @@ import pytest
 import torch
 
 from lightning_gm.estimators.partition import enumerate_binary
-from lightning_gm.estimators.rbm_variants import (
-    SubspaceRBMAnnealingPath,
-    ais_log_partition_path,
-    subspace_rbm_log_partition_enumerate,
-)
+from lightning_gm.estimators.ais import ais_log_partition
+from lightning_gm.estimators.rbm_variants import SubspaceRBMAnnealingPath, subspace_rbm_log_partition_enumerate
 from lightning_gm.nn.subspace_rbm import SubspaceRBMNet
 
 
@@ -98,8 +95,8 @@ def test_ais_is_within_a_tenth_of_a_nat_of_exact_log_z(seed: int) -> None:
     net = _net(8, 3, 3, seed, scale=0.7)
     exact = subspace_rbm_log_partition_enumerate(net)
     base = torch.randn(8, dtype=torch.float64, generator=torch.Generator().manual_seed(seed))
-    res = ais_log_partition_path(SubspaceRBMAnnealingPath(net, base), n_runs=200, betas=1000,
-                                 generator=torch.Generator().manual_seed(100 + seed))
+    res = ais_log_partition(SubspaceRBMAnnealingPath(net, base), runs=200, steps=1000,
+                            generator=torch.Generator().manual_seed(100 + seed))
     assert res.log_z == pytest.approx(exact, abs=0.1)
     assert res.log_z_interval[0] - 1e-9 <= res.log_z <= res.log_z_interval[1] + 1e-9
 

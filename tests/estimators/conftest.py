@@ -1,0 +1,33 @@
+"""A trained, enumerable RBM shared by the AIS tests."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from lightning_gm.estimators.ais import base_rate_log_odds
+from lightning_gm.estimators.partition import log_partition_enumerate
+from lightning_gm.nn.rbm import BernoulliRBM
+
+
+@pytest.fixture(scope="session")
+def digits_rbm() -> dict:
+    """A 64x20 RBM trained with 600 PCD-1 steps on binarised 8x8 digits: ``rbm``, the data ``x``, its exact
+    ``log_z`` (2^20 hidden configurations) and the data's base-rate log-odds ``base``."""
+    from sklearn.datasets import load_digits
+
+    x = torch.tensor(load_digits().data / 16.0 > 0.5, dtype=torch.float32)
+    torch.manual_seed(0)
+    g = torch.Generator().manual_seed(0)
+    rbm = BernoulliRBM(64, 20)
+    rbm.init_visible_bias_from_data(x)
+    opt = torch.optim.SGD(rbm.parameters(), lr=0.1, momentum=0.5)
+    chains = torch.bernoulli(torch.full((100, 64), 0.5), generator=g)
+    for _ in range(600):
+        batch = x[torch.randint(0, len(x), (100,), generator=g)]
+        chains = rbm.gibbs_vhv(chains, 1, generator=g).v
+        opt.zero_grad()
+        rbm.cd_loss(batch, chains).backward()
+        opt.step()
+    rbm.requires_grad_(False)
+    return {"rbm": rbm, "x": x, "log_z": log_partition_enumerate(rbm), "base": base_rate_log_odds(x)}
