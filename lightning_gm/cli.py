@@ -251,9 +251,12 @@ class GenerativeCLI(LightningCLI):
         cfg.trainer.logger = loggers
 
     def instantiate_trainer(self, **kwargs: Any):  # type: ignore[override]
+        from lightning_gm.callbacks.registry import callbacks_for
+
         cfg = self._section()
         platform = [DivergenceGuard(), RNGStateCheckpoint(),
-                    RunSummary(str(self.run_dir), cfg.experiment, cfg.run_name, tags=list(cfg.tags or []))]
+                    RunSummary(str(self.run_dir), cfg.experiment, cfg.run_name, tags=list(cfg.tags or [])),
+                    *callbacks_for(self.model)]  # what the model declares: evaluations, schedule progress
         trial = os.environ.get(TRIAL_ENV)
         self.pruning = OptunaPruning.from_env(trial) if trial and self.subcommand == "fit" else None
         if self.pruning is not None:

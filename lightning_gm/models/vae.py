@@ -39,7 +39,7 @@ from lightning_gm.estimators.importance import importance_weighted_log_prob, log
 from lightning_gm.models.base import GenerativeModel, _adam
 from lightning_gm.nn.distributions import kl_normal_std_normal, log_normal_diag
 from lightning_gm.nn.likelihoods import BernoulliLikelihood, Likelihood
-from lightning_gm.nn.mlp import MLP
+from lightning_gm.nn.mlp import MLP, bounded, check_bounds, check_init
 from lightning_gm.nn.posterior import PosteriorFlow
 from lightning_gm.nn.priors import Prior, StandardNormal
 
@@ -103,6 +103,10 @@ class LatentVariableModel(GenerativeModel):
             loaded batch is split into consecutive updates of this size (the same updates as loading them one
             by one, with Lightning's per-step cost paid once per loaded batch; ``bench/vae_overhead.py``).
             ``None``: one update per loaded batch.
+        data_mean_bias: before the first update, set the decoder's output bias to the likelihood's parameters
+            at the training data's mean (Burda et al.'s code: the logit of the pixel means), so that training
+            starts from the independent-pixel model instead of first learning it (a plateau of hundreds of
+            updates); needs a decoder whose last layer is linear (the MLP decoders).
     """
 
     family = "vae"
@@ -125,9 +129,11 @@ class LatentVariableModel(GenerativeModel):
         optimizer: OptimizerCallable = _adam,
         lr_scheduler: Optional[LRSchedulerCallable] = None,
         update_batch_size: Optional[int] = None,
+        data_mean_bias: bool = False,
     ) -> None:
         super().__init__(data_shape, optimizer, lr_scheduler)
         self.set_update_batch_size(update_batch_size)
+        self.data_mean_bias = data_mean_bias
         if train_k < 1:
             raise ConfigError(f"model.init_args.train_k must be >= 1, got {train_k}")
         if free_bits < 0:
@@ -171,6 +177,47 @@ class LatentVariableModel(GenerativeModel):
     @property
     def top_latent_dim(self) -> int:
         raise NotImplementedError
+
+    def output_layer(self) -> nn.Module:
+        """The decoder's last layer, whose outputs are the likelihood's parameters (for ``data_mean_bias``)."""
+        raise NotImplementedError
+
+    # --- initialisation from the data ------------------------------------------------------------------
+    def _check_data_mean_bias(self) -> None:
+        """Refuse ``data_mean_bias`` at construction when the decoder or the likelihood cannot take it."""
+        if not self.data_mean_bias:
+            return
+        layer = self.output_layer()
+        n = self.likelihood.num_params(self.data_dim)
+        if not isinstance(layer, nn.Linear) or layer.bias is None or layer.out_features != n:
+            raise ConfigError(f"model.init_args.data_mean_bias needs a decoder ending in a linear layer with {n} "
+                              f"outputs and a bias (the MLP decoders), got {type(layer).__name__}; set it to false")
+        try:
+            self.likelihood.params_at_mean(torch.full((self.data_dim,), 0.5))
+        except NotImplementedError as exc:
+            raise ConfigError(f"model.init_args.data_mean_bias: {exc}; set it to false") from exc
+
+    def on_train_start(self) -> None:
+        if self.data_mean_bias and self.global_step == 0:  # a fresh run, not a resumed one
+            self.set_output_bias_to_data_mean(self.trainer.train_dataloader)
+
+    @torch.no_grad()
+    def set_output_bias_to_data_mean(self, batches: Any) -> Tensor:
+        """Set :meth:`output_layer`'s bias to ``likelihood.params_at_mean(mean of the batches)`` (one pass over
+        them; under DDP the sums of every process) and return that mean."""
+        total = torch.zeros(self.data_dim, dtype=torch.float64, device=self.device)
+        count = torch.zeros((), dtype=torch.float64, device=self.device)
+        for batch in batches:
+            x = batch[0] if isinstance(batch, (tuple, list)) else batch
+            total += x.to(self.device).flatten(1).sum(0, dtype=torch.float64)
+            count += x.shape[0]
+        if self._trainer is not None:
+            total = self.trainer.strategy.reduce(total, reduce_op="sum")
+            count = self.trainer.strategy.reduce(count, reduce_op="sum")
+        mean = (total / count).to(self.dtype)
+        layer = self.output_layer()
+        layer.bias.copy_(self.likelihood.params_at_mean(mean))
+        return mean
 
     # --- the objective -------------------------------------------------------------------------------
     def kl_weight(self) -> float:
@@ -262,8 +309,8 @@ class LatentVariableModel(GenerativeModel):
         raise NotImplementedError
 
 
-def _mlp_factory(hidden: Sequence[int], activation: str) -> NetFactory:
-    return lambda i, o: MLP([i, *hidden, o], activation)
+def _mlp_factory(hidden: Sequence[int], activation: str, init: str) -> NetFactory:
+    return lambda i, o: MLP([i, *hidden, o], activation, init)
 
 
 class VAE(LatentVariableModel):
@@ -281,7 +328,13 @@ class VAE(LatentVariableModel):
         data_shape: shape of one example (linked from the data).
         latent_dim: dimension of ``z``.
         hidden: hidden widths of the default MLP encoder; the default decoder mirrors them.
-        activation: hidden activation of the default MLPs (``tanh`` as in Burda et al.).
+        activation: hidden activation of the default MLPs (``tanh`` as in Burda et al.; ``gated`` = gated dense
+            units as in Tomczak & Welling).
+        init: weight initialisation of the default MLPs (:data:`~lightning_gm.nn.mlp.INITS`): ``xavier_uniform``
+            with zero biases (Burda et al., for tanh), ``he_normal`` (Tomczak & Welling, for gated/ReLU units),
+            ``torch`` (PyTorch's default, which leaves tanh networks on a plateau for hundreds of updates).
+        log_var_bounds: ``[low, high]``: the encoder's log-variance is ``hardtanh(v(x), low, high)`` (Tomczak &
+            Welling's ``[-6, 2]``; it also bounds the VampPrior's components); ``null``: unbounded.
         likelihood: decoder observation model (default Bernoulli).
         prior: ``p(z)`` (default standard normal; e.g. :class:`~lightning_gm.nn.priors.VampPrior`).
         encoder: factory ``(D, 2 L + context_features) -> network`` replacing the MLP (e.g. ConvEncoder).
@@ -300,6 +353,8 @@ class VAE(LatentVariableModel):
         optimizer: optimiser factory (default Adam, lr 1e-3).
         lr_scheduler: optional scheduler factory.
         update_batch_size: examples per parameter update (see :class:`LatentVariableModel`).
+        data_mean_bias: start the decoder's output bias at the training data's mean (Burda et al.'s code; see
+            :class:`LatentVariableModel`).
     """
 
     def __init__(
@@ -308,6 +363,8 @@ class VAE(LatentVariableModel):
         latent_dim: int = 50,
         hidden: Sequence[int] = (200, 200),
         activation: str = "tanh",
+        init: str = "xavier_uniform",
+        log_var_bounds: Optional[tuple[float, float]] = None,
         likelihood: Optional[Likelihood] = None,
         prior: Optional[Prior] = None,
         encoder: Optional[NetFactory] = None,
@@ -326,29 +383,33 @@ class VAE(LatentVariableModel):
         optimizer: OptimizerCallable = _adam,
         lr_scheduler: Optional[LRSchedulerCallable] = None,
         update_batch_size: Optional[int] = None,
+        data_mean_bias: bool = False,
     ) -> None:
         super().__init__(data_shape, likelihood, beta, kl_warmup_epochs, free_bits, train_k, val_k, test_k,
-                         chunk_size, eval_seed, optimizer, lr_scheduler, update_batch_size)
+                         chunk_size, eval_seed, optimizer, lr_scheduler, update_batch_size, data_mean_bias)
         self.save_hyperparameters(ignore=["likelihood", "prior", "encoder", "decoder", "posterior_flow",
                                           "optimizer", "lr_scheduler"])
         if latent_dim < 1:
             raise ConfigError(f"model.init_args.latent_dim must be >= 1, got {latent_dim}")
+        check_init(init, "model.init_args.init")
+        self.log_var_bounds = check_bounds(log_var_bounds, "model.init_args.log_var_bounds")
         self.latent_dim, self.context_features = latent_dim, context_features
         self.posterior_mean_samples = posterior_mean_samples
-        enc = encoder or _mlp_factory(hidden, activation)
-        dec = decoder or _mlp_factory(list(reversed(list(hidden))), activation)
+        enc = encoder or _mlp_factory(hidden, activation, init)
+        dec = decoder or _mlp_factory(list(reversed(list(hidden))), activation, init)
         self.encoder = enc(self.data_dim, 2 * latent_dim + context_features)
         self.decoder = dec(latent_dim, self.likelihood.num_params(self.data_dim))
         self.flow = posterior_flow(latent_dim, context_features) if posterior_flow is not None else None
         self.prior = prior if prior is not None else StandardNormal()
         self.prior.build(latent_dim)
         self.prior.bind(self.encode, self.data_shape)
+        self._check_data_mean_bias()
 
     # --- the model ----------------------------------------------------------------------------------
     def _encode_all(self, flat: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         out = self.encoder(flat)
         L = self.latent_dim
-        return out[..., :L], out[..., L : 2 * L], out[..., 2 * L :]
+        return out[..., :L], bounded(out[..., L : 2 * L], self.log_var_bounds), out[..., 2 * L :]
 
     def encode(self, x: Tensor) -> tuple[Tensor, Tensor]:
         """``q(z_0|x)`` parameters ``(mu, log_var)``, each ``(B, latent_dim)``."""
@@ -358,6 +419,10 @@ class VAE(LatentVariableModel):
     def decode(self, z: Tensor) -> Tensor:
         """Likelihood parameters of ``p(x|z)``, shape ``(..., num_params)``."""
         return self.decoder(z)
+
+    def output_layer(self) -> nn.Module:
+        modules = list(self.decoder.modules())
+        return modules[-1]
 
     @property
     def prior_top(self) -> Prior:
@@ -417,7 +482,10 @@ class HierarchicalVAE(LatentVariableModel):
         data_shape: shape of one example (linked from the data).
         latent_dims: sizes of the stochastic layers, nearest to ``x`` first.
         hidden: deterministic hidden widths before each stochastic layer (one list per layer).
-        activation: hidden activation.
+        activation: hidden activation (``gated``: gated dense units).
+        init: weight initialisation of every MLP (:data:`~lightning_gm.nn.mlp.INITS`; see :class:`VAE`).
+        log_var_bounds: ``[low, high]`` bounds of every Gaussian conditional's log-variance (``hardtanh``), or
+            ``null``.
         likelihood: decoder observation model (default Bernoulli).
         prior: ``p(z_S)`` of the top layer (default standard normal; priors that need the encoder are refused).
         posterior_mean_samples: samples of the Monte Carlo ``E_q[z_s]`` for ``s > 1`` (active units).
@@ -432,6 +500,7 @@ class HierarchicalVAE(LatentVariableModel):
         optimizer: optimiser factory (default Adam, lr 1e-3).
         lr_scheduler: optional scheduler factory.
         update_batch_size: examples per parameter update (see :class:`LatentVariableModel`).
+        data_mean_bias: start the decoder's output bias at the training data's mean (see :class:`LatentVariableModel`).
     """
 
     def __init__(
@@ -440,6 +509,8 @@ class HierarchicalVAE(LatentVariableModel):
         latent_dims: Sequence[int] = (100, 50),
         hidden: Sequence[Sequence[int]] = ((200, 200), (100, 100)),
         activation: str = "tanh",
+        init: str = "xavier_uniform",
+        log_var_bounds: Optional[tuple[float, float]] = None,
         likelihood: Optional[Likelihood] = None,
         prior: Optional[Prior] = None,
         posterior_mean_samples: int = 100,
@@ -454,9 +525,10 @@ class HierarchicalVAE(LatentVariableModel):
         optimizer: OptimizerCallable = _adam,
         lr_scheduler: Optional[LRSchedulerCallable] = None,
         update_batch_size: Optional[int] = None,
+        data_mean_bias: bool = False,
     ) -> None:
         super().__init__(data_shape, likelihood, beta, kl_warmup_epochs, free_bits, train_k, val_k, test_k,
-                         chunk_size, eval_seed, optimizer, lr_scheduler, update_batch_size)
+                         chunk_size, eval_seed, optimizer, lr_scheduler, update_batch_size, data_mean_bias)
         self.save_hyperparameters(ignore=["likelihood", "prior", "optimizer", "lr_scheduler"])
         dims = [int(d) for d in latent_dims]
         if len(dims) < 1 or min(dims) < 1:
@@ -465,18 +537,23 @@ class HierarchicalVAE(LatentVariableModel):
             raise ConfigError(
                 f"model.init_args.hidden needs one list of widths per stochastic layer ({len(dims)}), got {len(hidden)}"
             )
+        check_init(init, "model.init_args.init")
+        self.log_var_bounds = check_bounds(log_var_bounds, "model.init_args.log_var_bounds")
         self.latent_dims, self.posterior_mean_samples = dims, posterior_mean_samples
         ins = [self.data_dim, *dims[:-1]]
-        self.encoders = nn.ModuleList(MLP([i, *h, 2 * d], activation) for i, h, d in zip(ins, hidden, dims))
+        self.encoders = nn.ModuleList(MLP([i, *h, 2 * d], activation, init) for i, h, d in zip(ins, hidden, dims))
         # p(z_s | z_{s+1}) for s < S, then p(x | z_1)
         self.conditionals = nn.ModuleList(
-            MLP([dims[s + 1], *reversed(list(hidden[s + 1])), 2 * dims[s]], activation) for s in range(len(dims) - 1)
+            MLP([dims[s + 1], *reversed(list(hidden[s + 1])), 2 * dims[s]], activation, init)
+            for s in range(len(dims) - 1)
         )
-        self.decoder = MLP([dims[0], *reversed(list(hidden[0])), self.likelihood.num_params(self.data_dim)], activation)
+        self.decoder = MLP([dims[0], *reversed(list(hidden[0])), self.likelihood.num_params(self.data_dim)],
+                           activation, init)
         self.prior = prior if prior is not None else StandardNormal()
         if self.prior.needs_encoder:
             raise ConfigError(f"{type(self.prior).__name__} needs a one-layer VAE's encoder; use it with models.VAE")
         self.prior.build(dims[-1])
+        self._check_data_mean_bias()
 
     @property
     def prior_top(self) -> Prior:
@@ -486,11 +563,19 @@ class HierarchicalVAE(LatentVariableModel):
     def top_latent_dim(self) -> int:
         return self.latent_dims[-1]
 
+    def output_layer(self) -> nn.Module:
+        return self.decoder[-1]
+
+    def _gaussian(self, net: nn.Module, h: Tensor) -> tuple[Tensor, Tensor]:
+        """``(mu, log_var)`` of a Gaussian conditional (the log-variance within ``log_var_bounds``)."""
+        mu, log_var = net(h).chunk(2, dim=-1)
+        return mu, bounded(log_var, self.log_var_bounds)
+
     def posterior(self, flat: Tensor, n: int, generators: Optional[Sequence[torch.Generator]] = None) -> Latents:
         zs, log_qs = [], []
         h: Tensor = flat
         for enc, d in zip(self.encoders, self.latent_dims):
-            mu, log_var = enc(h).chunk(2, dim=-1)
+            mu, log_var = self._gaussian(enc, h)
             z = mu + torch.exp(0.5 * log_var) * standard_normal_noise(n, flat, d, generators)  # one z_s per z_{s-1}
             zs.append(z)
             log_qs.append(log_normal_diag(z, mu, log_var))
@@ -500,7 +585,7 @@ class HierarchicalVAE(LatentVariableModel):
     def log_prior_terms(self, z: list[Tensor]) -> list[Tensor]:
         terms = []
         for s, cond in enumerate(self.conditionals):
-            mu, log_var = cond(z[s + 1]).chunk(2, dim=-1)
+            mu, log_var = self._gaussian(cond, z[s + 1])
             terms.append(log_normal_diag(z[s], mu, log_var))
         terms.append(self.prior.log_prob(z[-1]))
         return terms

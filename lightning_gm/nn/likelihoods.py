@@ -37,6 +37,11 @@ class Likelihood(nn.Module):
         """One sample ``x ~ p(x | params)``, shape ``(..., D)``."""
         raise NotImplementedError
 
+    def params_at_mean(self, mean: Tensor) -> Tensor:
+        """Parameters ``(num_params(D),)`` whose mean is ``mean`` ``(D,)`` (any other parameter at a neutral value):
+        a decoder's output bias set to them starts the model at the data's mean (Burda et al.'s initialisation)."""
+        raise NotImplementedError(f"{type(self).__name__} has no parameters-at-the-data-mean initialisation")
+
 
 class BernoulliLikelihood(Likelihood):
     r"""Independent Bernoulli pixels with logits :math:`\eta`:
@@ -54,6 +59,11 @@ class BernoulliLikelihood(Likelihood):
 
     def sample(self, params: Tensor) -> Tensor:
         return torch.bernoulli(torch.sigmoid(params))
+
+    def params_at_mean(self, mean: Tensor) -> Tensor:
+        r"""The logits :math:`\log \frac{m}{1 - m}` of the means clipped to ``[0.001, 0.999]`` (as Burda et al.'s code)."""
+        m = mean.clamp(1e-3, 1 - 1e-3)
+        return torch.log(m) - torch.log1p(-m)
 
 
 class GaussianLikelihood(Likelihood):
@@ -94,6 +104,10 @@ class GaussianLikelihood(Likelihood):
     def sample(self, params: Tensor) -> Tensor:
         mu, log_var = self._split(params)
         return mu + torch.exp(0.5 * log_var) * torch.randn_like(mu)
+
+    def params_at_mean(self, mean: Tensor) -> Tensor:
+        """The means (and log-variances 0 when learned)."""
+        return torch.cat([mean, torch.zeros_like(mean)]) if self.learn_variance else mean.clone()
 
 
 class DiscretizedLogisticLikelihood(Likelihood):

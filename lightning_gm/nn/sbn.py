@@ -47,9 +47,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from lightning_gm.errors import ConfigError
 
-__all__ = ["HelmholtzMachine", "WakeTerms", "bernoulli_log_prob", "bernoulli_sample", "Q_UPDATES"]
+__all__ = ["HelmholtzMachine", "WakeTerms", "bernoulli_log_prob", "bernoulli_sample", "binary_configurations",
+           "Q_UPDATES"]
 
 #: the recognition-network updates a reweighted wake-sleep step may use
 Q_UPDATES = ("wake", "sleep", "both")
@@ -95,6 +95,13 @@ def bernoulli_sample(logits: Tensor, generators: Optional[Sequence[torch.Generat
     return (u < probs).to(logits.dtype)
 
 
+def binary_configurations(n: int, dtype: torch.dtype = torch.float64,
+                          device: torch.device | str | None = None) -> Tensor:
+    """All :math:`2^n` binary vectors of length ``n``, ``(2**n, n)``, row ``k`` the bits of ``k`` (lowest first)."""
+    codes = torch.arange(2**n, dtype=torch.int64, device=device)
+    return ((codes.unsqueeze(-1) >> torch.arange(n, dtype=torch.int64, device=device)) & 1).to(dtype)
+
+
 class WakeTerms(NamedTuple):
     """Wake-phase surrogate losses of a batch and the log-weights they came from."""
 
@@ -124,7 +131,7 @@ class HelmholtzMachine(nn.Module):
         super().__init__()
         sizes = [int(n_visible), *[int(h) for h in hidden]]
         if len(sizes) < 2 or min(sizes) < 1:
-            raise ConfigError(f"HelmholtzMachine needs n_visible >= 1 and at least one hidden layer of size >= 1, "
+            raise ValueError(f"HelmholtzMachine needs n_visible >= 1 and at least one hidden layer of size >= 1, "
                               f"got n_visible={n_visible}, hidden={list(hidden)}")
         self.sizes = sizes
         self.hidden_sizes = sizes[1:]
@@ -280,25 +287,21 @@ class HelmholtzMachine(nn.Module):
         Returns:
             ``(B,)`` in ``x``'s dtype.
         """
-        from lightning_gm.estimators.partition import EnumerationTooLargeError, enumerate_binary
-
         n = self.n_hidden_total
         if n > max_units:
-            raise EnumerationTooLargeError(
+            raise ValueError(
                 f"exact log p(x) of a sigmoid belief net enumerates 2^{n} hidden configurations; the limit is "
                 f"2^{max_units} (max_units). Use the importance-weighted estimate instead."
             )
-        configs = enumerate_binary(n, dtype=x.dtype, device=x.device).unsqueeze(1)  # (2^n, 1, H)
+        configs = binary_configurations(n, dtype=x.dtype, device=x.device).unsqueeze(1)  # (2^n, 1, H)
         return torch.logsumexp(self.log_joint(x, self.split_hidden(configs)), dim=0)
 
     def log_posterior_enumerate(self, x: Tensor, max_units: int = 20) -> tuple[Tensor, Tensor]:
         r"""All hidden configurations ``(2^n, n)`` and the exact posterior :math:`\log p(h \mid x)` ``(2^n, B)``."""
-        from lightning_gm.estimators.partition import enumerate_binary
-
         n = self.n_hidden_total
         if n > max_units:
             raise ValueError(f"2^{n} hidden configurations exceed the limit 2^{max_units}")
-        configs = enumerate_binary(n, dtype=x.dtype, device=x.device)
+        configs = binary_configurations(n, dtype=x.dtype, device=x.device)
         lj = self.log_joint(x, self.split_hidden(configs.unsqueeze(1)))
         return configs, lj - torch.logsumexp(lj, dim=0, keepdim=True)
 

@@ -20,7 +20,8 @@ def _tiny(gated: bool, seed: int) -> VAE:
     torch.manual_seed(seed)
     lik = PixelCNNLikelihood(cond_channels=1, channels=4, n_layers=2, kernel_size=3, first_kernel_size=3,
                              gated=gated, head_channels=4)
-    vae = VAE(data_shape=(1, 3, 3), latent_dim=1, hidden=(8,), likelihood=lik, test_k=50, chunk_size=1000)
+    vae = VAE(data_shape=(1, 3, 3), latent_dim=1, hidden=(8,), likelihood=lik, test_k=50, chunk_size=1000,
+              init="torch")  # PyTorch's init, random biases: a posterior far from exact for every x
     with torch.no_grad():  # make p(x|z) depend strongly on z, so the posterior is far from the prior
         vae.decoder[-1].weight.mul_(4.0)
     return vae.double().eval()

@@ -279,3 +279,45 @@ def test_vampprior_vae_kl_uses_the_same_z_and_the_models_encoder_and_pseudo_inpu
     vae.loss_terms(x, "val")["loss"].backward()
     opt.step()
     assert u.grad is not None and float((u.detach() - before).abs().max()) == pytest.approx(0.003, rel=1e-6)
+
+
+# --- initialisation from the data (Burda et al.'s output bias) ---------------------------------------------------
+@pytest.mark.parametrize("model", ["vae", "hierarchical"])
+def test_output_bias_starts_at_the_logit_of_the_training_pixel_means(model):
+    """data_mean_bias: before the first update the decoder's output is logit(mean) (clipped to [0.001, 0.999]) at
+    zero hidden activity, so the model starts as the independent-pixel model of the training data."""
+    import lightning.pytorch as pl
+    from torch.utils.data import DataLoader, TensorDataset
+
+    from lightning_gm.models import HierarchicalVAE
+
+    torch.manual_seed(0)
+    probs = torch.linspace(0.0, 1.0, 12)
+    x = torch.bernoulli(probs.expand(40, 12))
+    kw = dict(data_shape=(12,), hidden=((6,), (4,)) if model == "hierarchical" else (6,), data_mean_bias=True,
+              update_batch_size=None)
+    vae = HierarchicalVAE(latent_dims=(3, 2), **kw) if model == "hierarchical" else VAE(latent_dim=2, **kw)
+
+    class Capture(pl.Callback):
+        def on_train_batch_start(self, trainer, module, batch, batch_idx):
+            if trainer.global_step == 0:
+                self.bias = module.output_layer().bias.detach().clone()
+
+    cap = Capture()
+    pl.Trainer(max_epochs=1, callbacks=[cap], logger=False, enable_checkpointing=False, enable_progress_bar=False,
+               enable_model_summary=False).fit(vae, DataLoader(TensorDataset(x), batch_size=16))
+    m = x.mean(0).clamp(1e-3, 1 - 1e-3)
+    torch.testing.assert_close(cap.bias, torch.log(m / (1 - m)))
+    assert float(cap.bias[0]) == pytest.approx(math.log(1e-3 / (1 - 1e-3)), rel=1e-5)  # an all-zero pixel: clipped
+
+
+def test_output_bias_from_the_data_needs_a_linear_output_and_a_likelihood_that_has_it():
+    from lightning_gm.errors import ConfigError
+    from lightning_gm.nn import ConvDecoder, DiscretizedLogisticLikelihood
+
+    with pytest.raises(ConfigError, match="data_mean_bias needs a decoder ending in a linear layer"):
+        VAE(data_shape=(1, 8, 8), latent_dim=2, data_mean_bias=True,
+            decoder=lambda i, o: ConvDecoder(i, o, image_shape=(1, 8, 8), channels=(4,)))
+    with pytest.raises(ConfigError, match="DiscretizedLogisticLikelihood has no parameters-at-the-data-mean"):
+        VAE(data_shape=(4,), latent_dim=2, hidden=(3,), likelihood=DiscretizedLogisticLikelihood(),
+            data_mean_bias=True)

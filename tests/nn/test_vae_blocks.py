@@ -9,7 +9,6 @@ import math
 import pytest
 import torch
 
-from lightning_gm.errors import ConfigError
 from lightning_gm.nn import (
     ConvDecoder,
     ConvEncoder,
@@ -155,7 +154,7 @@ def test_conv_nets_map_flat_vectors(num_params):
     x = torch.rand(3, 784)
     assert enc(x).shape == (3, 10) and enc(x.view(1, 3, 784)).shape == (1, 3, 10)
     assert dec(torch.randn(2, 3, 5)).shape == (2, 3, num_params * 784)
-    with pytest.raises(ConfigError, match="image_shape"):
+    with pytest.raises(ValueError, match="image_shape"):
         ConvEncoder(64, 10)
 
 
