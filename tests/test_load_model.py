@@ -28,11 +28,11 @@ VAMP_GAUSS = ["--config", str(ROOT / "conf" / "vae_digits.yaml"), "--data.init_a
               "--model.init_args.likelihood=lightning_gm.nn.GaussianLikelihood",
               "--model.init_args.likelihood.init_args.learn_variance=true",
               "--model.init_args.prior=lightning_gm.nn.VampPrior",
-              "--model.init_args.prior.init_args.num_components=5", "--model.init_args.test_k=4"]
+              "--model.init_args.prior.init_args.num_components=5", "--model.init_args.evaluation.test_k=4"]
 PIXELCNN = ["--config", str(ROOT / "conf" / "vae_pixelcnn.yaml"), "--data.init_args.batch_size=8",
             "--data.init_args.eval_batch_size=8", "--model.init_args.latent_dim=4", "--model.init_args.hidden=[16]",
             "--model.init_args.likelihood.init_args.channels=4", "--model.init_args.likelihood.init_args.n_layers=2",
-            "--model.init_args.likelihood.init_args.head_channels=8", "--model.init_args.test_k=2"]
+            "--model.init_args.likelihood.init_args.head_channels=8", "--model.init_args.evaluation.test_k=2"]
 GAN_ARGS = ["--config", str(ROOT / "conf" / "gan.yaml"), "--data.init_args.batch_size=8",
             "--data.init_args.eval_batch_size=8", "--model.init_args.latent_dim=3",
             "--model.init_args.generator.init_args.hidden=[16]",

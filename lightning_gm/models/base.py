@@ -173,7 +173,12 @@ class GenerativeModel(pl.LightningModule):
     def _is_non_default_arg(self, frame: Any, name: str) -> bool:
         """Whether the ``__init__`` running in ``frame`` received a value other than its default for ``name``."""
         if name not in frame.f_locals:
-            return False
+            # passed on to a parent through ``**kwargs``: given (not None) means not the parent's default (None)
+            code = frame.f_code
+            if not code.co_flags & inspect.CO_VARKEYWORDS:
+                return False
+            varkw = code.co_varnames[code.co_argcount + code.co_kwonlyargcount + bool(code.co_flags & inspect.CO_VARARGS)]
+            return (frame.f_locals.get(varkw) or {}).get(name) is not None
         value = frame.f_locals[name]
         init = next((c.__dict__["__init__"] for c in type(self).__mro__
                      if getattr(c.__dict__.get("__init__"), "__code__", None) is frame.f_code), None)

@@ -17,8 +17,11 @@ dimension when analytic, else per stochastic layer; the bar is the batch mean).
 A flow in the posterior (:mod:`lightning_gm.nn.posterior`) changes :math:`\log q` by its log-det:
 :math:`\log q_K(z_K|x) = \log q_0(z_0|x) - \sum_k \log|\det \partial z_k / \partial z_{k-1}|`.
 
-Test: :class:`~lightning_gm.callbacks.iwae.IWAEEvaluation` with ``k = test_k`` (5000), deterministic given
-``eval_seed``, sharded over DDP processes; ``test/nll``, ``test/iw_elbo``, ``test/active_units``.
+The objective's knobs form the parameter group :class:`Objective`, the evaluation's the group
+:class:`~lightning_gm.estimators.seeded.IWEvaluation` (``test_k = 5000``, deterministic given its ``seed``,
+batched, sharded over DDP processes); the model declares that evaluation (:attr:`LatentVariableModel.iw_evaluation`)
+and the ``lightning_gm`` command attaches it (:func:`lightning_gm.callbacks.registry.evaluations_for`):
+``test/nll``, ``test/iw_elbo``, ``test/active_units``.
 
 References: Kingma & Welling (2014), Auto-Encoding Variational Bayes; Burda, Grosse & Salakhutdinov (2016),
 Importance Weighted Autoencoders (784-200-200-50 and 784-[200-200]-100-[100-100]-50 architectures);
@@ -28,6 +31,8 @@ Sønderby et al. (2016), Ladder VAEs (warm-up); Kingma et al. (2016), IAF (free 
 
 from __future__ import annotations
 
+import inspect
+from dataclasses import dataclass
 from typing import Any, Callable, NamedTuple, Optional, Sequence
 
 import torch
@@ -36,14 +41,17 @@ from torch import Tensor, nn
 
 from lightning_gm.errors import ConfigError
 from lightning_gm.estimators.importance import importance_weighted_log_prob, log_mean_exp
+from lightning_gm.estimators.seeded import IWEvaluation, SeededNoise
 from lightning_gm.models.base import GenerativeModel, _adam
+from lightning_gm.models.migration import FlatKeys, groups_as_dicts, upgrade_hparams, upgraded_checkpoint
 from lightning_gm.nn.distributions import kl_normal_std_normal, log_normal_diag
 from lightning_gm.nn.likelihoods import BernoulliLikelihood, Likelihood
 from lightning_gm.nn.mlp import MLP, bounded, check_bounds, check_init
 from lightning_gm.nn.posterior import PosteriorFlow
 from lightning_gm.nn.priors import Prior, StandardNormal
 
-__all__ = ["VAE", "HierarchicalVAE", "LatentVariableModel", "Latents", "kl_warmup_weight", "standard_normal_noise"]
+__all__ = ["VAE", "HierarchicalVAE", "LatentVariableModel", "Latents", "Objective", "IWEvaluation", "kl_warmup_weight",
+           "standard_normal_noise", "FLAT_KEYS"]
 
 #: ``(in_features, out_features) -> network`` on flat vectors
 NetFactory = Callable[[int, int], nn.Module]
@@ -59,17 +67,62 @@ def kl_warmup_weight(beta: float, warmup_epochs: int, step: int, steps_per_epoch
     return beta * min(1.0, step / (warmup_epochs * max(1, steps_per_epoch)))
 
 
-def standard_normal_noise(n: int, like: Tensor, dim: int,
-                          generators: Optional[Sequence[torch.Generator]] = None) -> Tensor:
-    """``(n, B, dim)`` standard normal noise for a batch ``like`` (``(B, ...)``); example ``b`` draws from
-    ``generators[b]`` when given (deterministic per example), else from the global generator."""
-    if generators is None:
+#: what a model draws its noise from: ``None`` (the global stream), a :class:`SeededNoise` (the seeded
+#: evaluation), or one generator per example
+Noise = Optional["SeededNoise | Sequence[torch.Generator]"]
+
+
+def standard_normal_noise(n: int, like: Tensor, dim: int, noise: Noise = None) -> Tensor:
+    """``(n, B, dim)`` standard normal noise for a batch ``like`` (``(B, ...)``): from ``noise`` when given (a
+    :class:`~lightning_gm.estimators.seeded.SeededNoise`, or one generator per example), else the global stream."""
+    if noise is None:
         return torch.randn(n, like.shape[0], dim, dtype=like.dtype, device=like.device)
-    if len(generators) != like.shape[0]:
-        raise ValueError(f"{len(generators)} generators for a batch of {like.shape[0]} examples")
+    if isinstance(noise, SeededNoise):
+        return noise.normal(n, dim, like)
+    if len(noise) != like.shape[0]:
+        raise ValueError(f"{len(noise)} generators for a batch of {like.shape[0]} examples")
     return torch.stack(
-        [torch.randn(n, dim, generator=g, dtype=like.dtype, device=like.device) for g in generators], dim=1
+        [torch.randn(n, dim, generator=g, dtype=like.dtype, device=like.device) for g in noise], dim=1
     )
+
+
+@dataclass(frozen=True)
+class Objective:
+    r"""The training objective of the VAE family (a parameter group): the ``k``-sample bound with KL weight.
+
+    Args:
+        beta: weight :math:`\beta` of the KL term (1 = the bound).
+        kl_warmup_epochs: anneal the KL weight linearly from 0 to ``beta`` over this many epochs (0 = off).
+        free_bits: minimum KL (nats) per latent dimension / layer before it is penalised (0 = off; needs
+            ``train_k = 1``).
+        train_k: importance samples of the training objective (1 = the ELBO, a VAE; > 1 = the IWAE bound).
+    """
+
+    beta: float = 1.0
+    kl_warmup_epochs: int = 0
+    free_bits: float = 0.0
+    train_k: int = 1
+
+    def __post_init__(self) -> None:
+        if self.train_k < 1:
+            raise ValueError(f"model.init_args.objective.train_k must be >= 1, got {self.train_k}")
+        if self.free_bits < 0:
+            raise ValueError(f"model.init_args.objective.free_bits must be >= 0, got {self.free_bits}")
+        if self.kl_warmup_epochs < 0:
+            raise ValueError(f"model.init_args.objective.kl_warmup_epochs must be >= 0, got {self.kl_warmup_epochs}")
+        if self.free_bits > 0 and self.train_k > 1:
+            raise ValueError(f"model.init_args.objective.free_bits={self.free_bits} needs the single-sample ELBO "
+                             f"(train_k=1), got train_k={self.train_k}")
+
+
+#: flat hyperparameters of checkpoints written before the parameter groups: ``old name -> (group, field)``
+#: (``chunk_size`` was the samples drawn at once, a memory knob with no field now)
+FLAT_KEYS: FlatKeys = {
+    "beta": ("objective", "beta"), "kl_warmup_epochs": ("objective", "kl_warmup_epochs"),
+    "free_bits": ("objective", "free_bits"), "train_k": ("objective", "train_k"),
+    "val_k": ("evaluation", "val_k"), "test_k": ("evaluation", "test_k"), "eval_seed": ("evaluation", "seed"),
+    "chunk_size": None,
+}
 
 
 class Latents(NamedTuple):
@@ -78,6 +131,18 @@ class Latents(NamedTuple):
     z: list[Tensor]  #: samples, each ``(n, B, L_l)``
     log_q: list[Tensor]  #: ``log q(z_l | parent)``, each ``(n, B)``
     analytic_kl: Optional[Tensor] = None  #: closed-form KL per dimension ``(B, L)`` when it exists
+
+
+def _group(value: Any, cls: type, key: str) -> Any:
+    """A parameter group given as the dataclass or as a mapping of its fields (Python callers, checkpoints)."""
+    if isinstance(value, cls):
+        return value
+    if isinstance(value, dict):
+        try:
+            return cls(**value)
+        except TypeError as exc:
+            raise ConfigError(f"model.init_args.{key}: {exc}") from exc
+    raise ConfigError(f"model.init_args.{key} must be a {cls.__name__} (or a mapping of its fields), got {value!r}")
 
 
 class LatentVariableModel(GenerativeModel):
@@ -89,14 +154,9 @@ class LatentVariableModel(GenerativeModel):
     Args:
         data_shape: shape of one example (linked from the data).
         likelihood: decoder observation model (default Bernoulli).
-        beta: weight of the KL term (1 = the bound).
-        kl_warmup_epochs: anneal the KL weight linearly from 0 to ``beta`` over this many epochs.
-        free_bits: minimum KL (nats) per latent dimension / layer before it is penalised (0 = off; ``train_k = 1``).
-        train_k: importance samples of the training objective (1 = VAE, > 1 = IWAE).
-        val_k: importance samples for ``val/nll`` each validation (0 = skip).
-        test_k: importance samples per test example for ``test/nll``.
-        chunk_size: importance samples drawn at once (bounds memory for large ``k``).
-        eval_seed: seed of the test evaluation (example ``i`` uses a generator seeded by ``(eval_seed, i)``).
+        objective: the training objective (KL weight ``beta``, ``kl_warmup_epochs``, ``free_bits``, ``train_k``).
+        evaluation: the importance-weighted evaluation (``val_k``, ``test_k``, ``seed``, ``subset``, ``block``,
+            ``sample_block``).
         optimizer: optimiser factory (default Adam, lr 1e-3).
         lr_scheduler: optional scheduler factory.
         update_batch_size: examples per parameter update when smaller than the data's batch size: each
@@ -118,14 +178,8 @@ class LatentVariableModel(GenerativeModel):
         self,
         data_shape: Sequence[int] = (784,),
         likelihood: Optional[Likelihood] = None,
-        beta: float = 1.0,
-        kl_warmup_epochs: int = 0,
-        free_bits: float = 0.0,
-        train_k: int = 1,
-        val_k: int = 0,
-        test_k: int = 5000,
-        chunk_size: int = 500,
-        eval_seed: int = 0,
+        objective: Objective = Objective(),
+        evaluation: IWEvaluation = IWEvaluation(),
         optimizer: OptimizerCallable = _adam,
         lr_scheduler: Optional[LRSchedulerCallable] = None,
         update_batch_size: Optional[int] = None,
@@ -134,24 +188,41 @@ class LatentVariableModel(GenerativeModel):
         super().__init__(data_shape, optimizer, lr_scheduler)
         self.set_update_batch_size(update_batch_size)
         self.data_mean_bias = data_mean_bias
-        if train_k < 1:
-            raise ConfigError(f"model.init_args.train_k must be >= 1, got {train_k}")
-        if free_bits < 0:
-            raise ConfigError(f"model.init_args.free_bits must be >= 0, got {free_bits}")
-        if free_bits > 0 and train_k > 1:
-            raise ConfigError(
-                f"model.init_args.free_bits={free_bits} needs the single-sample ELBO (train_k=1), got train_k={train_k}"
-            )
-        if test_k < 1 or chunk_size < 1:
-            raise ConfigError(f"model.init_args.test_k and chunk_size must be >= 1, got {test_k} and {chunk_size}")
+        self.objective = _group(objective, Objective, "objective")
+        self.evaluation = _group(evaluation, IWEvaluation, "evaluation")
         self.likelihood = likelihood if likelihood is not None else BernoulliLikelihood()
-        self.beta, self.kl_warmup_epochs, self.free_bits = beta, kl_warmup_epochs, free_bits
-        self.train_k, self.val_k, self.test_k = train_k, val_k, test_k
-        self.chunk_size, self.eval_seed = chunk_size, eval_seed
+
+    @classmethod
+    def load_from_checkpoint(cls, checkpoint_path: Any, *args: Any, **kwargs: Any):  # type: ignore[override]
+        """As :meth:`GenerativeModel.load_from_checkpoint`; a checkpoint written before the parameter groups
+        (flat ``beta``, ``test_k``, ... hyperparameters) has them folded into ``objective`` / ``evaluation``."""
+        upgraded = upgraded_checkpoint(checkpoint_path, FLAT_KEYS, kwargs.get("weights_only"))
+        return super().load_from_checkpoint(upgraded, *args, **kwargs)
+
+    @classmethod
+    def unrecorded_init_args(cls, hparams: dict[str, Any]) -> list[str]:
+        return super().unrecorded_init_args(upgrade_hparams(hparams, FLAT_KEYS))
+
+    def save_hyperparameters(self, *args: Any, **kwargs: Any) -> None:
+        """As the base's, with the parameter groups stored as plain mappings (loadable without pickled classes)."""
+        kwargs.setdefault("frame", inspect.currentframe().f_back)
+        super().save_hyperparameters(*args, **kwargs)
+        groups_as_dicts(self._hparams, ("objective", "evaluation"))
+        groups_as_dicts(self._hparams_initial, ("objective", "evaluation"))
+
+    @property
+    def iw_evaluation(self) -> IWEvaluation:
+        """The importance-weighted test evaluation this model declares (attached by the CLI's registry)."""
+        return self.evaluation
+
+    @property
+    def test_k(self) -> int:
+        return self.evaluation.test_k
 
     # --- what a member of the family implements ------------------------------------------------------
-    def posterior(self, flat: Tensor, n: int, generators: Optional[Sequence[torch.Generator]] = None) -> Latents:
-        """``n`` reparameterised draws from ``q(z | x)`` for a batch of flat ``x`` ``(B, D)``."""
+    def posterior(self, flat: Tensor, n: int, noise: Noise = None) -> Latents:
+        """``n`` reparameterised draws from ``q(z | x)`` for a batch of flat ``x`` ``(B, D)``, the noise from
+        ``noise`` (:func:`standard_normal_noise`)."""
         raise NotImplementedError
 
     def log_prior_terms(self, z: list[Tensor]) -> list[Tensor]:
@@ -166,8 +237,9 @@ class LatentVariableModel(GenerativeModel):
         """``E[x | z]`` of top-layer latents ``(B, L_top)`` (intermediate layers at their means): ``(B, D)``."""
         raise NotImplementedError
 
-    def posterior_means(self, x: Tensor, generators: Optional[Sequence[torch.Generator]] = None) -> list[Tensor]:
-        """``E_q[z_l]`` per layer for a batch, each ``(B, L_l)`` (Monte Carlo where not closed-form)."""
+    def posterior_means(self, x: Tensor, noise: Noise = None) -> list[Tensor]:
+        """``E_q[z_l]`` per layer for a batch, each ``(B, L_l)`` (Monte Carlo where not closed-form, with ``noise``
+        of ``posterior_mean_samples`` samples)."""
         raise NotImplementedError
 
     def encode_mean(self, x: Tensor) -> Tensor:
@@ -222,19 +294,20 @@ class LatentVariableModel(GenerativeModel):
     # --- the objective -------------------------------------------------------------------------------
     def kl_weight(self) -> float:
         """KL weight of the current training step (``beta`` outside training)."""
-        if not self.training or self.kl_warmup_epochs <= 0 or self._trainer is None:
-            return self.beta
-        return kl_warmup_weight(self.beta, self.kl_warmup_epochs, self.global_step, self.updates_per_epoch)
+        obj = self.objective
+        if not self.training or obj.kl_warmup_epochs <= 0 or self._trainer is None:
+            return obj.beta
+        return kl_warmup_weight(obj.beta, obj.kl_warmup_epochs, self.global_step, self.updates_per_epoch)
 
     def _penalty(self, kl_columns: Tensor) -> Tensor:
         """Batch-mean KL penalty from per-column KLs ``(B, C)``, with free bits per column."""
-        if self.free_bits > 0:
-            return kl_columns.mean(0).clamp(min=self.free_bits).sum()
+        if self.objective.free_bits > 0:
+            return kl_columns.mean(0).clamp(min=self.objective.free_bits).sum()
         return kl_columns.sum(-1).mean()
 
     def loss_terms(self, x: Tensor, stage: str) -> dict[str, Tensor]:
         flat = x.flatten(1)
-        k = self.train_k if stage == "train" else 1
+        k = self.objective.train_k if stage == "train" else 1
         lat = self.posterior(flat, k)
         rec = self.log_likelihood(flat, lat.z)  # (k, B)
         layer_kl = [lq - lp for lq, lp in zip(lat.log_q, self.log_prior_terms(lat.z))]  # each (k, B)
@@ -255,40 +328,38 @@ class LatentVariableModel(GenerativeModel):
             )
         if len(layer_kl) > 1:
             terms.update({f"kl_{i + 1}": t.mean() for i, t in enumerate(layer_kl)})
-        if stage == "train" and self.kl_warmup_epochs > 0:
+        if stage == "train" and self.objective.kl_warmup_epochs > 0:
             terms["kl_weight"] = torch.tensor(weight)
-        if stage == "val" and self.val_k > 0:
-            terms["nll"] = -self.iw_log_prob(x, self.val_k).mean()
+        if stage == "val" and self.evaluation.val_k > 0:
+            terms["nll"] = -self.iw_log_prob(x, self.evaluation.val_k).mean()
         return terms
 
     # --- importance weights -------------------------------------------------------------------------
-    def log_weights(self, x: Tensor, n: int, generators: Optional[Sequence[torch.Generator]] = None) -> Tensor:
-        """``log p(x, z) - log q(z | x)`` for ``n`` samples per example: ``(n, B)``."""
+    def log_weights(self, x: Tensor, n: int, noise: Noise = None) -> Tensor:
+        """``log p(x, z) - log q(z | x)`` for ``n`` samples per example: ``(n, B)`` (noise as :meth:`posterior`)."""
         flat = x.flatten(1)
-        lat = self.posterior(flat, n, generators)
+        lat = self.posterior(flat, n, noise)
         log_p = torch.stack(self.log_prior_terms(lat.z), -1).sum(-1)
         return self.log_likelihood(flat, lat.z) + log_p - torch.stack(lat.log_q, -1).sum(-1)
 
     def iw_log_prob(self, x: Tensor, k: int) -> Tensor:
-        """The ``k``-sample importance-weighted bound of ``log p(x)``, ``(B,)`` (global RNG)."""
-        return importance_weighted_log_prob(self.log_weights, x, k, self.chunk_size).log_prob.to(x.dtype)
+        """The ``k``-sample importance-weighted bound of ``log p(x)``, ``(B,)`` (global RNG; passes of at most the
+        evaluation's ``block * sample_block`` rows)."""
+        chunk = max(1, self.evaluation.rows // max(1, x.shape[0]))
+        return importance_weighted_log_prob(self.log_weights, x, k, chunk).log_prob.to(x.dtype)
 
     # --- the shared interface -----------------------------------------------------------------------
     @property
     def estimator(self) -> str:
-        return f"iwae-{self.test_k}"
+        """``iwae-<test_k>`` (a test of a subset is labelled by its evaluation, e.g. ``iwae-5000 (1,000 of 10,000,
+        evenly spaced)``, in ``summary.json``)."""
+        return f"iwae-{self.evaluation.test_k}"
 
     def log_prob(self, x: Tensor) -> Tensor:
-        return self.iw_log_prob(x, self.test_k)
-
-    def configure_callbacks(self) -> list[Any]:
-        """The seeded, sharded test evaluation (``test_k``, ``chunk_size``, ``eval_seed``)."""
-        from lightning_gm.callbacks.iwae import IWAEEvaluation
-
-        return [IWAEEvaluation(k=self.test_k, chunk_size=self.chunk_size, seed=self.eval_seed)]
+        return self.iw_log_prob(x, self.evaluation.test_k)
 
     def test_step(self, batch: Any, batch_idx: int) -> None:
-        # the bound terms per batch; test/nll comes from IWAEEvaluation at the end of the epoch
+        # the bound terms per batch; test/nll comes from the declared evaluation at the end of the epoch
         self._common_step(batch, "test")
 
     def on_test_epoch_end(self) -> None:
@@ -325,7 +396,6 @@ class VAE(LatentVariableModel):
     likelihood's parameters.
 
     Args:
-        data_shape: shape of one example (linked from the data).
         latent_dim: dimension of ``z``.
         hidden: hidden widths of the default MLP encoder; the default decoder mirrors them.
         activation: hidden activation of the default MLPs (``tanh`` as in Burda et al.; ``gated`` = gated dense
@@ -335,58 +405,34 @@ class VAE(LatentVariableModel):
             ``torch`` (PyTorch's default, which leaves tanh networks on a plateau for hundreds of updates).
         log_var_bounds: ``[low, high]``: the encoder's log-variance is ``hardtanh(v(x), low, high)`` (Tomczak &
             Welling's ``[-6, 2]``; it also bounds the VampPrior's components); ``null``: unbounded.
-        likelihood: decoder observation model (default Bernoulli).
         prior: ``p(z)`` (default standard normal; e.g. :class:`~lightning_gm.nn.priors.VampPrior`).
         encoder: factory ``(D, 2 L + context_features) -> network`` replacing the MLP (e.g. ConvEncoder).
         decoder: factory ``(L, num_params) -> network`` replacing the MLP (e.g. ConvDecoder).
         posterior_flow: factory ``(L, context_features) -> PosteriorFlow`` (planar, IAF); none by default.
         context_features: size of the encoder's context ``h`` for a conditional flow (IAF).
         posterior_mean_samples: samples of the Monte Carlo ``E_q[z]`` with a flow (active units).
-        beta: weight of the KL term.
-        kl_warmup_epochs: KL warm-up length in epochs.
-        free_bits: free bits per latent dimension (analytic KL) or for the whole KL (with a flow / other prior).
-        train_k: importance samples of the training objective (1 = VAE, > 1 = IWAE).
-        val_k: importance samples for ``val/nll`` (0 = skip).
-        test_k: importance samples for ``test/nll``.
-        chunk_size: importance samples drawn at once.
-        eval_seed: seed of the test evaluation.
-        optimizer: optimiser factory (default Adam, lr 1e-3).
-        lr_scheduler: optional scheduler factory.
-        update_batch_size: examples per parameter update (see :class:`LatentVariableModel`).
-        data_mean_bias: start the decoder's output bias at the training data's mean (Burda et al.'s code; see
-            :class:`LatentVariableModel`).
+        **kwargs: the family's shared arguments (:class:`LatentVariableModel`): ``data_shape``, ``likelihood``
+            (default Bernoulli), ``objective`` (:class:`Objective`), ``evaluation``
+            (:class:`~lightning_gm.estimators.seeded.IWEvaluation`), ``optimizer`` (default Adam, lr 1e-3),
+            ``lr_scheduler``, ``update_batch_size``, ``data_mean_bias``.
     """
 
     def __init__(
         self,
-        data_shape: Sequence[int] = (784,),
         latent_dim: int = 50,
         hidden: Sequence[int] = (200, 200),
         activation: str = "tanh",
         init: str = "xavier_uniform",
         log_var_bounds: Optional[tuple[float, float]] = None,
-        likelihood: Optional[Likelihood] = None,
         prior: Optional[Prior] = None,
         encoder: Optional[NetFactory] = None,
         decoder: Optional[NetFactory] = None,
         posterior_flow: Optional[FlowFactory] = None,
         context_features: int = 0,
         posterior_mean_samples: int = 100,
-        beta: float = 1.0,
-        kl_warmup_epochs: int = 0,
-        free_bits: float = 0.0,
-        train_k: int = 1,
-        val_k: int = 0,
-        test_k: int = 5000,
-        chunk_size: int = 500,
-        eval_seed: int = 0,
-        optimizer: OptimizerCallable = _adam,
-        lr_scheduler: Optional[LRSchedulerCallable] = None,
-        update_batch_size: Optional[int] = None,
-        data_mean_bias: bool = False,
+        **kwargs: Any,
     ) -> None:
-        super().__init__(data_shape, likelihood, beta, kl_warmup_epochs, free_bits, train_k, val_k, test_k,
-                         chunk_size, eval_seed, optimizer, lr_scheduler, update_batch_size, data_mean_bias)
+        super().__init__(**kwargs)
         self.save_hyperparameters(ignore=["likelihood", "prior", "encoder", "decoder", "posterior_flow",
                                           "optimizer", "lr_scheduler"])
         if latent_dim < 1:
@@ -432,9 +478,9 @@ class VAE(LatentVariableModel):
     def top_latent_dim(self) -> int:
         return self.latent_dim
 
-    def posterior(self, flat: Tensor, n: int, generators: Optional[Sequence[torch.Generator]] = None) -> Latents:
+    def posterior(self, flat: Tensor, n: int, noise: Noise = None) -> Latents:
         mu, log_var, h = self._encode_all(flat)
-        z0 = mu + torch.exp(0.5 * log_var) * standard_normal_noise(n, flat, self.latent_dim, generators)
+        z0 = mu + torch.exp(0.5 * log_var) * standard_normal_noise(n, flat, self.latent_dim, noise)
         log_q = log_normal_diag(z0, mu, log_var)
         analytic = None
         if self.flow is not None:
@@ -456,11 +502,11 @@ class VAE(LatentVariableModel):
         return self.likelihood.mean(self.decode(z_top))
 
     @torch.no_grad()
-    def posterior_means(self, x: Tensor, generators: Optional[Sequence[torch.Generator]] = None) -> list[Tensor]:
+    def posterior_means(self, x: Tensor, noise: Noise = None) -> list[Tensor]:
         flat = x.flatten(1)
         if self.flow is None:
             return [self.encode(flat)[0]]
-        return [self.posterior(flat, self.posterior_mean_samples, generators).z[0].mean(0)]
+        return [self.posterior(flat, self.posterior_mean_samples, noise).z[0].mean(0)]
 
     def kl_analytic(self, x: Tensor) -> Tensor:
         """Closed-form ``KL(q(z|x) || N(0, I))`` per example (standard-normal prior, no flow)."""
@@ -479,56 +525,29 @@ class HierarchicalVAE(LatentVariableModel):
     mirrored in the generative direction), the top prior injected.
 
     Args:
-        data_shape: shape of one example (linked from the data).
         latent_dims: sizes of the stochastic layers, nearest to ``x`` first.
         hidden: deterministic hidden widths before each stochastic layer (one list per layer).
         activation: hidden activation (``gated``: gated dense units).
         init: weight initialisation of every MLP (:data:`~lightning_gm.nn.mlp.INITS`; see :class:`VAE`).
         log_var_bounds: ``[low, high]`` bounds of every Gaussian conditional's log-variance (``hardtanh``), or
             ``null``.
-        likelihood: decoder observation model (default Bernoulli).
         prior: ``p(z_S)`` of the top layer (default standard normal; priors that need the encoder are refused).
         posterior_mean_samples: samples of the Monte Carlo ``E_q[z_s]`` for ``s > 1`` (active units).
-        beta: weight of the KL terms.
-        kl_warmup_epochs: KL warm-up length in epochs.
-        free_bits: free bits per stochastic layer.
-        train_k: importance samples of the training objective (1 = VAE, > 1 = IWAE).
-        val_k: importance samples for ``val/nll`` (0 = skip).
-        test_k: importance samples for ``test/nll``.
-        chunk_size: importance samples drawn at once.
-        eval_seed: seed of the test evaluation.
-        optimizer: optimiser factory (default Adam, lr 1e-3).
-        lr_scheduler: optional scheduler factory.
-        update_batch_size: examples per parameter update (see :class:`LatentVariableModel`).
-        data_mean_bias: start the decoder's output bias at the training data's mean (see :class:`LatentVariableModel`).
+        **kwargs: the family's shared arguments (see :class:`VAE`).
     """
 
     def __init__(
         self,
-        data_shape: Sequence[int] = (784,),
         latent_dims: Sequence[int] = (100, 50),
         hidden: Sequence[Sequence[int]] = ((200, 200), (100, 100)),
         activation: str = "tanh",
         init: str = "xavier_uniform",
         log_var_bounds: Optional[tuple[float, float]] = None,
-        likelihood: Optional[Likelihood] = None,
         prior: Optional[Prior] = None,
         posterior_mean_samples: int = 100,
-        beta: float = 1.0,
-        kl_warmup_epochs: int = 0,
-        free_bits: float = 0.0,
-        train_k: int = 1,
-        val_k: int = 0,
-        test_k: int = 5000,
-        chunk_size: int = 500,
-        eval_seed: int = 0,
-        optimizer: OptimizerCallable = _adam,
-        lr_scheduler: Optional[LRSchedulerCallable] = None,
-        update_batch_size: Optional[int] = None,
-        data_mean_bias: bool = False,
+        **kwargs: Any,
     ) -> None:
-        super().__init__(data_shape, likelihood, beta, kl_warmup_epochs, free_bits, train_k, val_k, test_k,
-                         chunk_size, eval_seed, optimizer, lr_scheduler, update_batch_size, data_mean_bias)
+        super().__init__(**kwargs)
         self.save_hyperparameters(ignore=["likelihood", "prior", "optimizer", "lr_scheduler"])
         dims = [int(d) for d in latent_dims]
         if len(dims) < 1 or min(dims) < 1:
@@ -571,12 +590,12 @@ class HierarchicalVAE(LatentVariableModel):
         mu, log_var = net(h).chunk(2, dim=-1)
         return mu, bounded(log_var, self.log_var_bounds)
 
-    def posterior(self, flat: Tensor, n: int, generators: Optional[Sequence[torch.Generator]] = None) -> Latents:
+    def posterior(self, flat: Tensor, n: int, noise: Noise = None) -> Latents:
         zs, log_qs = [], []
         h: Tensor = flat
         for enc, d in zip(self.encoders, self.latent_dims):
             mu, log_var = self._gaussian(enc, h)
-            z = mu + torch.exp(0.5 * log_var) * standard_normal_noise(n, flat, d, generators)  # one z_s per z_{s-1}
+            z = mu + torch.exp(0.5 * log_var) * standard_normal_noise(n, flat, d, noise)  # one z_s per z_{s-1}
             zs.append(z)
             log_qs.append(log_normal_diag(z, mu, log_var))
             h = z
@@ -600,8 +619,8 @@ class HierarchicalVAE(LatentVariableModel):
         return self.likelihood.mean(self.decoder(z))
 
     @torch.no_grad()
-    def posterior_means(self, x: Tensor, generators: Optional[Sequence[torch.Generator]] = None) -> list[Tensor]:
+    def posterior_means(self, x: Tensor, noise: Noise = None) -> list[Tensor]:
         flat = x.flatten(1)
         first = self.encoders[0](flat).chunk(2, dim=-1)[0]
-        lat = self.posterior(flat, self.posterior_mean_samples, generators)
+        lat = self.posterior(flat, self.posterior_mean_samples, noise)
         return [first, *[z.mean(0) for z in lat.z[1:]]]

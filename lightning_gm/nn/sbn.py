@@ -41,7 +41,7 @@ networks; Bornschein & Bengio (2015), Reweighted wake-sleep.
 
 from __future__ import annotations
 
-from typing import NamedTuple, Optional, Sequence
+from typing import Any, NamedTuple, Optional, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -71,7 +71,7 @@ def bernoulli_log_prob(y: Tensor, logits: Tensor) -> Tensor:
 
 
 def bernoulli_sample(logits: Tensor, generators: Optional[Sequence[torch.Generator]] = None,
-                     generator: Optional[torch.Generator] = None) -> Tensor:
+                     generator: Optional[torch.Generator] = None, noise: Any = None) -> Tensor:
     r"""Binary sample :math:`y_i = [u_i < \sigma(a_i)]`, :math:`u_i \sim U(0, 1)`, no gradient.
 
     Args:
@@ -79,12 +79,16 @@ def bernoulli_sample(logits: Tensor, generators: Optional[Sequence[torch.Generat
         generators: one generator per example (axis ``-2``): example ``b`` draws its uniforms from
             ``generators[b]`` only, so its sample does not depend on the rest of the batch.
         generator: one generator for the whole tensor (ignored when ``generators`` is given).
+        noise: an object with ``uniform(n, H, like) -> (n, B, H)`` (e.g. the seeded evaluation's
+            ``SeededNoise``) for ``logits`` of shape ``(n, B, H)``; wins over the others.
 
     Returns:
         ``logits``-shaped 0/1 tensor of ``logits``' dtype.
     """
     probs = torch.sigmoid(logits.detach())
-    if generators is None:
+    if noise is not None:
+        u = noise.uniform(probs.shape[0], probs.shape[-1], probs)
+    elif generators is None:
         u = torch.rand(probs.shape, generator=generator, dtype=probs.dtype, device=probs.device)
     else:
         if len(generators) != probs.shape[-2]:
@@ -189,14 +193,15 @@ class HelmholtzMachine(nn.Module):
     # --- sampling ------------------------------------------------------------------------------------
     @torch.no_grad()
     def sample_posterior(self, x: Tensor, n: int, generators: Optional[Sequence[torch.Generator]] = None,
-                         generator: Optional[torch.Generator] = None) -> list[Tensor]:
+                         generator: Optional[torch.Generator] = None, noise: Any = None) -> list[Tensor]:
         r"""``n`` bottom-up samples :math:`h \sim q(h \mid x)` per example.
 
         Args:
             x: data ``(B, D)``.
             n: samples per example.
             generators: one generator per example (deterministic per example), or
-            generator: one generator for the batch.
+            generator: one generator for the batch, or
+            noise: a seeded noise source (``uniform(n, H, like)``; see :func:`bernoulli_sample`).
 
         Returns:
             ``hs[l]`` of shape ``(n, B, H_{l+1})``.
@@ -204,7 +209,7 @@ class HelmholtzMachine(nn.Module):
         h = x.unsqueeze(0).expand(n, *x.shape)
         hs = []
         for layer in self.recognition:
-            h = bernoulli_sample(layer(h), generators, generator)
+            h = bernoulli_sample(layer(h), generators, generator, noise)
             hs.append(h)
         return hs
 
@@ -228,9 +233,9 @@ class HelmholtzMachine(nn.Module):
 
     # --- importance weights and the wake / sleep signals -------------------------------------------
     def log_weights(self, x: Tensor, n: int, generators: Optional[Sequence[torch.Generator]] = None,
-                    generator: Optional[torch.Generator] = None) -> Tensor:
+                    generator: Optional[torch.Generator] = None, noise: Any = None) -> Tensor:
         r""":math:`\log w = \log p(x, h) - \log q(h \mid x)` of ``n`` fresh :math:`h \sim q(h \mid x)`: ``(n, B)``."""
-        hs = self.sample_posterior(x, n, generators, generator)
+        hs = self.sample_posterior(x, n, generators, generator, noise)
         return self.log_joint(x, hs) - self.log_q(x, hs)
 
     def wake_terms(self, x: Tensor, k: int, reweight: bool = True,

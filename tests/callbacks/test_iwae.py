@@ -45,8 +45,8 @@ def checkpoint(tmp_path_factory):
 
 def _test(cwd, ckpt, name: str, *extra: str) -> dict:
     ddp = "--trainer.strategy=ddp" in extra
-    _run(["test", "--config", DIGITS, f"--ckpt_path={ckpt}", f"--run_name={name}", "--model.init_args.test_k=64",
-          "--model.init_args.chunk_size=24", *QUIET, *extra], cwd, ddp)
+    _run(["test", "--config", DIGITS, f"--ckpt_path={ckpt}", f"--run_name={name}", "--model.init_args.evaluation.test_k=64",
+          *QUIET, *extra], cwd, ddp)
     return json.loads((cwd / f"runs/vae_digits/{name}/summary.json").read_text())
 
 
@@ -60,7 +60,7 @@ def test_two_process_evaluation_equals_one_process(checkpoint):
     t = one["test"]
     assert t["test/nll"] <= -t["test/iw_elbo"] and 0 < t["test/active_units"] <= 8
     # another evaluation seed: other noise, a different (but close) estimate
-    other = _test(cwd, ckpt, "seed", "--model.init_args.eval_seed=1")
+    other = _test(cwd, ckpt, "seed", "--model.init_args.evaluation.seed=1")
     assert other["test"]["test/nll"] != t["test/nll"]
     assert abs(other["test"]["test/nll"] - t["test/nll"]) < 5 * t["test/nll_stderr"]
 

@@ -1,0 +1,73 @@
+"""Checkpoints written before a family's knobs became parameter groups still load.
+
+A family that moved flat ``__init__`` arguments into a frozen-dataclass group (e.g. the VAE's ``beta``,
+``test_k`` into ``objective`` / ``evaluation``) lists the old names in a :data:`FlatKeys` table; its
+``load_from_checkpoint`` hands the checkpoint through :func:`upgraded_checkpoint`, which folds the flat
+hyperparameters into their groups (an in-memory copy; the file is untouched). Groups are stored in
+checkpoints as plain mappings (:func:`groups_as_dicts`), so loading needs no pickled classes.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import io
+from pathlib import Path
+from typing import IO, Any, Optional, Union
+
+import torch
+
+__all__ = ["FlatKeys", "upgrade_hparams", "upgraded_checkpoint", "groups_as_dicts"]
+
+#: ``old flat name -> (group, field)``, or ``None`` for a name that no longer means anything (dropped)
+FlatKeys = dict[str, Optional[tuple[str, str]]]
+
+
+def upgrade_hparams(hparams: dict[str, Any], keys: FlatKeys) -> dict[str, Any]:
+    """``hparams`` with every flat key of ``keys`` moved into its group (fields already in a group win)."""
+    if not any(k in hparams for k in keys):
+        return hparams
+    out = dict(hparams)
+    groups: dict[str, dict[str, Any]] = {}
+    for old, target in keys.items():
+        if old not in out:
+            continue
+        value = out.pop(old)
+        if target is not None:
+            groups.setdefault(target[0], {})[target[1]] = value
+    for name, fields in groups.items():
+        existing = out.get(name) or {}
+        if dataclasses.is_dataclass(existing):
+            existing = dataclasses.asdict(existing)
+        out[name] = {**fields, **dict(existing)}
+    return out
+
+
+def upgraded_checkpoint(checkpoint_path: Union[str, Path, IO], keys: FlatKeys,
+                        weights_only: Optional[bool] = None) -> Union[str, Path, IO]:
+    """``checkpoint_path`` itself when its hyperparameters need no upgrade, else an in-memory copy whose
+    ``hyper_parameters`` are upgraded by :func:`upgrade_hparams` (read with ``weights_only`` as Lightning would:
+    ``None`` is torch's default, ``True``)."""
+    safe = True if weights_only is None else bool(weights_only)
+    if isinstance(checkpoint_path, (str, Path)):
+        if str(checkpoint_path).startswith(("http://", "https://")) or not Path(checkpoint_path).is_file():
+            return checkpoint_path  # Lightning reports it
+        ckpt = torch.load(checkpoint_path, map_location="cpu", weights_only=safe)
+    else:
+        data = checkpoint_path.read()
+        ckpt = torch.load(io.BytesIO(data), map_location="cpu", weights_only=safe)
+        checkpoint_path = io.BytesIO(data)
+    hparams = ckpt.get("hyper_parameters") or {}
+    if not any(k in hparams for k in keys):
+        return checkpoint_path
+    ckpt["hyper_parameters"] = upgrade_hparams(hparams, keys)
+    buffer = io.BytesIO()
+    torch.save(ckpt, buffer)
+    buffer.seek(0)
+    return buffer
+
+
+def groups_as_dicts(hparams: Any, names: tuple[str, ...]) -> None:
+    """Replace the dataclass groups ``names`` in a hyperparameter mapping by plain dicts, in place."""
+    for name in names:
+        if name in hparams and dataclasses.is_dataclass(hparams[name]):
+            hparams[name] = dataclasses.asdict(hparams[name])
