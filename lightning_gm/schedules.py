@@ -29,12 +29,37 @@ from __future__ import annotations
 
 import bisect
 import math
-from typing import Sequence
+from typing import Any, Optional, Sequence
 
 from torch.optim import Optimizer
 from torch.optim.lr_scheduler import LRScheduler
 
-__all__ = ["ProgressLR", "PhasedLR", "BurdaLR", "LinearProgressLR", "CosineProgressLR", "burda_phases"]
+__all__ = ["ProgressLR", "PhasedLR", "BurdaLR", "LinearProgressLR", "CosineProgressLR", "burda_phases",
+           "run_progress"]
+
+
+def run_progress(trainer: Any, epochs_done: Optional[float] = None) -> float:
+    r"""The fraction :math:`p \in [0, 1]` of a run done (see the module docstring): the largest of
+    ``epochs_done / max_epochs`` (``epochs_done`` default: the current epoch, a fraction within it when given),
+    ``global_step / max_steps`` and the elapsed share of ``max_time`` (the trainer's timer: any callback with
+    ``time_elapsed`` / ``time_remaining``, as Lightning's ``Timer``), counting only the limits the trainer has."""
+    fractions = []
+    max_epochs = getattr(trainer, "max_epochs", None)
+    if max_epochs is not None and max_epochs > 0:
+        done = trainer.current_epoch if epochs_done is None else epochs_done
+        fractions.append(done / max_epochs)
+    max_steps = getattr(trainer, "max_steps", -1)
+    if max_steps is not None and max_steps > 0:
+        fractions.append(trainer.global_step / max_steps)
+    timer = next((c for c in getattr(trainer, "callbacks", []) if hasattr(c, "time_remaining")
+                  and hasattr(c, "time_elapsed")), None)
+    if timer is not None:
+        remaining = timer.time_remaining("train")
+        if remaining is not None:
+            elapsed = timer.time_elapsed("train")
+            if elapsed + remaining > 0:
+                fractions.append(elapsed / (elapsed + remaining))
+    return min(1.0, max(fractions, default=0.0))
 
 
 class ProgressLR(LRScheduler):

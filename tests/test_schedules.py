@@ -11,8 +11,8 @@ import pytest
 import torch
 from lightning.pytorch.callbacks import Timer
 
-from lightning_gm.callbacks.run_progress import RunProgress, run_progress
-from lightning_gm.schedules import BurdaLR, CosineProgressLR, LinearProgressLR, PhasedLR
+from lightning_gm.callbacks.run_progress import RunProgress
+from lightning_gm.schedules import BurdaLR, CosineProgressLR, LinearProgressLR, PhasedLR, run_progress
 
 
 def _opt(lr: float = 1e-3) -> torch.optim.Optimizer:
@@ -74,15 +74,16 @@ class _FakeTimer(Timer):
 def test_run_progress_is_the_largest_fraction_of_epochs_steps_and_time():
     t = _FakeTrainer(max_epochs=10, batches=4)
     t.current_epoch = 3
-    assert run_progress(t, batch_idx=2) == pytest.approx(3.5 / 10)
+    assert run_progress(t, 3 + 2 / 4) == pytest.approx(3.5 / 10)
+    assert run_progress(t) == pytest.approx(3 / 10)
     t.max_steps, t.global_step = 100, 60
-    assert run_progress(t, 2) == pytest.approx(0.6)
+    assert run_progress(t, 3.5) == pytest.approx(0.6)
     timer = _FakeTimer(duration=3600)
     timer.elapsed = 2700
     t.callbacks = [timer]
-    assert run_progress(t, 2) == pytest.approx(0.75)
+    assert run_progress(t, 3.5) == pytest.approx(0.75)
     t.current_epoch = 12  # past the end: clipped
-    assert run_progress(t, 0) == 1.0
+    assert run_progress(t) == 1.0
 
 
 def test_a_time_budget_compresses_the_schedule_keeping_the_ratio_of_phase_lengths():
@@ -96,7 +97,7 @@ def test_a_time_budget_compresses_the_schedule_keeping_the_ratio_of_phase_length
     for step in range(41 * 50):
         trainer.current_epoch, batch = divmod(step, 50)
         timer.elapsed = step * seconds_per_batch
-        s.set_progress(run_progress(trainer, batch))
+        s.set_progress(run_progress(trainer, trainer.current_epoch + batch / 50))
         lrs.append(s.optimizer.param_groups[0]["lr"])
     levels = [1e-3 * 10 ** (-i / 7) for i in range(8)]
     counts = [sum(1 for lr in lrs if math.isclose(lr, level, rel_tol=1e-9)) for level in levels]

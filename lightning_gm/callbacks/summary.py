@@ -143,5 +143,6 @@ class RunSummary(pl.Callback):
         self._update(trainer, pl_module, "mark", **fields)
 
     def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException) -> None:
-        status = "interrupted" if isinstance(exception, KeyboardInterrupt) else "failed"
+        # Ctrl-C, or a SIGTERM acted on (Lightning's SIGTERMException is a SystemExit): stopped, not failed
+        status = "interrupted" if isinstance(exception, (KeyboardInterrupt, SystemExit)) else "failed"
         self._update(trainer, pl_module, "error", status=status, error=f"{type(exception).__name__}: {exception}")

@@ -70,6 +70,22 @@ def _read_hparams(checkpoint_path: Union[str, Path, IO], weights_only: Optional[
     return dict(ckpt.get("hyper_parameters") or {})
 
 
+def _init_parameters(cls: type) -> list[inspect.Parameter]:
+    """The named ``__init__`` parameters of ``cls``, following ``**kwargs`` into the parents' signatures (as
+    LightningCLI does): a subclass's own first, then each parent's it passes on."""
+    params: list[inspect.Parameter] = []
+    for klass in cls.__mro__:
+        init = klass.__dict__.get("__init__")
+        if init is None:
+            continue
+        signature = list(inspect.signature(init).parameters.values())[1:]
+        params += [p for p in signature if p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)
+                   and all(p.name != q.name for q in params)]
+        if not any(p.kind == p.VAR_KEYWORD for p in signature):
+            break
+    return params
+
+
 def _adam(params: Any) -> torch.optim.Optimizer:
     return torch.optim.Adam(params, lr=1e-3)
 
@@ -194,10 +210,8 @@ class GenerativeModel(pl.LightningModule):
         its configuration."""
         missing = list(hparams.get(UNSAVED_KEY) or [])
         if hparams.get("_instantiator") == _CLI_INSTANTIATOR:
-            params = inspect.signature(cls.__init__).parameters.values()
-            missing += [p.name for p in params
-                        if p.name != "self" and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)
-                        and not _is_optimizer_arg(p.name) and p.name not in hparams and p.name not in missing]
+            missing += [p.name for p in _init_parameters(cls)
+                        if not _is_optimizer_arg(p.name) and p.name not in hparams and p.name not in missing]
         return missing
 
     @classmethod

@@ -42,13 +42,14 @@ from torch import Tensor, nn
 from lightning_gm.errors import ConfigError
 from lightning_gm.estimators.importance import importance_weighted_log_prob, log_mean_exp
 from lightning_gm.estimators.seeded import IWEvaluation, SeededNoise
-from lightning_gm.models.base import GenerativeModel, _adam
+from lightning_gm.models.base import UNSAVED_KEY, GenerativeModel, _adam
 from lightning_gm.models.migration import FlatKeys, groups_as_dicts, upgrade_hparams, upgraded_checkpoint
 from lightning_gm.nn.distributions import kl_normal_std_normal, log_normal_diag
 from lightning_gm.nn.likelihoods import BernoulliLikelihood, Likelihood
 from lightning_gm.nn.mlp import MLP, bounded, check_bounds, check_init
 from lightning_gm.nn.posterior import PosteriorFlow
 from lightning_gm.nn.priors import Prior, StandardNormal
+from lightning_gm.schedules import run_progress
 
 __all__ = ["VAE", "HierarchicalVAE", "LatentVariableModel", "Latents", "Objective", "IWEvaluation", "kl_warmup_weight",
            "standard_normal_noise", "FLAT_KEYS"]
@@ -93,6 +94,9 @@ class Objective:
     Args:
         beta: weight :math:`\beta` of the KL term (1 = the bound).
         kl_warmup_epochs: anneal the KL weight linearly from 0 to ``beta`` over this many epochs (0 = off).
+        kl_warmup_fraction: or over this share of the run's progress (:func:`lightning_gm.schedules.run_progress`:
+            epochs, steps or ``max_time``), so that a budget compresses the warm-up with the rest of the recipe
+            (0.05 = the VampPrior's 100 of 2,000 epochs); at most one of the two.
         free_bits: minimum KL (nats) per latent dimension / layer before it is penalised (0 = off; needs
             ``train_k = 1``).
         train_k: importance samples of the training objective (1 = the ELBO, a VAE; > 1 = the IWAE bound).
@@ -100,6 +104,7 @@ class Objective:
 
     beta: float = 1.0
     kl_warmup_epochs: int = 0
+    kl_warmup_fraction: float = 0.0
     free_bits: float = 0.0
     train_k: int = 1
 
@@ -110,9 +115,20 @@ class Objective:
             raise ValueError(f"model.init_args.objective.free_bits must be >= 0, got {self.free_bits}")
         if self.kl_warmup_epochs < 0:
             raise ValueError(f"model.init_args.objective.kl_warmup_epochs must be >= 0, got {self.kl_warmup_epochs}")
+        if not 0.0 <= self.kl_warmup_fraction <= 1.0:
+            raise ValueError(f"model.init_args.objective.kl_warmup_fraction must be in [0, 1], got "
+                             f"{self.kl_warmup_fraction}")
+        if self.kl_warmup_fraction > 0 and self.kl_warmup_epochs > 0:
+            raise ValueError("model.init_args.objective: give kl_warmup_epochs or kl_warmup_fraction, not both "
+                             f"(got {self.kl_warmup_epochs} and {self.kl_warmup_fraction})")
         if self.free_bits > 0 and self.train_k > 1:
             raise ValueError(f"model.init_args.objective.free_bits={self.free_bits} needs the single-sample ELBO "
                              f"(train_k=1), got train_k={self.train_k}")
+
+    @property
+    def warmup(self) -> bool:
+        """Whether the KL weight is warmed up."""
+        return self.kl_warmup_epochs > 0 or self.kl_warmup_fraction > 0
 
 
 #: flat hyperparameters of checkpoints written before the parameter groups: ``old name -> (group, field)``
@@ -184,7 +200,12 @@ class LatentVariableModel(GenerativeModel):
         lr_scheduler: Optional[LRSchedulerCallable] = None,
         update_batch_size: Optional[int] = None,
         data_mean_bias: bool = False,
+        **recorded: Any,
     ) -> None:
+        # a subclass passes its **kwargs here; Lightning hands a checkpoint's bookkeeping keys to such a class
+        unknown = sorted(set(recorded) - {UNSAVED_KEY})
+        if unknown:
+            raise TypeError(f"{type(self).__name__}.__init__() got unexpected keyword argument(s) {unknown}")
         super().__init__(data_shape, optimizer, lr_scheduler)
         self.set_update_batch_size(update_batch_size)
         self.data_mean_bias = data_mean_bias
@@ -295,8 +316,11 @@ class LatentVariableModel(GenerativeModel):
     def kl_weight(self) -> float:
         """KL weight of the current training step (``beta`` outside training)."""
         obj = self.objective
-        if not self.training or obj.kl_warmup_epochs <= 0 or self._trainer is None:
+        if not self.training or not obj.warmup or self._trainer is None:
             return obj.beta
+        if obj.kl_warmup_fraction > 0:
+            progress = run_progress(self.trainer, self.global_step / max(1.0, self.updates_per_epoch))
+            return obj.beta * min(1.0, progress / obj.kl_warmup_fraction)
         return kl_warmup_weight(obj.beta, obj.kl_warmup_epochs, self.global_step, self.updates_per_epoch)
 
     def _penalty(self, kl_columns: Tensor) -> Tensor:
@@ -328,7 +352,7 @@ class LatentVariableModel(GenerativeModel):
             )
         if len(layer_kl) > 1:
             terms.update({f"kl_{i + 1}": t.mean() for i, t in enumerate(layer_kl)})
-        if stage == "train" and self.objective.kl_warmup_epochs > 0:
+        if stage == "train" and self.objective.warmup:
             terms["kl_weight"] = torch.tensor(weight)
         if stage == "val" and self.evaluation.val_k > 0:
             terms["nll"] = -self.iw_log_prob(x, self.evaluation.val_k).mean()

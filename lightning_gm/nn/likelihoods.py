@@ -51,8 +51,10 @@ class BernoulliLikelihood(Likelihood):
         return dim
 
     def log_prob(self, x: Tensor, params: Tensor) -> Tensor:
-        # -BCE-with-logits is the numerically stable x*eta - softplus(eta)
-        return -F.binary_cross_entropy_with_logits(params, x.expand_as(params), reduction="none").sum(-1)
+        # sum_i x_i eta_i - softplus(eta_i): two reductions over the broadcast x, without the (n, B, D) copy of x and
+        # the extra passes that F.binary_cross_entropy_with_logits makes (~1.7x slower on a CPU: bench/eval_speed.py);
+        # softplus is log1p(exp(eta)) below 20 and eta above, accurate at both ends
+        return (params * x).sum(-1) - F.softplus(params).sum(-1)
 
     def mean(self, params: Tensor) -> Tensor:
         return torch.sigmoid(params)

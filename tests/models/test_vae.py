@@ -397,3 +397,23 @@ def test_flat_hyperparameters_of_old_checkpoints_still_load(tmp_path):
         assert loaded.evaluation == IWEvaluation(test_k=77, seed=3) and loaded.test_k == 77
         for k, v in vae.state_dict().items():
             assert torch.equal(loaded.state_dict()[k], v), k
+
+
+def test_fractional_warm_up_follows_the_runs_progress():
+    """kl_warmup_fraction: the KL weight is beta * min(1, p / fraction) of the run's progress p, so a shorter run
+    (fewer epochs, or a time budget) has the same warm-up shape: 10% of 20 epochs or 10% of 2 epochs."""
+    from types import SimpleNamespace
+
+    vae = VAE(data_shape=(4,), latent_dim=2, hidden=(3,), objective=Objective(beta=0.8, kl_warmup_fraction=0.1))
+    for max_epochs, updates in ((20, 50), (2, 50)):
+        trainer = SimpleNamespace(max_epochs=max_epochs, max_steps=-1, callbacks=[], current_epoch=0, global_step=0,
+                                  num_training_batches=updates, lr_scheduler_configs=[])
+        vae._trainer = trainer  # what kl_weight reads: the trainer's limits and the step
+        vae.train()
+        total = max_epochs * updates
+        for step, expected in ((0, 0.0), (total // 20, 0.4), (total // 10, 0.8), (total // 2, 0.8)):
+            trainer.global_step = step
+            assert vae.kl_weight() == pytest.approx(expected), (max_epochs, step)
+    vae._trainer = None
+    with pytest.raises(ValueError, match="kl_warmup_epochs or kl_warmup_fraction, not both"):
+        Objective(kl_warmup_epochs=3, kl_warmup_fraction=0.1)
