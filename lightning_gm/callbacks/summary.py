@@ -103,7 +103,8 @@ class RunSummary(pl.Callback):
             except (AttributeError, NotImplementedError):
                 summary["estimator"] = None
             # an evaluation that computed test/nll names what it computed (e.g. a subset of the test set)
-            labels = [cb.estimator_label for cb in trainer.callbacks if isinstance(getattr(cb, "estimator_label", None), str)]
+            labels = [cb.estimator_label for cb in trainer.callbacks
+                      if isinstance(getattr(cb, "estimator_label", None), str)]
             if labels:
                 summary["estimator"] = labels[0]
             summary["test_wall_time_s"] = round(time.time() - self._start, 2) if self._start else None

@@ -41,7 +41,8 @@ from torch import Tensor
 
 from lightning_gm.estimators.importance import IWEstimate
 
-__all__ = ["IWEvaluation", "example_seed", "sample_seed", "example_generator", "SeededNoise", "seeded_importance_weighted",
+__all__ = ["IWEvaluation", "example_seed", "sample_seed", "example_generator", "SeededNoise",
+           "seeded_importance_weighted",
            "shard_indices", "shard_blocks", "gather_by_index", "active_units", "evenly_spaced", "SeededLogWeightFn",
            "MEANS_STREAM"]
 

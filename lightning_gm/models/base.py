@@ -193,7 +193,8 @@ class GenerativeModel(pl.LightningModule):
             code = frame.f_code
             if not code.co_flags & inspect.CO_VARKEYWORDS:
                 return False
-            varkw = code.co_varnames[code.co_argcount + code.co_kwonlyargcount + bool(code.co_flags & inspect.CO_VARARGS)]
+            named = code.co_argcount + code.co_kwonlyargcount + bool(code.co_flags & inspect.CO_VARARGS)
+            varkw = code.co_varnames[named]
             return (frame.f_locals.get(varkw) or {}).get(name) is not None
         value = frame.f_locals[name]
         init = next((c.__dict__["__init__"] for c in type(self).__mro__

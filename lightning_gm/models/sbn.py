@@ -199,7 +199,8 @@ class SigmoidBeliefNet(GenerativeModel):
         if self.exact:
             return self.net.log_prob_enumerate(flat, max_units=self.exact_max_units)
         chunk = max(1, self.evaluation.rows // max(1, flat.shape[0]))
-        return importance_weighted_log_prob(self.log_weights, flat, self.evaluation.test_k, chunk).log_prob.to(flat.dtype)
+        est = importance_weighted_log_prob(self.log_weights, flat, self.evaluation.test_k, chunk)
+        return est.log_prob.to(flat.dtype)
 
     def test_step(self, batch: Any, batch_idx: int) -> None:
         if self.exact:

@@ -76,7 +76,8 @@ class ConvEncoder(nn.Module):
         for out in channels:
             layers += [nn.Conv2d(c, out, 3, stride=2, padding=1), activation_module(activation, act_owner)]
             c, h, w = out, (h + 1) // 2, (w + 1) // 2
-        layers += [nn.Flatten(), nn.Linear(c * h * w, hidden), activation_module(activation, act_owner), nn.Linear(hidden, out_features)]
+        layers += [nn.Flatten(), nn.Linear(c * h * w, hidden), activation_module(activation, act_owner),
+                   nn.Linear(hidden, out_features)]
         self.net = init_module_(nn.Sequential(*layers), init) if init != "torch" else nn.Sequential(*layers)
 
     def forward(self, x: Tensor) -> Tensor:

@@ -63,7 +63,8 @@ class BernoulliLikelihood(Likelihood):
         return torch.bernoulli(torch.sigmoid(params))
 
     def params_at_mean(self, mean: Tensor) -> Tensor:
-        r"""The logits :math:`\log \frac{m}{1 - m}` of the means clipped to ``[0.001, 0.999]`` (as Burda et al.'s code)."""
+        r"""The logits :math:`\log \frac{m}{1 - m}` of the means clipped to ``[0.001, 0.999]`` (Burda et al.'s
+        code)."""
         m = mean.clamp(1e-3, 1 - 1e-3)
         return torch.log(m) - torch.log1p(-m)
 
