@@ -10,13 +10,14 @@ checkpoints as plain mappings (:func:`groups_as_dicts`), so loading needs no pic
 from __future__ import annotations
 
 import dataclasses
+import inspect
 import io
 from pathlib import Path
-from typing import IO, Any, Optional, Union
+from typing import IO, Any, ClassVar, Optional, Union
 
 import torch
 
-__all__ = ["FlatKeys", "upgrade_hparams", "upgraded_checkpoint", "groups_as_dicts"]
+__all__ = ["FlatKeys", "GroupedHyperparameters", "as_group", "upgrade_hparams", "upgraded_checkpoint", "groups_as_dicts"]
 
 #: ``old flat name -> (group, field)``, or ``None`` for a name that no longer means anything (dropped)
 FlatKeys = dict[str, Optional[tuple[str, str]]]
@@ -71,3 +72,48 @@ def groups_as_dicts(hparams: Any, names: tuple[str, ...]) -> None:
     for name in names:
         if name in hparams and dataclasses.is_dataclass(hparams[name]):
             hparams[name] = dataclasses.asdict(hparams[name])
+
+
+def as_group(value: Any, cls: type, key: str) -> Any:
+    """A parameter group given as the dataclass or as a mapping of its fields (Python callers, checkpoints); a
+    wrong field is a one-line ``ValueError`` naming ``model.init_args.<key>``."""
+    if isinstance(value, cls):
+        return value
+    if isinstance(value, dict):
+        try:
+            return cls(**value)
+        except TypeError as exc:
+            raise ValueError(f"model.init_args.{key}: {exc}") from exc
+    raise ValueError(f"model.init_args.{key} must be a {cls.__name__} (or a mapping of its fields), got {value!r}")
+
+
+class GroupedHyperparameters:
+    """Mixin (before :class:`~lightning_gm.models.base.GenerativeModel` in the bases) for a family whose knobs
+    are parameter groups: its checkpoints store the groups as mappings, and checkpoints written before the
+    groups (flat hyperparameters, listed in :attr:`flat_keys`) still load.
+
+    Attributes:
+        groups: the ``__init__`` arguments that are parameter groups (frozen dataclasses).
+        flat_keys: the old flat names and the ``(group, field)`` each moved to.
+    """
+
+    groups: ClassVar[tuple[str, ...]] = ()
+    flat_keys: ClassVar[FlatKeys] = {}
+
+    @classmethod
+    def load_from_checkpoint(cls, checkpoint_path: Any, *args: Any, **kwargs: Any):  # type: ignore[no-untyped-def]
+        """The base's ``load_from_checkpoint``, flat hyperparameters folded into their groups first."""
+        upgraded = upgraded_checkpoint(checkpoint_path, cls.flat_keys, kwargs.get("weights_only"))
+        return super().load_from_checkpoint(upgraded, *args, **kwargs)  # type: ignore[misc]
+
+    @classmethod
+    def unrecorded_init_args(cls, hparams: dict[str, Any]) -> list[str]:
+        return super().unrecorded_init_args(upgrade_hparams(hparams, cls.flat_keys))  # type: ignore[misc]
+
+    def save_hyperparameters(self, *args: Any, **kwargs: Any) -> None:
+        """The base's ``save_hyperparameters``, with the groups stored as plain mappings (a checkpoint then loads
+        without unpickling classes, as ``weights_only`` loading requires)."""
+        kwargs.setdefault("frame", inspect.currentframe().f_back)  # type: ignore[union-attr]
+        super().save_hyperparameters(*args, **kwargs)  # type: ignore[misc]
+        groups_as_dicts(self._hparams, self.groups)  # type: ignore[attr-defined]
+        groups_as_dicts(self._hparams_initial, self.groups)  # type: ignore[attr-defined]

@@ -40,7 +40,7 @@ from lightning_gm.errors import ConfigError
 from lightning_gm.estimators.importance import importance_weighted_log_prob, log_mean_exp
 from lightning_gm.estimators.seeded import IWEvaluation, SeededNoise
 from lightning_gm.models.base import GenerativeModel, _adam
-from lightning_gm.models.migration import FlatKeys, groups_as_dicts, upgrade_hparams, upgraded_checkpoint
+from lightning_gm.models.migration import FlatKeys, GroupedHyperparameters, as_group
 from lightning_gm.nn.sbn import Q_UPDATES, HelmholtzMachine
 
 __all__ = ["SigmoidBeliefNet", "TRAININGS"]
@@ -52,7 +52,7 @@ FLAT_KEYS: FlatKeys = {"val_k": ("evaluation", "val_k"), "test_k": ("evaluation"
                        "eval_seed": ("evaluation", "seed"), "chunk_size": None}
 
 
-class SigmoidBeliefNet(GenerativeModel):
+class SigmoidBeliefNet(GroupedHyperparameters, GenerativeModel):
     r"""Sigmoid belief network with a recognition network (Helmholtz machine) on binary data.
 
     Args:
@@ -81,6 +81,8 @@ class SigmoidBeliefNet(GenerativeModel):
     family = "sbn"
     monitor = "val/nll"
     monitor_mode = "min"
+    groups = ("evaluation",)
+    flat_keys = FLAT_KEYS  # checkpoints written before the evaluation group still load
 
     def __init__(
         self,
@@ -98,10 +100,7 @@ class SigmoidBeliefNet(GenerativeModel):
     ) -> None:
         super().__init__(data_shape, optimizer, lr_scheduler)
         self.save_hyperparameters(ignore=["optimizer", "lr_scheduler"])
-        groups_as_dicts(self._hparams, ("evaluation",))
-        groups_as_dicts(self._hparams_initial, ("evaluation",))
-        if isinstance(evaluation, dict):
-            evaluation = IWEvaluation(**evaluation)
+        evaluation = as_group(evaluation, IWEvaluation, "evaluation")
         if evaluation.val_k < 1:
             raise ConfigError(f"model.init_args.evaluation.val_k must be >= 1 (val/nll picks the checkpoint), "
                               f"got {evaluation.val_k}")
@@ -126,17 +125,6 @@ class SigmoidBeliefNet(GenerativeModel):
         self.training_mode, self.k, self.q_update = training, int(k), q_update
         self.sleep_samples, self.evaluation, self.exact_max_units = sleep_samples, evaluation, exact_max_units
         self.sample_probabilities = sample_probabilities
-
-    @classmethod
-    def load_from_checkpoint(cls, checkpoint_path: Any, *args: Any, **kwargs: Any):  # type: ignore[override]
-        """As :meth:`GenerativeModel.load_from_checkpoint`; flat ``val_k``, ``test_k``, ... hyperparameters of
-        checkpoints written before the evaluation group are folded into ``evaluation``."""
-        upgraded = upgraded_checkpoint(checkpoint_path, FLAT_KEYS, kwargs.get("weights_only"))
-        return super().load_from_checkpoint(upgraded, *args, **kwargs)
-
-    @classmethod
-    def unrecorded_init_args(cls, hparams: dict[str, Any]) -> list[str]:
-        return super().unrecorded_init_args(upgrade_hparams(hparams, FLAT_KEYS))
 
     @property
     def test_k(self) -> int:

@@ -31,7 +31,6 @@ Sønderby et al. (2016), Ladder VAEs (warm-up); Kingma et al. (2016), IAF (free 
 
 from __future__ import annotations
 
-import inspect
 from dataclasses import dataclass
 from typing import Any, Callable, NamedTuple, Optional, Sequence
 
@@ -43,7 +42,7 @@ from lightning_gm.errors import ConfigError
 from lightning_gm.estimators.importance import importance_weighted_log_prob, log_mean_exp
 from lightning_gm.estimators.seeded import IWEvaluation, SeededNoise
 from lightning_gm.models.base import UNSAVED_KEY, GenerativeModel, _adam
-from lightning_gm.models.migration import FlatKeys, groups_as_dicts, upgrade_hparams, upgraded_checkpoint
+from lightning_gm.models.migration import FlatKeys, GroupedHyperparameters, as_group
 from lightning_gm.nn.distributions import kl_normal_std_normal, log_normal_diag
 from lightning_gm.nn.likelihoods import BernoulliLikelihood, Likelihood
 from lightning_gm.nn.mlp import MLP, bounded, check_bounds, check_init
@@ -149,19 +148,7 @@ class Latents(NamedTuple):
     analytic_kl: Optional[Tensor] = None  #: closed-form KL per dimension ``(B, L)`` when it exists
 
 
-def _group(value: Any, cls: type, key: str) -> Any:
-    """A parameter group given as the dataclass or as a mapping of its fields (Python callers, checkpoints)."""
-    if isinstance(value, cls):
-        return value
-    if isinstance(value, dict):
-        try:
-            return cls(**value)
-        except TypeError as exc:
-            raise ConfigError(f"model.init_args.{key}: {exc}") from exc
-    raise ConfigError(f"model.init_args.{key} must be a {cls.__name__} (or a mapping of its fields), got {value!r}")
-
-
-class LatentVariableModel(GenerativeModel):
+class LatentVariableModel(GroupedHyperparameters, GenerativeModel):
     """Shared machinery of the VAE family: the ``k``-sample objective, KL weight and free bits, the
     importance-weighted estimates, the seeded test evaluation. A subclass implements
     :meth:`posterior`, :meth:`log_prior_terms`, :meth:`log_likelihood`, :meth:`decode_mean` and
@@ -170,7 +157,8 @@ class LatentVariableModel(GenerativeModel):
     Args:
         data_shape: shape of one example (linked from the data).
         likelihood: decoder observation model (default Bernoulli).
-        objective: the training objective (KL weight ``beta``, ``kl_warmup_epochs``, ``free_bits``, ``train_k``).
+        objective: the training objective (:class:`Objective`: KL weight ``beta``, its warm-up in epochs or as a
+            share of the run, ``free_bits``, ``train_k``).
         evaluation: the importance-weighted evaluation (``val_k``, ``test_k``, ``seed``, ``subset``, ``block``,
             ``sample_block``).
         optimizer: optimiser factory (default Adam, lr 1e-3).
@@ -189,6 +177,8 @@ class LatentVariableModel(GenerativeModel):
     monitor = "val/elbo"
     monitor_mode = "max"
     manual_loop = True  # plain "loss, backward, step": the base's lean loop (see models/base.py)
+    groups = ("objective", "evaluation")
+    flat_keys = FLAT_KEYS  # checkpoints written before the groups still load
 
     def __init__(
         self,
@@ -209,27 +199,9 @@ class LatentVariableModel(GenerativeModel):
         super().__init__(data_shape, optimizer, lr_scheduler)
         self.set_update_batch_size(update_batch_size)
         self.data_mean_bias = data_mean_bias
-        self.objective = _group(objective, Objective, "objective")
-        self.evaluation = _group(evaluation, IWEvaluation, "evaluation")
+        self.objective = as_group(objective, Objective, "objective")
+        self.evaluation = as_group(evaluation, IWEvaluation, "evaluation")
         self.likelihood = likelihood if likelihood is not None else BernoulliLikelihood()
-
-    @classmethod
-    def load_from_checkpoint(cls, checkpoint_path: Any, *args: Any, **kwargs: Any):  # type: ignore[override]
-        """As :meth:`GenerativeModel.load_from_checkpoint`; a checkpoint written before the parameter groups
-        (flat ``beta``, ``test_k``, ... hyperparameters) has them folded into ``objective`` / ``evaluation``."""
-        upgraded = upgraded_checkpoint(checkpoint_path, FLAT_KEYS, kwargs.get("weights_only"))
-        return super().load_from_checkpoint(upgraded, *args, **kwargs)
-
-    @classmethod
-    def unrecorded_init_args(cls, hparams: dict[str, Any]) -> list[str]:
-        return super().unrecorded_init_args(upgrade_hparams(hparams, FLAT_KEYS))
-
-    def save_hyperparameters(self, *args: Any, **kwargs: Any) -> None:
-        """As the base's, with the parameter groups stored as plain mappings (loadable without pickled classes)."""
-        kwargs.setdefault("frame", inspect.currentframe().f_back)
-        super().save_hyperparameters(*args, **kwargs)
-        groups_as_dicts(self._hparams, ("objective", "evaluation"))
-        groups_as_dicts(self._hparams_initial, ("objective", "evaluation"))
 
     @property
     def iw_evaluation(self) -> IWEvaluation:

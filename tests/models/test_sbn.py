@@ -31,7 +31,7 @@ D = 6
         ({"k": 0}, "k"),
         ({"evaluation": {"val_k": 0}}, "evaluation.val_k"),
         ({"evaluation": {"test_k": 0}}, "evaluation.test_k"),
-        ({"evaluation": {"chunk": 0}}, "evaluation.chunk"),
+        ({"evaluation": {"sample_block": 0}}, "evaluation.sample_block"),
         ({"sleep_samples": -1}, "sleep_samples"),
         ({"hidden": []}, "hidden"),
         ({"hidden": [4, 0]}, "hidden"),
