@@ -23,11 +23,18 @@ __all__ = ["FlatKeys", "GroupedHyperparameters", "as_group", "upgrade_hparams", 
 FlatKeys = dict[str, Optional[tuple[str, str]]]
 
 
-def upgrade_hparams(hparams: dict[str, Any], keys: FlatKeys) -> dict[str, Any]:
-    """``hparams`` with every flat key of ``keys`` moved into its group (fields already in a group win)."""
-    if not any(k in hparams for k in keys):
+def _needs_upgrade(hparams: dict[str, Any], keys: FlatKeys, introduced: dict[str, Any]) -> bool:
+    return any(k in hparams for k in keys) or any(k not in hparams for k in introduced)
+
+
+def upgrade_hparams(hparams: dict[str, Any], keys: FlatKeys, introduced: Optional[dict[str, Any]] = None
+                    ) -> dict[str, Any]:
+    """``hparams`` with every flat key of ``keys`` moved into its group (fields already in a group win), and every
+    argument of ``introduced`` that it lacks set to the value that reproduces the model it was written by."""
+    introduced = introduced or {}
+    if not _needs_upgrade(hparams, keys, introduced):
         return hparams
-    out = dict(hparams)
+    out = {**{k: v for k, v in introduced.items() if k not in hparams}, **hparams}
     groups: dict[str, dict[str, Any]] = {}
     for old, target in keys.items():
         if old not in out:
@@ -44,7 +51,8 @@ def upgrade_hparams(hparams: dict[str, Any], keys: FlatKeys) -> dict[str, Any]:
 
 
 def upgraded_checkpoint(checkpoint_path: Union[str, Path, IO], keys: FlatKeys,
-                        weights_only: Optional[bool] = None) -> Union[str, Path, IO]:
+                        weights_only: Optional[bool] = None, introduced: Optional[dict[str, Any]] = None
+                        ) -> Union[str, Path, IO]:
     """``checkpoint_path`` itself when its hyperparameters need no upgrade, else an in-memory copy whose
     ``hyper_parameters`` are upgraded by :func:`upgrade_hparams` (read with ``weights_only`` as Lightning would:
     ``None`` is torch's default, ``True``)."""
@@ -58,9 +66,9 @@ def upgraded_checkpoint(checkpoint_path: Union[str, Path, IO], keys: FlatKeys,
         ckpt = torch.load(io.BytesIO(data), map_location="cpu", weights_only=safe)
         checkpoint_path = io.BytesIO(data)
     hparams = ckpt.get("hyper_parameters") or {}
-    if not any(k in hparams for k in keys):
+    if not _needs_upgrade(hparams, keys, introduced or {}):
         return checkpoint_path
-    ckpt["hyper_parameters"] = upgrade_hparams(hparams, keys)
+    ckpt["hyper_parameters"] = upgrade_hparams(hparams, keys, introduced)
     buffer = io.BytesIO()
     torch.save(ckpt, buffer)
     buffer.seek(0)
@@ -95,20 +103,24 @@ class GroupedHyperparameters:
     Attributes:
         groups: the ``__init__`` arguments that are parameter groups (frozen dataclasses).
         flat_keys: the old flat names and the ``(group, field)`` each moved to.
+        introduced: arguments added since checkpoints were first written, with the value that reproduces the
+            older model (e.g. ``init="torch"``): a checkpoint that lacks one gets that value, not the new default.
     """
 
     groups: ClassVar[tuple[str, ...]] = ()
     flat_keys: ClassVar[FlatKeys] = {}
+    introduced: ClassVar[dict[str, Any]] = {}
 
     @classmethod
     def load_from_checkpoint(cls, checkpoint_path: Any, *args: Any, **kwargs: Any):  # type: ignore[no-untyped-def]
         """The base's ``load_from_checkpoint``, flat hyperparameters folded into their groups first."""
-        upgraded = upgraded_checkpoint(checkpoint_path, cls.flat_keys, kwargs.get("weights_only"))
+        upgraded = upgraded_checkpoint(checkpoint_path, cls.flat_keys, kwargs.get("weights_only"), cls.introduced)
         return super().load_from_checkpoint(upgraded, *args, **kwargs)  # type: ignore[misc]
 
     @classmethod
     def unrecorded_init_args(cls, hparams: dict[str, Any]) -> list[str]:
-        return super().unrecorded_init_args(upgrade_hparams(hparams, cls.flat_keys))  # type: ignore[misc]
+        upgraded = upgrade_hparams(hparams, cls.flat_keys, cls.introduced)
+        return super().unrecorded_init_args(upgraded)  # type: ignore[misc]
 
     def save_hyperparameters(self, *args: Any, **kwargs: Any) -> None:
         """The base's ``save_hyperparameters``, with the groups stored as plain mappings (a checkpoint then loads

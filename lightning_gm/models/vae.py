@@ -179,6 +179,9 @@ class LatentVariableModel(GroupedHyperparameters, GenerativeModel):
     manual_loop = True  # plain "loss, backward, step": the base's lean loop (see models/base.py)
     groups = ("objective", "evaluation")
     flat_keys = FLAT_KEYS  # checkpoints written before the groups still load
+    #: arguments added with the papers' recipes: older checkpoints were built with PyTorch's init, unbounded
+    #: log-variances and no output-bias initialisation
+    introduced = {"init": "torch", "log_var_bounds": None, "data_mean_bias": False}
 
     def __init__(
         self,
