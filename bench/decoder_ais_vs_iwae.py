@@ -69,7 +69,7 @@ def main(argv: list[str] | None = None) -> None:
     rows = []
     t = time.time()
     with torch.no_grad():
-        iw, _ = seeded_importance_weighted(model.log_weights, x, idx, args.iwae_k, 500, seed=0)
+        iw = seeded_importance_weighted(model.log_weights, x, idx, args.iwae_k, seed=0)
     iw_nll = -iw.log_prob
     rows.append((f"IWAE k={args.iwae_k}", *_stats(iw_nll), 0.0, 0.0, time.time() - t, float("nan")))
     print(rows[-1], flush=True)

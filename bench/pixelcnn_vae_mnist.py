@@ -58,7 +58,7 @@ def main() -> None:
     p.add_argument("--run", type=Path, required=True)
     p.add_argument("--k", type=int, default=100)
     p.add_argument("--n_test", type=int, default=500)
-    p.add_argument("--chunk_size", type=int, default=100)
+    p.add_argument("--sample_block", type=int, default=100, help="samples per pass of 10 examples (protocol)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--samples", type=int, default=0, help="sample grid size (0 = none)")
     p.add_argument("--out", type=Path, default=None, help="PNG for the sample grid")
@@ -79,7 +79,8 @@ def main() -> None:
     x = torch.cat(xs)[: args.n_test]
     t0 = time.perf_counter()
     with torch.no_grad():
-        est, _ = seeded_importance_weighted(model.log_weights, x, range(len(x)), args.k, args.chunk_size, args.seed)
+        est = seeded_importance_weighted(model.log_weights, x, range(len(x)), args.k, args.seed,
+                                         sample_block=args.sample_block)
         kl = model.kl_analytic(x) if hasattr(model, "kl_analytic") else torch.full((len(x),), float("nan"))
     secs = time.perf_counter() - t0
     nll = -est.log_prob

@@ -37,7 +37,6 @@ def main() -> None:
     ap.add_argument("--ckpt", required=True, help="checkpoint path (glob allowed)")
     ap.add_argument("--n", type=int, default=500, help="number of evenly spaced test images (10000 = all)")
     ap.add_argument("--ks", type=int, nargs="+", default=[10, 100, 1000, 5000])
-    ap.add_argument("--chunk", type=int, default=500)
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args()
     torch.set_num_threads(1)
@@ -53,7 +52,7 @@ def main() -> None:
     print("| k | test NLL (nats) | s.e. | seconds |\n| --- | --- | --- | --- |")
     for k in args.ks:
         start = time.time()
-        est, _ = seeded_importance_weighted(model.log_weights, x, idx.tolist(), k, args.chunk, args.seed)
+        est = seeded_importance_weighted(model.log_weights, x, idx.tolist(), k, args.seed)
         nll = -est.log_prob
         print(f"| {k} | {float(nll.mean()):.2f} | {float(nll.std() / math.sqrt(len(x))):.2f} | {time.time() - start:.0f} |",
               flush=True)

@@ -14,5 +14,5 @@ export OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 WANDB_MODE=disabled LIGHTNING_GM_DATA
 for t in ws rws; do
   nice -n 5 /work/venv/bin/python -m lightning_gm fit --config conf/sbn_$t.yaml --runs_dir="$RUNS" \
     --run_name=budget-${BUDGET//:/} --trainer.max_time=$BUDGET --trainer.enable_progress_bar=false \
-    --trainer.accelerator=cpu --model.init_args.test_k=$TEST_K
+    --trainer.accelerator=cpu --model.init_args.evaluation.test_k=$TEST_K
 done

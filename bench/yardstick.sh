@@ -6,7 +6,7 @@
 #
 #   bench/yardstick.sh                         # all models, 10 minutes of training each
 #   BUDGET=00:00:05:00 MODELS="vae gan" bench/yardstick.sh
-#   ARGS_vae="--model.init_args.test_k=500" MODELS=vae bench/yardstick.sh   # per-model extra overrides
+#   ARGS_vae="--model.init_args.evaluation.test_k=500" MODELS=vae bench/yardstick.sh   # per-model extra overrides
 #   TABLE_ONLY=1 bench/yardstick.sh            # only print the table of existing runs
 #
 # Needs the feature network (once, ~10 min): lightning_gm fit --config conf/classifier_mnist.yaml

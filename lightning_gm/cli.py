@@ -285,10 +285,13 @@ class GenerativeCLI(LightningCLI):
         cfg.trainer.logger = loggers
 
     def instantiate_trainer(self, **kwargs: Any):  # type: ignore[override]
+        from lightning_gm.callbacks.registry import callbacks_for
+
         cfg = self._section()
         self.summary = RunSummary(str(self.run_dir), cfg.experiment, cfg.run_name, tags=list(cfg.tags or []),
                                   command=self.subcommand or "fit", config_file=self.config_file)
-        platform = [DivergenceGuard(), RNGStateCheckpoint(), self.summary]
+        platform = [DivergenceGuard(), RNGStateCheckpoint(), self.summary,
+                    *callbacks_for(self.model)]  # what the model declares: evaluations, schedule progress
         trial = os.environ.get(TRIAL_ENV)
         self.pruning = OptunaPruning.from_env(trial) if trial and self.subcommand == "fit" else None
         if self.pruning is not None:

@@ -21,7 +21,7 @@ from lightning_gm.cli import GenerativeCLI, main
 from tests.conftest import ROOT, needs_mnist
 
 DIGITS = str(ROOT / "conf" / "vae_digits.yaml")
-FAST = ["--model.init_args.test_k=200", "--trainer.enable_progress_bar=false", "--trainer.enable_model_summary=false"]
+FAST = ["--model.init_args.evaluation.test_k=200", "--trainer.enable_progress_bar=false", "--trainer.enable_model_summary=false"]
 
 
 def _cli(*args: str) -> int:
@@ -87,7 +87,7 @@ def test_test_subcommand_reevaluates_a_saved_run(fitted, monkeypatch):
     config = (fitted / "config.yaml").read_bytes()
     ckpt = fitted / "checkpoints" / "last.ckpt"
     code = _cli("test", "--config", str(fitted / "config.yaml"), "--ckpt_path", str(ckpt),
-                "--model.init_args.test_k=2000", "--trainer.enable_progress_bar=false")
+                "--model.init_args.evaluation.test_k=2000", "--trainer.enable_progress_bar=false")
     assert code == 0
     after = json.loads((fitted / "summary.json").read_text())
     assert after["estimator"] == "iwae-2000" and after["status"] == "tested"
@@ -276,7 +276,7 @@ def test_wandb_runs_offline_and_reads_back(run_cli, tmp_path, monkeypatch):
 def test_ddp_two_processes_write_one_run(tmp_path):
     args = [sys.executable, "-m", "lightning_gm", "fit", "--config", DIGITS, "--run_name=ddp",
             "--trainer.max_epochs=2", "--trainer.strategy=ddp", "--trainer.devices=2", "--trainer.accelerator=cpu",
-            "--model.init_args.test_k=100", "--trainer.enable_progress_bar=false"]
+            "--model.init_args.evaluation.test_k=100", "--trainer.enable_progress_bar=false"]
     out = subprocess.run(args, cwd=tmp_path, env=_env(), capture_output=True, text=True, timeout=600)
     assert out.returncode == 0, out.stderr[-3000:]
     runs = list((tmp_path / "runs/vae_digits").iterdir())

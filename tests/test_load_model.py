@@ -28,11 +28,11 @@ VAMP_GAUSS = ["--config", str(ROOT / "conf" / "vae_digits.yaml"), "--data.init_a
               "--model.init_args.likelihood=lightning_gm.nn.GaussianLikelihood",
               "--model.init_args.likelihood.init_args.learn_variance=true",
               "--model.init_args.prior=lightning_gm.nn.VampPrior",
-              "--model.init_args.prior.init_args.num_components=5", "--model.init_args.test_k=4"]
+              "--model.init_args.prior.init_args.num_components=5", "--model.init_args.evaluation.test_k=4"]
 PIXELCNN = ["--config", str(ROOT / "conf" / "vae_pixelcnn.yaml"), "--data.init_args.batch_size=8",
             "--data.init_args.eval_batch_size=8", "--model.init_args.latent_dim=4", "--model.init_args.hidden=[16]",
             "--model.init_args.likelihood.init_args.channels=4", "--model.init_args.likelihood.init_args.n_layers=2",
-            "--model.init_args.likelihood.init_args.head_channels=8", "--model.init_args.test_k=2"]
+            "--model.init_args.likelihood.init_args.head_channels=8", "--model.init_args.evaluation.test_k=2"]
 GAN_ARGS = ["--config", str(ROOT / "conf" / "gan.yaml"), "--data.init_args.batch_size=8",
             "--data.init_args.eval_batch_size=8", "--model.init_args.latent_dim=3",
             "--model.init_args.generator.init_args.hidden=[16]",
@@ -159,7 +159,7 @@ def test_gan_loads_as_trained(runs):
 
 def test_python_built_model_with_an_object_is_refused_by_name(tmp_path):
     torch.manual_seed(0)
-    model = VAE(data_shape=(6,), latent_dim=2, hidden=[5], likelihood=GaussianLikelihood(), test_k=3)
+    model = VAE(data_shape=(6,), latent_dim=2, hidden=[5], likelihood=GaussianLikelihood(), evaluation={"test_k": 3})
     ckpt = _save(model, tmp_path / "py.ckpt")
     with pytest.raises(CheckpointLoadError) as info:
         VAE.load_from_checkpoint(ckpt)
@@ -190,7 +190,8 @@ def test_old_cli_checkpoint_without_module_config_is_refused_by_name(runs, tmp_p
         with pytest.raises(CheckpointLoadError) as info:
             load(old)
         msg = str(info.value)
-        assert "`likelihood`, `prior`, `encoder`, `decoder`, `posterior_flow`" in msg and "config.yaml" in msg
+        named = msg.split("argument(s) ")[1].split(":")[0]  # the subclass's own arguments first, then its parent's
+        assert named == "`prior`, `encoder`, `decoder`, `posterior_flow`, `likelihood`" and "config.yaml" in msg
         assert "optimizer" not in msg.split(":")[1]
     # still in its run folder, load_model takes the modules from the run's config.yaml
     (tmp_path / "oldrun" / "checkpoints").mkdir(parents=True)
@@ -204,7 +205,7 @@ def test_old_cli_checkpoint_without_module_config_is_refused_by_name(runs, tmp_p
     assert main(["test", "--model=lightning_gm.models.VAE", "--data=lightning_gm.data.DigitsDataModule",
                  "--ckpt_path", str(old), "--trainer.logger=false"]) == 1
     err = capsys.readouterr().err
-    assert "likelihood, prior, encoder, decoder, posterior_flow" in err and "--config" in err
+    assert "prior, encoder, decoder, posterior_flow, likelihood" in err and "--config" in err
 
 
 def test_load_model_errors_name_the_path(tmp_path):

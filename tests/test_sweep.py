@@ -31,7 +31,7 @@ DIGITS = str(ROOT / "conf" / "vae_digits.yaml")
 def _sweep_file(tmp_path: Path, **fields) -> Path:
     spec = {
         "base_config": DIGITS, "study_name": "s", "metric": "val/elbo", "direction": "maximize", "n_trials": 2,
-        "overrides": {"trainer.max_epochs": 2, "model.init_args.test_k": 10},
+        "overrides": {"trainer.max_epochs": 2, "model.init_args.evaluation.test_k": 10},
         "space": {"model.init_args.latent_dim": {"type": "int", "low": 2, "high": 8}},
         "test": "none",
     }

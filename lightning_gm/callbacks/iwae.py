@@ -1,19 +1,27 @@
 r"""Importance-weighted test evaluation of latent-variable models: ``k = 5000`` samples per test example
-(Burda et al. 2016), chunked, sharded over DDP processes and gathered, with a progress bar.
+(Burda et al. 2016), batched across examples, sharded over DDP processes and gathered, with a progress bar
+that is also its interruption point.
 
-At the end of the test epoch every process evaluates the test examples ``rank, rank + W, ...`` with
-:func:`~lightning_gm.estimators.seeded.seeded_importance_weighted` (a generator per example index, so the
-result does not depend on the number of processes), the per-example numbers are gathered, and every
-process logs the same
+At the end of the test epoch the examples to evaluate are fixed (every example the test loop covers, or
+``subset`` evenly spaced ones, see :class:`~lightning_gm.estimators.seeded.IWEvaluation`), dealt to the processes
+in blocks, and each process evaluates its blocks with
+:func:`~lightning_gm.estimators.seeded.seeded_importance_weighted` (random numbers a function of (seed, example
+index) only, so the numbers do not depend on the number of processes or the batch size). Every process logs the
+same
 
-* ``test/nll`` :math:`= -\frac1N \sum_i \hat{\mathcal L}_k(x_i)` (nats per example; estimator ``iwae-k``),
-  ``test/nll_stderr`` and ``test/bpd`` (from the DataModule's ``bpd_offset`` where it has one),
+* ``test/nll`` :math:`= -\frac1N \sum_i \hat{\mathcal L}_k(x_i)` (nats per example), ``test/nll_stderr`` and
+  ``test/bpd`` (from the DataModule's ``bpd_offset`` where it has one), ``test/iwae_examples`` (``N``),
 * ``test/iw_elbo``: the Monte Carlo ELBO from the same samples,
 * ``test/active_units`` (and ``test/active_units_<l>`` per stochastic layer when there are several):
-  Burda's count of units with :math:`\operatorname{Cov}_x(\mathbb E_q[z_u]) > 10^{-2}`.
+  Burda's count of units with :math:`\operatorname{Cov}_x(\mathbb E_q[z_u]) > 10^{-2}`, from posterior means
+  computed once per batch of examples,
 
-The model must provide ``log_weights(x, n, generators=...) -> (n, B)`` and may provide
-``posterior_means(x, generators=...) -> list of (B, L_l)`` (for the active units).
+and :attr:`IWAEEvaluation.estimator` names what was computed (``iwae-5000``, ``iwae-5000 (1,000 of 10,000, evenly
+spaced)``, ``iwae-5000 (first 1,000 of 10,000)``), which ``summary.json`` and W&B record.
+
+The model must provide ``log_weights(x, n, noise) -> (n, B)`` and may provide ``posterior_means(x, noise)
+-> list of (B, L_l)`` (for the active units) with ``posterior_mean_samples``; both draw their random numbers from
+``noise`` (a :class:`~lightning_gm.estimators.seeded.SeededNoise`).
 
 References: Burda, Grosse & Salakhutdinov (2016), Importance Weighted Autoencoders.
 """
@@ -28,10 +36,20 @@ import lightning.pytorch as pl
 import torch
 from torch import Tensor
 
-from lightning_gm.estimators.seeded import active_units, gather_by_index, seeded_importance_weighted, shard_indices
+from lightning_gm.estimators.seeded import (
+    MEANS_STREAM,
+    IWEvaluation,
+    SeededNoise,
+    active_units,
+    evenly_spaced,
+    gather_by_index,
+    seeded_importance_weighted,
+    shard_blocks,
+)
 from lightning_gm.metrics import bits_per_dim
+from lightning_gm.progress import trainer_progress
 
-__all__ = ["IWAEEvaluation", "test_examples", "tested_examples"]
+__all__ = ["IWAEEvaluation", "test_examples", "tested_examples", "fetch_examples"]
 
 
 def test_examples(trainer: pl.Trainer) -> Any:
@@ -61,7 +79,7 @@ def tested_examples(trainer: pl.Trainer) -> int:
     return min(n, int(limit) * int(batch_size) * trainer.world_size)
 
 
-def _fetch(dataset: Any, idx: Tensor) -> Tensor:
+def fetch_examples(dataset: Any, idx: Tensor) -> Tensor:
     """The examples ``idx`` of ``dataset`` as one tensor (batches are ``(x, y)``)."""
     if hasattr(dataset, "__getitems__"):
         batch = dataset.__getitems__(idx.tolist())
@@ -71,30 +89,39 @@ def _fetch(dataset: Any, idx: Tensor) -> Tensor:
     return batch[0] if isinstance(batch, (tuple, list)) else batch
 
 
+_fetch = fetch_examples  # the name decoder_ais.py imports
+
+
 class IWAEEvaluation(pl.Callback):
     """Importance-weighted ``test/nll`` of a latent-variable model, equal under any number of processes.
 
     Args:
-        k: importance samples per test example (5000 in Burda et al.).
-        chunk_size: samples drawn at once (memory is set by this, whatever ``k``).
-        seed: evaluation seed; example ``i`` draws from a generator seeded by ``(seed, i)``.
-        batch_size: examples fetched from the dataset at a time.
+        evaluation: the protocol (``test_k``, ``seed``, ``subset``, ``block``, ``sample_block``); ``None``: the
+            model's own declaration (its ``iw_evaluation``), read at test time.
         active_unit_threshold: activity above which a latent unit counts as active.
-        progress: show a progress bar (rank 0, when the trainer shows one).
+        progress: show a progress bar (rank 0, when the trainer shows one); it is also the SIGTERM check.
     """
 
-    def __init__(self, k: int = 5000, chunk_size: int = 500, seed: int = 0, batch_size: int = 100,
-                 active_unit_threshold: float = 1e-2, progress: bool = True) -> None:
-        if k < 1:
-            raise ValueError(f"IWAEEvaluation.k must be >= 1, got {k}")
-        self.k, self.chunk_size, self.seed = k, chunk_size, seed
-        self.batch_size, self.threshold, self.progress = batch_size, active_unit_threshold, progress
+    def __init__(self, evaluation: Optional[IWEvaluation] = None, active_unit_threshold: float = 1e-2,
+                 progress: bool = True) -> None:
+        self.evaluation, self.threshold, self.progress = evaluation, active_unit_threshold, progress
         self.results: dict[str, float] = {}
         self.per_example: Optional[Tensor] = None
+        self.label: Optional[str] = None
 
     @property
-    def estimator(self) -> str:
-        return f"iwae-{self.k}"
+    def estimator(self) -> Optional[str]:
+        """What the last evaluation computed (e.g. ``iwae-5000 (1,000 of 10,000, evenly spaced)``)."""
+        return self.label
+
+    #: ``summary.json`` takes the estimator's name from the evaluation that computed ``test/nll``
+    estimator_label = estimator
+
+    def protocol(self, pl_module: Any) -> IWEvaluation:
+        ev = self.evaluation if self.evaluation is not None else getattr(pl_module, "iw_evaluation", None)
+        if ev is None:
+            raise ValueError(f"IWAEEvaluation: {type(pl_module).__name__} declares no iw_evaluation; give one")
+        return ev
 
     def on_test_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self.evaluate(trainer, pl_module)
@@ -102,51 +129,69 @@ class IWAEEvaluation(pl.Callback):
     @torch.no_grad()
     def evaluate(self, trainer: pl.Trainer, pl_module: Any) -> dict[str, float]:
         """Run the evaluation on the trainer's test set, log it and return the numbers."""
+        ev = self.protocol(pl_module)
         start = time.time()
         dataset = test_examples(trainer)
-        n = tested_examples(trainer)  # all, or the prefix a limited test loop covers
-        local = shard_indices(n, trainer.global_rank, trainer.world_size)
-        bar = None
-        if self.progress and trainer.is_global_zero and trainer.progress_bar_callback is not None:
-            from tqdm.auto import tqdm
-
-            bar = tqdm(total=len(local), desc=f"IWAE k={self.k} (rank 0 of {trainer.world_size})", unit="ex",
-                       leave=False, dynamic_ncols=True)
+        total, covered = len(dataset), tested_examples(trainer)  # all, or the prefix a limited loop covers
+        chosen = evenly_spaced(covered, ev.subset)  # dataset indices, in order
+        m = len(chosen)
+        positions = shard_blocks(torch.arange(m), ev.block, trainer.global_rank, trainer.world_size)
+        batch = ev.block * max(1, 100 // ev.block)  # examples fetched at once: whole blocks (no effect on numbers)
+        bar = trainer_progress(trainer, f"IWAE k={ev.test_k} (rank 0 of {trainer.world_size})", unit="ex",
+                               enabled=self.progress)
         was_training = pl_module.training
         pl_module.eval()
         lp, elbo, means = [], [], []
+        mean_samples = int(getattr(pl_module, "posterior_mean_samples", 1))
         try:
-            for idx in local.split(self.batch_size):
-                x = _fetch(dataset, idx).to(pl_module.device)
-                est, gens = seeded_importance_weighted(
-                    pl_module.log_weights, x, idx.tolist(), self.k, self.chunk_size, self.seed,
-                    on_example=(bar.update if bar is not None else None),  # type: ignore[arg-type]
-                )
+            done = 0
+            for pos in positions.split(batch):
+                idx = chosen[pos]
+                x = fetch_examples(dataset, idx).to(pl_module.device)
+                ids = idx.tolist()
+
+                def tick(samples: int, _work: int, offset: int = done) -> None:
+                    bar(offset + samples // ev.test_k, len(positions))
+
+                est = seeded_importance_weighted(pl_module.log_weights, x, ids, ev.test_k, ev.seed, ev.block,
+                                                 ev.sample_block, progress=tick)
                 lp.append(est.log_prob)
                 elbo.append(est.elbo)
-                if hasattr(pl_module, "posterior_means"):
-                    per_ex = [pl_module.posterior_means(x[b : b + 1], generators=[g]) for b, g in enumerate(gens)]
-                    means.append([torch.cat(layer) for layer in zip(*per_ex)])
+                if hasattr(pl_module, "posterior_means"):  # once per block, as the pass: the same numbers anywhere
+                    for lo in range(0, len(ids), ev.block):
+                        blk = ids[lo : lo + ev.block]
+                        noise = SeededNoise(ev.seed, blk, 0, mean_samples, ev.sample_block, pl_module.device,
+                                            block=MEANS_STREAM)
+                        means.append([v.double() for v in pl_module.posterior_means(x[lo : lo + ev.block], noise)])
+                done += len(pos)
         finally:
             pl_module.train(was_training)
-            if bar is not None:
-                bar.close()
+            bar.close()
         device = pl_module.device
-        lp_all = gather_by_index(torch.cat(lp).double().to(device), local, n).cpu()
-        elbo_all = gather_by_index(torch.cat(elbo).double().to(device), local, n).cpu()
+        empty = torch.zeros(0, dtype=torch.float64, device=device)
+        lp_all = gather_by_index(torch.cat(lp).to(device) if lp else empty, positions, m).cpu()
+        elbo_all = gather_by_index(torch.cat(elbo).to(device) if elbo else empty, positions, m).cpu()
         nll = -lp_all.mean()
         res = {
             "test/nll": float(nll),
-            "test/nll_stderr": float(lp_all.std() / math.sqrt(n)) if n > 1 else 0.0,
+            "test/nll_stderr": float(lp_all.std() / math.sqrt(m)) if m > 1 else 0.0,
             "test/iw_elbo": float(elbo_all.mean()),
-            "test/iwae_examples": float(n),
+            "test/iwae_examples": float(m),
         }
         offset = getattr(getattr(trainer, "datamodule", None), "bpd_offset", None)
         if offset is not None:
             res["test/bpd"] = float(bits_per_dim(float(nll), int(getattr(pl_module, "data_dim", 0)), offset))
-        if means:
-            layers = [gather_by_index(torch.cat(m).double().to(device), local, n).cpu() for m in zip(*means)]
-            counts = [active_units(m, self.threshold)[0] for m in layers]
+        if hasattr(pl_module, "posterior_means"):
+            n_layers = len(means[0]) if means else len(pl_module.posterior_means(fetch_examples(dataset, chosen[:1])
+                                                                                 .to(device)))
+            layers = []
+            for layer in range(n_layers):
+                local = torch.cat([b[layer] for b in means]).to(device) if means else None
+                if local is None:  # a process without examples still joins the gather
+                    width = pl_module.posterior_means(fetch_examples(dataset, chosen[:1]).to(device))[layer].shape[-1]
+                    local = torch.zeros(0, width, dtype=torch.float64, device=device)
+                layers.append(gather_by_index(local, positions, m).cpu())
+            counts = [active_units(layer, self.threshold)[0] for layer in layers]
             res["test/active_units"] = float(sum(counts))
             if len(counts) > 1:
                 res.update({f"test/active_units_{i + 1}": float(c) for i, c in enumerate(counts)})
@@ -154,4 +199,5 @@ class IWAEEvaluation(pl.Callback):
         for key, value in res.items():
             pl_module.log(key, value, sync_dist=False)
         self.results, self.per_example = res, -lp_all
+        self.label = ev.label(m, total, covered if covered < total else None)
         return res

@@ -210,6 +210,11 @@ class RunSummary(pl.Callback):
                 summary["estimator"] = pl_module.estimator  # type: ignore[attr-defined]
             except (AttributeError, NotImplementedError):
                 summary["estimator"] = None
+            # an evaluation that computed test/nll names what it computed (e.g. a subset of the test set)
+            labels = [cb.estimator_label for cb in trainer.callbacks
+                      if isinstance(getattr(cb, "estimator_label", None), str)]
+            if labels:
+                summary["estimator"] = labels[0]
             start = self._stage_start.get("test")
             summary["test_wall_time_s"] = round(time.time() - start, 2) if start else None
             summary["tested_checkpoint"] = trainer.ckpt_path

@@ -71,6 +71,22 @@ def _read_hparams(checkpoint_path: Union[str, Path, IO], weights_only: Optional[
     return dict(ckpt.get("hyper_parameters") or {})
 
 
+def _init_parameters(cls: type) -> list[inspect.Parameter]:
+    """The named ``__init__`` parameters of ``cls``, following ``**kwargs`` into the parents' signatures (as
+    LightningCLI does): a subclass's own first, then each parent's it passes on."""
+    params: list[inspect.Parameter] = []
+    for klass in cls.__mro__:
+        init = klass.__dict__.get("__init__")
+        if init is None:
+            continue
+        signature = list(inspect.signature(init).parameters.values())[1:]
+        params += [p for p in signature if p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)
+                   and all(p.name != q.name for q in params)]
+        if not any(p.kind == p.VAR_KEYWORD for p in signature):
+            break
+    return params
+
+
 def _adam(params: Any) -> torch.optim.Optimizer:
     return torch.optim.Adam(params, lr=1e-3)
 
@@ -116,6 +132,9 @@ class GenerativeModel(pl.LightningModule):
     #: metric that picks the best checkpoint, and whether it is minimised or maximised
     monitor: ClassVar[str] = "val/loss"
     monitor_mode: ClassVar[str] = "min"
+    #: arguments added after checkpoints of the family were first written, with the value that reproduces the model
+    #: (or the evaluation) those checkpoints were written by: a checkpoint that lacks one loads with that value
+    introduced: ClassVar[dict[str, Any]] = {}
     #: run the training step with the base's manual optimisation loop (see the module docstring)
     manual_loop: ClassVar[bool] = False
     #: manual loop only: split every loaded batch into parameter updates of this many examples (None = one
@@ -177,7 +196,13 @@ class GenerativeModel(pl.LightningModule):
     def _is_non_default_arg(self, frame: Any, name: str) -> bool:
         """Whether the ``__init__`` running in ``frame`` received a value other than its default for ``name``."""
         if name not in frame.f_locals:
-            return False
+            # passed on to a parent through ``**kwargs``: given (not None) means not the parent's default (None)
+            code = frame.f_code
+            if not code.co_flags & inspect.CO_VARKEYWORDS:
+                return False
+            named = code.co_argcount + code.co_kwonlyargcount + bool(code.co_flags & inspect.CO_VARARGS)
+            varkw = code.co_varnames[named]
+            return (frame.f_locals.get(varkw) or {}).get(name) is not None
         value = frame.f_locals[name]
         init = next((c.__dict__["__init__"] for c in type(self).__mro__
                      if getattr(c.__dict__.get("__init__"), "__code__", None) is frame.f_code), None)
@@ -194,10 +219,8 @@ class GenerativeModel(pl.LightningModule):
         as flat keys, which the model folds back in)."""
         missing = list(hparams.get(UNSAVED_KEY) or [])
         if hparams.get("_instantiator") == _CLI_INSTANTIATOR:
-            params = inspect.signature(cls.__init__).parameters.values()
-            missing += [p.name for p in params
-                        if p.name != "self" and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)
-                        and not _is_optimizer_arg(p.name) and not isinstance(p.default, ParameterGroup)
+            missing += [p.name for p in _init_parameters(cls)
+                        if not _is_optimizer_arg(p.name) and not isinstance(p.default, ParameterGroup)
                         and p.name not in hparams and p.name not in missing]
         return missing
 
@@ -216,6 +239,7 @@ class GenerativeModel(pl.LightningModule):
             if not isinstance(checkpoint_path, (str, Path)) and not checkpoint_path.seekable():
                 checkpoint_path = io.BytesIO(checkpoint_path.read())
             hparams = _read_hparams(checkpoint_path, weights_only)
+            kwargs = {**{k: v for k, v in cls.introduced.items() if k not in hparams}, **kwargs}
             missing = [n for n in cls.unrecorded_init_args(hparams) if n not in kwargs]
             if missing:
                 raise CheckpointLoadError(_unrecorded_message(cls, checkpoint_path, hparams, missing))

@@ -48,6 +48,7 @@ from torch import Tensor, nn
 from lightning_gm.errors import ConfigError
 from lightning_gm.estimators.ais import AISSchedule, AnnealingPath, base_rate_log_odds
 from lightning_gm.estimators.conv_rbm import ConvRBMAnnealingPath, conv_rbm_log_partition_enumerate
+from lightning_gm.groups import fold_flat_hparams, record_groups
 from lightning_gm.models.base import GenerativeModel
 from lightning_gm.models.energy import (
     FLAT_AIS_KEYS,
@@ -55,8 +56,6 @@ from lightning_gm.models.energy import (
     ChainStream,
     PartitionMixin,
     batch_data,
-    fold_flat_hparams,
-    record_groups,
     seeded_rng,
     sgd_conv_rbm,
 )

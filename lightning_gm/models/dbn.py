@@ -52,9 +52,10 @@ from torch import Tensor, nn
 
 from lightning_gm.errors import ConfigError
 from lightning_gm.estimators.ais import AISSchedule, AnnealingPath, base_rate_log_odds
-from lightning_gm.estimators.rbm_ais import RBMAnnealingPath
 from lightning_gm.estimators.partition import log_partition_enumerate
+from lightning_gm.estimators.rbm_ais import RBMAnnealingPath
 from lightning_gm.estimators.reverse import ReverseStart
+from lightning_gm.groups import fold_flat_hparams, record_groups
 from lightning_gm.models.base import GenerativeModel
 from lightning_gm.models.energy import (
     FLAT_AIS_KEYS,
@@ -62,8 +63,6 @@ from lightning_gm.models.energy import (
     ChainStream,
     PartitionMixin,
     batch_data,
-    fold_flat_hparams,
-    record_groups,
     seeded_rng,
     sgd_binary_rbm,
 )

@@ -61,7 +61,9 @@ class DensityNetwork(GenerativeModel):
         data_shape: shape of one example (linked from the data).
         latent_dim: dimension of ``z``.
         hidden: hidden widths of the decoder (from ``z`` to ``x``).
-        activation: hidden activation.
+        activation: hidden activation (``gated``: gated dense units).
+        init: weight initialisation of the decoder (:data:`~lightning_gm.nn.mlp.INITS`; ``torch`` = PyTorch's
+            default; ``conf/density_network.yaml`` uses ``xavier_uniform`` as the VAE it is compared with).
         likelihood: observation model :math:`p(x|z)` (default Bernoulli).
         num_samples: prior samples :math:`S` per training batch.
         val_samples: prior samples for the validation estimate (``val/nll``, ``val/ess``).
@@ -81,6 +83,7 @@ class DensityNetwork(GenerativeModel):
         latent_dim: int = 10,
         hidden: Sequence[int] = (200, 200),
         activation: str = "tanh",
+        init: str = "torch",
         likelihood: Optional[Likelihood] = None,
         num_samples: int = 100,
         val_samples: int = 1000,
@@ -97,7 +100,7 @@ class DensityNetwork(GenerativeModel):
                 raise ValueError(f"model.init_args.{key} must be >= 1, got {value}")
         self.latent_dim = latent_dim
         self.likelihood = likelihood if likelihood is not None else BernoulliLikelihood()
-        self.decoder = MLP([latent_dim, *hidden, self.likelihood.num_params(self.data_dim)], activation)
+        self.decoder = MLP([latent_dim, *hidden, self.likelihood.num_params(self.data_dim)], activation, init)
         self.num_samples, self.val_samples, self.test_samples = num_samples, val_samples, test_samples
         self.chunk_size = chunk_size
 

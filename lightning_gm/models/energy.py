@@ -29,7 +29,6 @@ References:
 
 from __future__ import annotations
 
-import copy
 import math
 from dataclasses import dataclass, field
 from typing import Any, Iterator, Mapping, Optional
@@ -39,7 +38,6 @@ from torch import Tensor
 
 from lightning_gm.estimators.ais import AISResult, AISSchedule, AnnealingPath, ProgressFn, ais_log_partition, summarize_log_weights
 from lightning_gm.estimators.reverse import ReverseStart
-from lightning_gm.groups import ParameterGroup
 from lightning_gm.nn.rbm import chain_generator
 from lightning_gm.progress import trainer_progress
 
@@ -50,8 +48,6 @@ __all__ = [
     "FLAT_AIS_KEYS",
     "FLAT_CD_KEYS",
     "FLAT_PENALTY_KEYS",
-    "fold_flat_hparams",
-    "record_groups",
     "batch_data",
     "seeded_rng",
     "sgd_binary_rbm",
@@ -135,43 +131,6 @@ FLAT_AIS_KEYS = {"ais_runs": ("ais", "runs"), "ais_steps": ("ais", "steps"), "ai
 FLAT_CD_KEYS = {"k": ("cd", "k"), "persistent": ("cd", "persistent"), "num_chains": ("cd", "chains")}
 FLAT_PENALTY_KEYS = {name: ("penalties", name) for name in ("weight_cost", "sparsity_target", "sparsity_cost",
                                                            "sparsity_decay")}
-
-
-def fold_flat_hparams(owner: str, flat: Mapping[str, Any], groups: dict[str, ParameterGroup],
-                      keys: Mapping[str, tuple[str, str]]) -> dict[str, ParameterGroup]:
-    """Fold the flat hyperparameters of an old checkpoint (``ais_runs=...``, ``k=...``) into the groups.
-
-    Args:
-        owner: the class name, for the error message.
-        flat: the old keyword arguments (``**kwargs`` the new signature does not know).
-        groups: the groups as given, by argument name.
-        keys: old key -> ``(group argument, field)``.
-
-    Returns:
-        The groups with the old values in place (an old value wins over a group's default).
-
-    Raises:
-        TypeError: for a key that is neither a parameter nor an old flat key, as Python would.
-    """
-    unknown = sorted(set(flat) - set(keys))
-    if unknown:
-        raise TypeError(f"{owner}.__init__() got unexpected keyword argument(s) {', '.join(map(repr, unknown))}")
-    out = dict(groups)
-    for old, value in flat.items():
-        group, name = keys[old]
-        out[group] = out[group].replace(**{name: value})
-    return out
-
-
-def record_groups(module: Any, groups: Mapping[str, ParameterGroup], flat: Mapping[str, Any]) -> None:
-    """After ``save_hyperparameters``: store the groups (as plain dictionaries) instead of the old flat keys, so a
-    checkpoint written from an old one is in the new format."""
-    hparams = module._hparams
-    for key in flat:
-        hparams.pop(key, None)
-    for name, group in groups.items():
-        hparams[name] = group.as_dict()
-    module._hparams_initial = copy.deepcopy(hparams)
 
 
 # ---------------------------------------------------------------------------------------- log Z

@@ -43,8 +43,8 @@ from torch import Tensor, nn
 from lightning_gm.errors import ConfigError
 from lightning_gm.estimators.decoder_ais import HMCAnnealing, decoder_ais_log_prob, decoder_bdmc, gaussian_observation
 from lightning_gm.estimators.mmd import DEFAULT_BANDWIDTHS, mmd2
+from lightning_gm.groups import fold_flat_hparams, record_groups
 from lightning_gm.models.base import GenerativeModel, _adam
-from lightning_gm.models.energy import fold_flat_hparams, record_groups
 from lightning_gm.nn.generators import MLPGenerator
 from lightning_gm.progress import trainer_progress
 
@@ -104,6 +104,8 @@ class ImplicitGenerativeModel(GenerativeModel):
     family = "implicit"
     monitor = "val/mmd2"
     monitor_mode = "min"
+
+    introduced = {"bdmc_examples": 0}  # checkpoints from before the BDMC bracket test as they did then
 
     def __init__(
         self,

@@ -63,8 +63,9 @@ from torchmetrics import MeanMetric
 
 from lightning_gm.errors import ConfigError
 from lightning_gm.estimators.ais import AISSchedule, AnnealingPath, base_rate_log_odds
-from lightning_gm.estimators.rbm_ais import GaussianRBMAnnealingPath, RBMAnnealingPath
 from lightning_gm.estimators.partition import log_partition_enumerate
+from lightning_gm.estimators.rbm_ais import GaussianRBMAnnealingPath, RBMAnnealingPath
+from lightning_gm.groups import fold_flat_hparams, record_groups
 from lightning_gm.models.base import GenerativeModel
 from lightning_gm.models.energy import (
     FLAT_AIS_KEYS,
@@ -73,8 +74,6 @@ from lightning_gm.models.energy import (
     ChainStream,
     PartitionMixin,
     batch_data,
-    fold_flat_hparams,
-    record_groups,
     seeded_rng,
     sgd_binary_rbm,
 )

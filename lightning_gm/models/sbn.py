@@ -17,11 +17,11 @@ importance weights :math:`\tilde w = \operatorname{softmax}(\log p(x, h) - \log 
 samples, and :math:`q` trained by the wake phase, the sleep phase or both (``q_update``; Bornschein &
 Bengio found both best).
 
-Evaluation: ``val/nll`` is the ``val_k``-sample importance-weighted estimate (it picks the best
-checkpoint); ``test/nll`` the ``test_k``-sample one through
-:class:`~lightning_gm.callbacks.iwae.IWAEEvaluation` (estimator ``iwae-<test_k>``; seeded per example,
-sharded under DDP), or the exact :math:`\log p(x)` by enumeration when the network has at most
-``exact_max_units`` hidden units (estimator ``exact``).
+Evaluation (the parameter group :class:`~lightning_gm.estimators.seeded.IWEvaluation`): ``val/nll`` is the
+``val_k``-sample importance-weighted estimate (it picks the best checkpoint); ``test/nll`` the ``test_k``-sample
+one, which the model declares (:attr:`SigmoidBeliefNet.iw_evaluation`) and the ``lightning_gm`` command attaches
+(estimator ``iwae-<test_k>``; seeded per example, batched, sharded under DDP), or the exact :math:`\log p(x)` by
+enumeration when the network has at most ``exact_max_units`` hidden units (estimator ``exact``).
 
 References: Hinton, Dayan, Frey & Neal (1995), The wake-sleep algorithm for unsupervised neural networks;
 Bornschein & Bengio (2015), Reweighted wake-sleep; Burda, Grosse & Salakhutdinov (2016), Importance
@@ -38,6 +38,8 @@ from torch import Tensor
 
 from lightning_gm.errors import ConfigError
 from lightning_gm.estimators.importance import importance_weighted_log_prob, log_mean_exp
+from lightning_gm.estimators.seeded import IWEvaluation, SeededNoise
+from lightning_gm.groups import FlatKeys, GroupedHyperparameters
 from lightning_gm.models.base import GenerativeModel, _adam
 from lightning_gm.nn.sbn import Q_UPDATES, HelmholtzMachine
 
@@ -45,9 +47,12 @@ __all__ = ["SigmoidBeliefNet", "TRAININGS"]
 
 #: the training procedures
 TRAININGS = ("ws", "rws")
+#: flat hyperparameters of checkpoints written before the evaluation group: ``old name -> (group, field)``
+FLAT_KEYS: FlatKeys = {"val_k": ("evaluation", "val_k"), "test_k": ("evaluation", "test_k"),
+                       "eval_seed": ("evaluation", "seed"), "chunk_size": None}
 
 
-class SigmoidBeliefNet(GenerativeModel):
+class SigmoidBeliefNet(GroupedHyperparameters, GenerativeModel):
     r"""Sigmoid belief network with a recognition network (Helmholtz machine) on binary data.
 
     Args:
@@ -60,10 +65,9 @@ class SigmoidBeliefNet(GenerativeModel):
         q_update: recognition updates, ``"wake"``, ``"sleep"`` or ``"both"``; default ``"sleep"`` for ``ws``
             (the only one it defines) and ``"both"`` for ``rws``.
         sleep_samples: dreams :math:`(x, h) \sim p` per sleep phase (0 = the batch size).
-        val_k: importance samples per example for ``val/nll`` (the checkpoint monitor).
-        test_k: importance samples per test example for ``test/nll`` (estimator ``iwae-<test_k>``).
-        chunk_size: importance samples drawn at once (bounds memory for large ``k``).
-        eval_seed: seed of the test evaluation (example ``i`` uses a generator seeded by ``(eval_seed, i)``).
+        evaluation: the importance-weighted evaluation: ``val_k`` samples per example for ``val/nll`` (the
+            checkpoint monitor; 20 by default), ``test_k`` for ``test/nll`` (estimator ``iwae-<test_k>``), its
+            ``seed``, ``subset``, ``block``, ``sample_block`` (:class:`~lightning_gm.estimators.seeded.IWEvaluation`).
         exact_max_units: compute the exact test ``log p(x)`` by enumeration when the network has at most this
             many hidden units (0 = never; the cost is :math:`2^{\sum_l H_l}` per example).
         sample_probabilities: :meth:`sample` returns the Bernoulli means :math:`\sigma(W_0 h_1 + b_0)` of the
@@ -77,6 +81,8 @@ class SigmoidBeliefNet(GenerativeModel):
     family = "sbn"
     monitor = "val/nll"
     monitor_mode = "min"
+    groups = ("evaluation",)
+    flat_keys = FLAT_KEYS  # checkpoints written before the evaluation group still load
 
     def __init__(
         self,
@@ -86,10 +92,7 @@ class SigmoidBeliefNet(GenerativeModel):
         k: int = 5,
         q_update: Optional[str] = None,
         sleep_samples: int = 0,
-        val_k: int = 20,
-        test_k: int = 5000,
-        chunk_size: int = 500,
-        eval_seed: int = 0,
+        evaluation: IWEvaluation = IWEvaluation(val_k=20),
         exact_max_units: int = 16,
         sample_probabilities: bool = True,
         optimizer: OptimizerCallable = _adam,
@@ -97,6 +100,10 @@ class SigmoidBeliefNet(GenerativeModel):
     ) -> None:
         super().__init__(data_shape, optimizer, lr_scheduler)
         self.save_hyperparameters(ignore=["optimizer", "lr_scheduler"])
+        evaluation = IWEvaluation.coerce(evaluation)
+        if evaluation.val_k < 1:
+            raise ConfigError(f"model.init_args.evaluation.val_k must be >= 1 (val/nll picks the checkpoint), "
+                              f"got {evaluation.val_k}")
         if training not in TRAININGS:
             raise ConfigError(f"model.init_args.training must be one of {list(TRAININGS)}, got {training!r}")
         if q_update is None:
@@ -108,8 +115,7 @@ class SigmoidBeliefNet(GenerativeModel):
                 f"model.init_args.q_update={q_update!r} needs training='rws': the wake-phase q update uses the "
                 f"importance weights; wake-sleep (training='ws') trains q in the sleep phase only (q_update='sleep')"
             )
-        for key, value, low in (("k", k, 1), ("val_k", val_k, 1), ("test_k", test_k, 1), ("chunk_size", chunk_size, 1),
-                                ("sleep_samples", sleep_samples, 0), ("exact_max_units", exact_max_units, 0)):
+        for key, value, low in (("k", k, 1), ("sleep_samples", sleep_samples, 0), ("exact_max_units", exact_max_units, 0)):
             if value < low:
                 raise ConfigError(f"model.init_args.{key} must be >= {low}, got {value}")
         hidden = [int(h) for h in hidden]
@@ -117,9 +123,17 @@ class SigmoidBeliefNet(GenerativeModel):
             raise ConfigError(f"model.init_args.hidden must be a non-empty list of positive layer sizes, got {hidden}")
         self.net = HelmholtzMachine(self.data_dim, hidden)
         self.training_mode, self.k, self.q_update = training, int(k), q_update
-        self.sleep_samples, self.val_k, self.test_k = sleep_samples, val_k, test_k
-        self.chunk_size, self.eval_seed, self.exact_max_units = chunk_size, eval_seed, exact_max_units
+        self.sleep_samples, self.evaluation, self.exact_max_units = sleep_samples, evaluation, exact_max_units
         self.sample_probabilities = sample_probabilities
+
+    @property
+    def test_k(self) -> int:
+        return self.evaluation.test_k
+
+    @property
+    def iw_evaluation(self) -> Optional[IWEvaluation]:
+        """The importance-weighted test evaluation this model declares (none when the test is exact)."""
+        return None if self.exact else self.evaluation
 
     # --- training ----------------------------------------------------------------------------------
     @property
@@ -130,7 +144,7 @@ class SigmoidBeliefNet(GenerativeModel):
     def loss_terms(self, x: Tensor, stage: str) -> dict[str, Tensor]:
         flat = x.flatten(1).to(self.net.top_logits.dtype)
         if stage != "train":
-            log_w = self.net.log_weights(flat, self.val_k)
+            log_w = self.net.log_weights(flat, self.evaluation.val_k)
             nll = -log_mean_exp(log_w, 0).mean()
             return {"loss": nll, "nll": nll, "elbo": log_w.mean()}
         rws = self.training_mode == "rws"
@@ -155,11 +169,15 @@ class SigmoidBeliefNet(GenerativeModel):
     # --- the platform's interface -------------------------------------------------------------------
     @property
     def estimator(self) -> str:
-        return "exact" if self.exact else f"iwae-{self.test_k}"
+        return "exact" if self.exact else f"iwae-{self.evaluation.test_k}"
 
-    def log_weights(self, x: Tensor, n: int, generators: Optional[Sequence[torch.Generator]] = None) -> Tensor:
-        """``log p(x, h) - log q(h | x)`` for ``n`` samples ``h ~ q(h | x)`` per example: ``(n, B)``."""
-        return self.net.log_weights(x.flatten(1).to(self.net.top_logits.dtype), n, generators)
+    def log_weights(self, x: Tensor, n: int, noise: Any = None) -> Tensor:
+        """``log p(x, h) - log q(h | x)`` for ``n`` samples ``h ~ q(h | x)`` per example: ``(n, B)``; the uniforms
+        from ``noise`` (a :class:`~lightning_gm.estimators.seeded.SeededNoise`, or one generator per example)."""
+        flat = x.flatten(1).to(self.net.top_logits.dtype)
+        if isinstance(noise, SeededNoise):
+            return self.net.log_weights(flat, n, noise=noise)
+        return self.net.log_weights(flat, n, noise)
 
     @torch.no_grad()
     def log_prob(self, x: Tensor) -> Tensor:
@@ -168,20 +186,14 @@ class SigmoidBeliefNet(GenerativeModel):
         flat = x.flatten(1).to(self.net.top_logits.dtype)
         if self.exact:
             return self.net.log_prob_enumerate(flat, max_units=self.exact_max_units)
-        return importance_weighted_log_prob(self.log_weights, flat, self.test_k, self.chunk_size).log_prob.to(flat.dtype)
-
-    def configure_callbacks(self) -> list[Any]:
-        """The seeded, sharded ``test_k``-sample evaluation (not needed when the test is exact)."""
-        if self.exact:
-            return []
-        from lightning_gm.callbacks.iwae import IWAEEvaluation
-
-        return [IWAEEvaluation(k=self.test_k, chunk_size=self.chunk_size, seed=self.eval_seed)]
+        chunk = max(1, self.evaluation.rows // max(1, flat.shape[0]))
+        est = importance_weighted_log_prob(self.log_weights, flat, self.evaluation.test_k, chunk)
+        return est.log_prob.to(flat.dtype)
 
     def test_step(self, batch: Any, batch_idx: int) -> None:
         if self.exact:
             super().test_step(batch, batch_idx)
-        else:  # test/nll comes from IWAEEvaluation at the end of the epoch
+        else:  # test/nll comes from the declared evaluation at the end of the epoch
             self._common_step(batch, "test")
 
     def on_test_epoch_end(self) -> None:

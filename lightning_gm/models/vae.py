@@ -17,8 +17,11 @@ dimension when analytic, else per stochastic layer; the bar is the batch mean).
 A flow in the posterior (:mod:`lightning_gm.nn.posterior`) changes :math:`\log q` by its log-det:
 :math:`\log q_K(z_K|x) = \log q_0(z_0|x) - \sum_k \log|\det \partial z_k / \partial z_{k-1}|`.
 
-Test: :class:`~lightning_gm.callbacks.iwae.IWAEEvaluation` with ``k = test_k`` (5000), deterministic given
-``eval_seed``, sharded over DDP processes; ``test/nll``, ``test/iw_elbo``, ``test/active_units``.
+The objective's knobs form the parameter group :class:`Objective`, the evaluation's the group
+:class:`~lightning_gm.estimators.seeded.IWEvaluation` (``test_k = 5000``, deterministic given its ``seed``,
+batched, sharded over DDP processes); the model declares that evaluation (:attr:`LatentVariableModel.iw_evaluation`)
+and the ``lightning_gm`` command attaches it (:func:`lightning_gm.callbacks.registry.evaluations_for`):
+``test/nll``, ``test/iw_elbo``, ``test/active_units``.
 
 References: Kingma & Welling (2014), Auto-Encoding Variational Bayes; Burda, Grosse & Salakhutdinov (2016),
 Importance Weighted Autoencoders (784-200-200-50 and 784-[200-200]-100-[100-100]-50 architectures);
@@ -28,7 +31,8 @@ Sønderby et al. (2016), Ladder VAEs (warm-up); Kingma et al. (2016), IAF (free 
 
 from __future__ import annotations
 
-from typing import Any, Callable, NamedTuple, Optional, Sequence
+from dataclasses import dataclass
+from typing import Any, Callable, ClassVar, NamedTuple, Optional, Sequence
 
 import torch
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
@@ -36,14 +40,18 @@ from torch import Tensor, nn
 
 from lightning_gm.errors import ConfigError
 from lightning_gm.estimators.importance import importance_weighted_log_prob, log_mean_exp
-from lightning_gm.models.base import GenerativeModel, _adam
+from lightning_gm.estimators.seeded import IWEvaluation, SeededNoise
+from lightning_gm.groups import FlatKeys, GroupedHyperparameters, ParameterGroup
+from lightning_gm.models.base import UNSAVED_KEY, GenerativeModel, _adam
 from lightning_gm.nn.distributions import kl_normal_std_normal, log_normal_diag
 from lightning_gm.nn.likelihoods import BernoulliLikelihood, Likelihood
-from lightning_gm.nn.mlp import MLP
+from lightning_gm.nn.mlp import MLP, bounded, check_bounds, check_init
 from lightning_gm.nn.posterior import PosteriorFlow
 from lightning_gm.nn.priors import Prior, StandardNormal
+from lightning_gm.schedules import run_progress
 
-__all__ = ["VAE", "HierarchicalVAE", "LatentVariableModel", "Latents", "kl_warmup_weight", "standard_normal_noise"]
+__all__ = ["VAE", "HierarchicalVAE", "LatentVariableModel", "Latents", "Objective", "IWEvaluation", "kl_warmup_weight",
+           "standard_normal_noise", "FLAT_KEYS"]
 
 #: ``(in_features, out_features) -> network`` on flat vectors
 NetFactory = Callable[[int, int], nn.Module]
@@ -59,17 +67,78 @@ def kl_warmup_weight(beta: float, warmup_epochs: int, step: int, steps_per_epoch
     return beta * min(1.0, step / (warmup_epochs * max(1, steps_per_epoch)))
 
 
-def standard_normal_noise(n: int, like: Tensor, dim: int,
-                          generators: Optional[Sequence[torch.Generator]] = None) -> Tensor:
-    """``(n, B, dim)`` standard normal noise for a batch ``like`` (``(B, ...)``); example ``b`` draws from
-    ``generators[b]`` when given (deterministic per example), else from the global generator."""
-    if generators is None:
+#: what a model draws its noise from: ``None`` (the global stream), a :class:`SeededNoise` (the seeded
+#: evaluation), or one generator per example
+Noise = Optional["SeededNoise | Sequence[torch.Generator]"]
+
+
+def standard_normal_noise(n: int, like: Tensor, dim: int, noise: Noise = None) -> Tensor:
+    """``(n, B, dim)`` standard normal noise for a batch ``like`` (``(B, ...)``): from ``noise`` when given (a
+    :class:`~lightning_gm.estimators.seeded.SeededNoise`, or one generator per example), else the global stream."""
+    if noise is None:
         return torch.randn(n, like.shape[0], dim, dtype=like.dtype, device=like.device)
-    if len(generators) != like.shape[0]:
-        raise ValueError(f"{len(generators)} generators for a batch of {like.shape[0]} examples")
+    if isinstance(noise, SeededNoise):
+        return noise.normal(n, dim, like)
+    if len(noise) != like.shape[0]:
+        raise ValueError(f"{len(noise)} generators for a batch of {like.shape[0]} examples")
     return torch.stack(
-        [torch.randn(n, dim, generator=g, dtype=like.dtype, device=like.device) for g in generators], dim=1
+        [torch.randn(n, dim, generator=g, dtype=like.dtype, device=like.device) for g in noise], dim=1
     )
+
+
+@dataclass(frozen=True)
+class Objective(ParameterGroup):
+    r"""The training objective of the VAE family (a parameter group): the ``k``-sample bound with KL weight.
+
+    Args:
+        beta: weight :math:`\beta` of the KL term (1 = the bound).
+        kl_warmup_epochs: anneal the KL weight linearly from 0 to ``beta`` over this many epochs (0 = off).
+        kl_warmup_fraction: or over this share of the run's progress (:func:`lightning_gm.schedules.run_progress`:
+            epochs, steps or ``max_time``), so that a budget compresses the warm-up with the rest of the recipe
+            (0.05 = the VampPrior's 100 of 2,000 epochs); at most one of the two.
+        free_bits: minimum KL (nats) per latent dimension / layer before it is penalised (0 = off; needs
+            ``train_k = 1``).
+        train_k: importance samples of the training objective (1 = the ELBO, a VAE; > 1 = the IWAE bound).
+    """
+
+    key: ClassVar[str] = "model.init_args.objective"
+    beta: float = 1.0
+    kl_warmup_epochs: int = 0
+    kl_warmup_fraction: float = 0.0
+    free_bits: float = 0.0
+    train_k: int = 1
+
+    def __post_init__(self) -> None:
+        if self.train_k < 1:
+            raise ValueError(f"model.init_args.objective.train_k must be >= 1, got {self.train_k}")
+        if self.free_bits < 0:
+            raise ValueError(f"model.init_args.objective.free_bits must be >= 0, got {self.free_bits}")
+        if self.kl_warmup_epochs < 0:
+            raise ValueError(f"model.init_args.objective.kl_warmup_epochs must be >= 0, got {self.kl_warmup_epochs}")
+        if not 0.0 <= self.kl_warmup_fraction <= 1.0:
+            raise ValueError(f"model.init_args.objective.kl_warmup_fraction must be in [0, 1], got "
+                             f"{self.kl_warmup_fraction}")
+        if self.kl_warmup_fraction > 0 and self.kl_warmup_epochs > 0:
+            raise ValueError("model.init_args.objective: give kl_warmup_epochs or kl_warmup_fraction, not both "
+                             f"(got {self.kl_warmup_epochs} and {self.kl_warmup_fraction})")
+        if self.free_bits > 0 and self.train_k > 1:
+            raise ValueError(f"model.init_args.objective.free_bits={self.free_bits} needs the single-sample ELBO "
+                             f"(train_k=1), got train_k={self.train_k}")
+
+    @property
+    def warmup(self) -> bool:
+        """Whether the KL weight is warmed up."""
+        return self.kl_warmup_epochs > 0 or self.kl_warmup_fraction > 0
+
+
+#: flat hyperparameters of checkpoints written before the parameter groups: ``old name -> (group, field)``
+#: (``chunk_size`` was the samples drawn at once, a memory knob with no field now)
+FLAT_KEYS: FlatKeys = {
+    "beta": ("objective", "beta"), "kl_warmup_epochs": ("objective", "kl_warmup_epochs"),
+    "free_bits": ("objective", "free_bits"), "train_k": ("objective", "train_k"),
+    "val_k": ("evaluation", "val_k"), "test_k": ("evaluation", "test_k"), "eval_seed": ("evaluation", "seed"),
+    "chunk_size": None,
+}
 
 
 class Latents(NamedTuple):
@@ -80,7 +149,7 @@ class Latents(NamedTuple):
     analytic_kl: Optional[Tensor] = None  #: closed-form KL per dimension ``(B, L)`` when it exists
 
 
-class LatentVariableModel(GenerativeModel):
+class LatentVariableModel(GroupedHyperparameters, GenerativeModel):
     """Shared machinery of the VAE family: the ``k``-sample objective, KL weight and free bits, the
     importance-weighted estimates, the seeded test evaluation. A subclass implements
     :meth:`posterior`, :meth:`log_prior_terms`, :meth:`log_likelihood`, :meth:`decode_mean` and
@@ -89,63 +158,68 @@ class LatentVariableModel(GenerativeModel):
     Args:
         data_shape: shape of one example (linked from the data).
         likelihood: decoder observation model (default Bernoulli).
-        beta: weight of the KL term (1 = the bound).
-        kl_warmup_epochs: anneal the KL weight linearly from 0 to ``beta`` over this many epochs.
-        free_bits: minimum KL (nats) per latent dimension / layer before it is penalised (0 = off; ``train_k = 1``).
-        train_k: importance samples of the training objective (1 = VAE, > 1 = IWAE).
-        val_k: importance samples for ``val/nll`` each validation (0 = skip).
-        test_k: importance samples per test example for ``test/nll``.
-        chunk_size: importance samples drawn at once (bounds memory for large ``k``).
-        eval_seed: seed of the test evaluation (example ``i`` uses a generator seeded by ``(eval_seed, i)``).
+        objective: the training objective (:class:`Objective`: KL weight ``beta``, its warm-up in epochs or as a
+            share of the run, ``free_bits``, ``train_k``).
+        evaluation: the importance-weighted evaluation (``val_k``, ``test_k``, ``seed``, ``subset``, ``block``,
+            ``sample_block``).
         optimizer: optimiser factory (default Adam, lr 1e-3).
         lr_scheduler: optional scheduler factory.
         update_batch_size: examples per parameter update when smaller than the data's batch size: each
             loaded batch is split into consecutive updates of this size (the same updates as loading them one
             by one, with Lightning's per-step cost paid once per loaded batch; ``bench/vae_overhead.py``).
             ``None``: one update per loaded batch.
+        data_mean_bias: before the first update, set the decoder's output bias to the likelihood's parameters
+            at the training data's mean (Burda et al.'s code: the logit of the pixel means), so that training
+            starts from the independent-pixel model instead of first learning it (a plateau of hundreds of
+            updates); needs a decoder whose last layer is linear (the MLP decoders).
     """
 
     family = "vae"
     monitor = "val/elbo"
     monitor_mode = "max"
     manual_loop = True  # plain "loss, backward, step": the base's lean loop (see models/base.py)
+    groups = ("objective", "evaluation")
+    flat_keys = FLAT_KEYS  # checkpoints written before the groups still load
+    #: arguments added with the papers' recipes: older checkpoints were built with PyTorch's init, unbounded
+    #: log-variances and no output-bias initialisation
+    introduced = {"init": "torch", "log_var_bounds": None, "data_mean_bias": False}
 
     def __init__(
         self,
         data_shape: Sequence[int] = (784,),
         likelihood: Optional[Likelihood] = None,
-        beta: float = 1.0,
-        kl_warmup_epochs: int = 0,
-        free_bits: float = 0.0,
-        train_k: int = 1,
-        val_k: int = 0,
-        test_k: int = 5000,
-        chunk_size: int = 500,
-        eval_seed: int = 0,
+        objective: Objective = Objective(),
+        evaluation: IWEvaluation = IWEvaluation(),
         optimizer: OptimizerCallable = _adam,
         lr_scheduler: Optional[LRSchedulerCallable] = None,
         update_batch_size: Optional[int] = None,
+        data_mean_bias: bool = False,
+        **recorded: Any,
     ) -> None:
+        # a subclass passes its **kwargs here; Lightning hands a checkpoint's bookkeeping keys to such a class
+        unknown = sorted(set(recorded) - {UNSAVED_KEY})
+        if unknown:
+            raise TypeError(f"{type(self).__name__}.__init__() got unexpected keyword argument(s) {unknown}")
         super().__init__(data_shape, optimizer, lr_scheduler)
         self.set_update_batch_size(update_batch_size)
-        if train_k < 1:
-            raise ConfigError(f"model.init_args.train_k must be >= 1, got {train_k}")
-        if free_bits < 0:
-            raise ConfigError(f"model.init_args.free_bits must be >= 0, got {free_bits}")
-        if free_bits > 0 and train_k > 1:
-            raise ConfigError(
-                f"model.init_args.free_bits={free_bits} needs the single-sample ELBO (train_k=1), got train_k={train_k}"
-            )
-        if test_k < 1 or chunk_size < 1:
-            raise ConfigError(f"model.init_args.test_k and chunk_size must be >= 1, got {test_k} and {chunk_size}")
+        self.data_mean_bias = data_mean_bias
+        self.objective = Objective.coerce(objective)
+        self.evaluation = IWEvaluation.coerce(evaluation)
         self.likelihood = likelihood if likelihood is not None else BernoulliLikelihood()
-        self.beta, self.kl_warmup_epochs, self.free_bits = beta, kl_warmup_epochs, free_bits
-        self.train_k, self.val_k, self.test_k = train_k, val_k, test_k
-        self.chunk_size, self.eval_seed = chunk_size, eval_seed
+
+    @property
+    def iw_evaluation(self) -> IWEvaluation:
+        """The importance-weighted test evaluation this model declares (attached by the CLI's registry)."""
+        return self.evaluation
+
+    @property
+    def test_k(self) -> int:
+        return self.evaluation.test_k
 
     # --- what a member of the family implements ------------------------------------------------------
-    def posterior(self, flat: Tensor, n: int, generators: Optional[Sequence[torch.Generator]] = None) -> Latents:
-        """``n`` reparameterised draws from ``q(z | x)`` for a batch of flat ``x`` ``(B, D)``."""
+    def posterior(self, flat: Tensor, n: int, noise: Noise = None) -> Latents:
+        """``n`` reparameterised draws from ``q(z | x)`` for a batch of flat ``x`` ``(B, D)``, the noise from
+        ``noise`` (:func:`standard_normal_noise`)."""
         raise NotImplementedError
 
     def log_prior_terms(self, z: list[Tensor]) -> list[Tensor]:
@@ -160,8 +234,9 @@ class LatentVariableModel(GenerativeModel):
         """``E[x | z]`` of top-layer latents ``(B, L_top)`` (intermediate layers at their means): ``(B, D)``."""
         raise NotImplementedError
 
-    def posterior_means(self, x: Tensor, generators: Optional[Sequence[torch.Generator]] = None) -> list[Tensor]:
-        """``E_q[z_l]`` per layer for a batch, each ``(B, L_l)`` (Monte Carlo where not closed-form)."""
+    def posterior_means(self, x: Tensor, noise: Noise = None) -> list[Tensor]:
+        """``E_q[z_l]`` per layer for a batch, each ``(B, L_l)`` (Monte Carlo where not closed-form, with ``noise``
+        of ``posterior_mean_samples`` samples)."""
         raise NotImplementedError
 
     def encode_mean(self, x: Tensor) -> Tensor:
@@ -172,22 +247,67 @@ class LatentVariableModel(GenerativeModel):
     def top_latent_dim(self) -> int:
         raise NotImplementedError
 
+    def output_layer(self) -> nn.Module:
+        """The decoder's last layer, whose outputs are the likelihood's parameters (for ``data_mean_bias``)."""
+        raise NotImplementedError
+
+    # --- initialisation from the data ------------------------------------------------------------------
+    def _check_data_mean_bias(self) -> None:
+        """Refuse ``data_mean_bias`` at construction when the decoder or the likelihood cannot take it."""
+        if not self.data_mean_bias:
+            return
+        layer = self.output_layer()
+        n = self.likelihood.num_params(self.data_dim)
+        if not isinstance(layer, nn.Linear) or layer.bias is None or layer.out_features != n:
+            raise ConfigError(f"model.init_args.data_mean_bias needs a decoder ending in a linear layer with {n} "
+                              f"outputs and a bias (the MLP decoders), got {type(layer).__name__}; set it to false")
+        try:
+            self.likelihood.params_at_mean(torch.full((self.data_dim,), 0.5))
+        except NotImplementedError as exc:
+            raise ConfigError(f"model.init_args.data_mean_bias: {exc}; set it to false") from exc
+
+    def on_train_start(self) -> None:
+        if self.data_mean_bias and self.global_step == 0:  # a fresh run, not a resumed one
+            self.set_output_bias_to_data_mean(self.trainer.train_dataloader)
+
+    @torch.no_grad()
+    def set_output_bias_to_data_mean(self, batches: Any) -> Tensor:
+        """Set :meth:`output_layer`'s bias to ``likelihood.params_at_mean(mean of the batches)`` (one pass over
+        them; under DDP the sums of every process) and return that mean."""
+        total = torch.zeros(self.data_dim, dtype=torch.float64, device=self.device)
+        count = torch.zeros((), dtype=torch.float64, device=self.device)
+        for batch in batches:
+            x = batch[0] if isinstance(batch, (tuple, list)) else batch
+            total += x.to(self.device).flatten(1).sum(0, dtype=torch.float64)
+            count += x.shape[0]
+        if self._trainer is not None:
+            total = self.trainer.strategy.reduce(total, reduce_op="sum")
+            count = self.trainer.strategy.reduce(count, reduce_op="sum")
+        mean = (total / count).to(self.dtype)
+        layer = self.output_layer()
+        layer.bias.copy_(self.likelihood.params_at_mean(mean))
+        return mean
+
     # --- the objective -------------------------------------------------------------------------------
     def kl_weight(self) -> float:
         """KL weight of the current training step (``beta`` outside training)."""
-        if not self.training or self.kl_warmup_epochs <= 0 or self._trainer is None:
-            return self.beta
-        return kl_warmup_weight(self.beta, self.kl_warmup_epochs, self.global_step, self.updates_per_epoch)
+        obj = self.objective
+        if not self.training or not obj.warmup or self._trainer is None:
+            return obj.beta
+        if obj.kl_warmup_fraction > 0:
+            progress = run_progress(self.trainer, self.global_step / max(1.0, self.updates_per_epoch))
+            return obj.beta * min(1.0, progress / obj.kl_warmup_fraction)
+        return kl_warmup_weight(obj.beta, obj.kl_warmup_epochs, self.global_step, self.updates_per_epoch)
 
     def _penalty(self, kl_columns: Tensor) -> Tensor:
         """Batch-mean KL penalty from per-column KLs ``(B, C)``, with free bits per column."""
-        if self.free_bits > 0:
-            return kl_columns.mean(0).clamp(min=self.free_bits).sum()
+        if self.objective.free_bits > 0:
+            return kl_columns.mean(0).clamp(min=self.objective.free_bits).sum()
         return kl_columns.sum(-1).mean()
 
     def loss_terms(self, x: Tensor, stage: str) -> dict[str, Tensor]:
         flat = x.flatten(1)
-        k = self.train_k if stage == "train" else 1
+        k = self.objective.train_k if stage == "train" else 1
         lat = self.posterior(flat, k)
         rec = self.log_likelihood(flat, lat.z)  # (k, B)
         layer_kl = [lq - lp for lq, lp in zip(lat.log_q, self.log_prior_terms(lat.z))]  # each (k, B)
@@ -208,40 +328,38 @@ class LatentVariableModel(GenerativeModel):
             )
         if len(layer_kl) > 1:
             terms.update({f"kl_{i + 1}": t.mean() for i, t in enumerate(layer_kl)})
-        if stage == "train" and self.kl_warmup_epochs > 0:
+        if stage == "train" and self.objective.warmup:
             terms["kl_weight"] = torch.tensor(weight)
-        if stage == "val" and self.val_k > 0:
-            terms["nll"] = -self.iw_log_prob(x, self.val_k).mean()
+        if stage == "val" and self.evaluation.val_k > 0:
+            terms["nll"] = -self.iw_log_prob(x, self.evaluation.val_k).mean()
         return terms
 
     # --- importance weights -------------------------------------------------------------------------
-    def log_weights(self, x: Tensor, n: int, generators: Optional[Sequence[torch.Generator]] = None) -> Tensor:
-        """``log p(x, z) - log q(z | x)`` for ``n`` samples per example: ``(n, B)``."""
+    def log_weights(self, x: Tensor, n: int, noise: Noise = None) -> Tensor:
+        """``log p(x, z) - log q(z | x)`` for ``n`` samples per example: ``(n, B)`` (noise as :meth:`posterior`)."""
         flat = x.flatten(1)
-        lat = self.posterior(flat, n, generators)
+        lat = self.posterior(flat, n, noise)
         log_p = torch.stack(self.log_prior_terms(lat.z), -1).sum(-1)
         return self.log_likelihood(flat, lat.z) + log_p - torch.stack(lat.log_q, -1).sum(-1)
 
     def iw_log_prob(self, x: Tensor, k: int) -> Tensor:
-        """The ``k``-sample importance-weighted bound of ``log p(x)``, ``(B,)`` (global RNG)."""
-        return importance_weighted_log_prob(self.log_weights, x, k, self.chunk_size).log_prob.to(x.dtype)
+        """The ``k``-sample importance-weighted bound of ``log p(x)``, ``(B,)`` (global RNG; passes of at most the
+        evaluation's ``block * sample_block`` rows)."""
+        chunk = max(1, self.evaluation.rows // max(1, x.shape[0]))
+        return importance_weighted_log_prob(self.log_weights, x, k, chunk).log_prob.to(x.dtype)
 
     # --- the shared interface -----------------------------------------------------------------------
     @property
     def estimator(self) -> str:
-        return f"iwae-{self.test_k}"
+        """``iwae-<test_k>`` (a test of a subset is labelled by its evaluation, e.g. ``iwae-5000 (1,000 of 10,000,
+        evenly spaced)``, in ``summary.json``)."""
+        return f"iwae-{self.evaluation.test_k}"
 
     def log_prob(self, x: Tensor) -> Tensor:
-        return self.iw_log_prob(x, self.test_k)
-
-    def configure_callbacks(self) -> list[Any]:
-        """The seeded, sharded test evaluation (``test_k``, ``chunk_size``, ``eval_seed``)."""
-        from lightning_gm.callbacks.iwae import IWAEEvaluation
-
-        return [IWAEEvaluation(k=self.test_k, chunk_size=self.chunk_size, seed=self.eval_seed)]
+        return self.iw_log_prob(x, self.evaluation.test_k)
 
     def test_step(self, batch: Any, batch_idx: int) -> None:
-        # the bound terms per batch; test/nll comes from IWAEEvaluation at the end of the epoch
+        # the bound terms per batch; test/nll comes from the declared evaluation at the end of the epoch
         self._common_step(batch, "test")
 
     def on_test_epoch_end(self) -> None:
@@ -262,8 +380,8 @@ class LatentVariableModel(GenerativeModel):
         raise NotImplementedError
 
 
-def _mlp_factory(hidden: Sequence[int], activation: str) -> NetFactory:
-    return lambda i, o: MLP([i, *hidden, o], activation)
+def _mlp_factory(hidden: Sequence[int], activation: str, init: str) -> NetFactory:
+    return lambda i, o: MLP([i, *hidden, o], activation, init)
 
 
 class VAE(LatentVariableModel):
@@ -278,77 +396,66 @@ class VAE(LatentVariableModel):
     likelihood's parameters.
 
     Args:
-        data_shape: shape of one example (linked from the data).
         latent_dim: dimension of ``z``.
         hidden: hidden widths of the default MLP encoder; the default decoder mirrors them.
-        activation: hidden activation of the default MLPs (``tanh`` as in Burda et al.).
-        likelihood: decoder observation model (default Bernoulli).
+        activation: hidden activation of the default MLPs (``tanh`` as in Burda et al.; ``gated`` = gated dense
+            units as in Tomczak & Welling).
+        init: weight initialisation of the default MLPs (:data:`~lightning_gm.nn.mlp.INITS`): ``xavier_uniform``
+            with zero biases (Burda et al., for tanh), ``he_normal`` (Tomczak & Welling, for gated/ReLU units),
+            ``torch`` (PyTorch's default, which leaves tanh networks on a plateau for hundreds of updates).
+        log_var_bounds: ``[low, high]``: the encoder's log-variance is ``hardtanh(v(x), low, high)`` (Tomczak &
+            Welling's ``[-6, 2]``; it also bounds the VampPrior's components); ``null``: unbounded.
         prior: ``p(z)`` (default standard normal; e.g. :class:`~lightning_gm.nn.priors.VampPrior`).
         encoder: factory ``(D, 2 L + context_features) -> network`` replacing the MLP (e.g. ConvEncoder).
         decoder: factory ``(L, num_params) -> network`` replacing the MLP (e.g. ConvDecoder).
         posterior_flow: factory ``(L, context_features) -> PosteriorFlow`` (planar, IAF); none by default.
         context_features: size of the encoder's context ``h`` for a conditional flow (IAF).
         posterior_mean_samples: samples of the Monte Carlo ``E_q[z]`` with a flow (active units).
-        beta: weight of the KL term.
-        kl_warmup_epochs: KL warm-up length in epochs.
-        free_bits: free bits per latent dimension (analytic KL) or for the whole KL (with a flow / other prior).
-        train_k: importance samples of the training objective (1 = VAE, > 1 = IWAE).
-        val_k: importance samples for ``val/nll`` (0 = skip).
-        test_k: importance samples for ``test/nll``.
-        chunk_size: importance samples drawn at once.
-        eval_seed: seed of the test evaluation.
-        optimizer: optimiser factory (default Adam, lr 1e-3).
-        lr_scheduler: optional scheduler factory.
-        update_batch_size: examples per parameter update (see :class:`LatentVariableModel`).
+        **kwargs: the family's shared arguments (:class:`LatentVariableModel`): ``data_shape``, ``likelihood``
+            (default Bernoulli), ``objective`` (:class:`Objective`), ``evaluation``
+            (:class:`~lightning_gm.estimators.seeded.IWEvaluation`), ``optimizer`` (default Adam, lr 1e-3),
+            ``lr_scheduler``, ``update_batch_size``, ``data_mean_bias``.
     """
 
     def __init__(
         self,
-        data_shape: Sequence[int] = (784,),
         latent_dim: int = 50,
         hidden: Sequence[int] = (200, 200),
         activation: str = "tanh",
-        likelihood: Optional[Likelihood] = None,
+        init: str = "xavier_uniform",
+        log_var_bounds: Optional[tuple[float, float]] = None,
         prior: Optional[Prior] = None,
         encoder: Optional[NetFactory] = None,
         decoder: Optional[NetFactory] = None,
         posterior_flow: Optional[FlowFactory] = None,
         context_features: int = 0,
         posterior_mean_samples: int = 100,
-        beta: float = 1.0,
-        kl_warmup_epochs: int = 0,
-        free_bits: float = 0.0,
-        train_k: int = 1,
-        val_k: int = 0,
-        test_k: int = 5000,
-        chunk_size: int = 500,
-        eval_seed: int = 0,
-        optimizer: OptimizerCallable = _adam,
-        lr_scheduler: Optional[LRSchedulerCallable] = None,
-        update_batch_size: Optional[int] = None,
+        **kwargs: Any,
     ) -> None:
-        super().__init__(data_shape, likelihood, beta, kl_warmup_epochs, free_bits, train_k, val_k, test_k,
-                         chunk_size, eval_seed, optimizer, lr_scheduler, update_batch_size)
+        super().__init__(**kwargs)
         self.save_hyperparameters(ignore=["likelihood", "prior", "encoder", "decoder", "posterior_flow",
                                           "optimizer", "lr_scheduler"])
         if latent_dim < 1:
             raise ConfigError(f"model.init_args.latent_dim must be >= 1, got {latent_dim}")
+        check_init(init, "model.init_args.init")
+        self.log_var_bounds = check_bounds(log_var_bounds, "model.init_args.log_var_bounds")
         self.latent_dim, self.context_features = latent_dim, context_features
         self.posterior_mean_samples = posterior_mean_samples
-        enc = encoder or _mlp_factory(hidden, activation)
-        dec = decoder or _mlp_factory(list(reversed(list(hidden))), activation)
+        enc = encoder or _mlp_factory(hidden, activation, init)
+        dec = decoder or _mlp_factory(list(reversed(list(hidden))), activation, init)
         self.encoder = enc(self.data_dim, 2 * latent_dim + context_features)
         self.decoder = dec(latent_dim, self.likelihood.num_params(self.data_dim))
         self.flow = posterior_flow(latent_dim, context_features) if posterior_flow is not None else None
         self.prior = prior if prior is not None else StandardNormal()
         self.prior.build(latent_dim)
         self.prior.bind(self.encode, self.data_shape)
+        self._check_data_mean_bias()
 
     # --- the model ----------------------------------------------------------------------------------
     def _encode_all(self, flat: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         out = self.encoder(flat)
         L = self.latent_dim
-        return out[..., :L], out[..., L : 2 * L], out[..., 2 * L :]
+        return out[..., :L], bounded(out[..., L : 2 * L], self.log_var_bounds), out[..., 2 * L :]
 
     def encode(self, x: Tensor) -> tuple[Tensor, Tensor]:
         """``q(z_0|x)`` parameters ``(mu, log_var)``, each ``(B, latent_dim)``."""
@@ -359,6 +466,10 @@ class VAE(LatentVariableModel):
         """Likelihood parameters of ``p(x|z)``, shape ``(..., num_params)``."""
         return self.decoder(z)
 
+    def output_layer(self) -> nn.Module:
+        modules = list(self.decoder.modules())
+        return modules[-1]
+
     @property
     def prior_top(self) -> Prior:
         return self.prior
@@ -367,9 +478,9 @@ class VAE(LatentVariableModel):
     def top_latent_dim(self) -> int:
         return self.latent_dim
 
-    def posterior(self, flat: Tensor, n: int, generators: Optional[Sequence[torch.Generator]] = None) -> Latents:
+    def posterior(self, flat: Tensor, n: int, noise: Noise = None) -> Latents:
         mu, log_var, h = self._encode_all(flat)
-        z0 = mu + torch.exp(0.5 * log_var) * standard_normal_noise(n, flat, self.latent_dim, generators)
+        z0 = mu + torch.exp(0.5 * log_var) * standard_normal_noise(n, flat, self.latent_dim, noise)
         log_q = log_normal_diag(z0, mu, log_var)
         analytic = None
         if self.flow is not None:
@@ -391,11 +502,11 @@ class VAE(LatentVariableModel):
         return self.likelihood.mean(self.decode(z_top))
 
     @torch.no_grad()
-    def posterior_means(self, x: Tensor, generators: Optional[Sequence[torch.Generator]] = None) -> list[Tensor]:
+    def posterior_means(self, x: Tensor, noise: Noise = None) -> list[Tensor]:
         flat = x.flatten(1)
         if self.flow is None:
             return [self.encode(flat)[0]]
-        return [self.posterior(flat, self.posterior_mean_samples, generators).z[0].mean(0)]
+        return [self.posterior(flat, self.posterior_mean_samples, noise).z[0].mean(0)]
 
     def kl_analytic(self, x: Tensor) -> Tensor:
         """Closed-form ``KL(q(z|x) || N(0, I))`` per example (standard-normal prior, no flow)."""
@@ -414,49 +525,29 @@ class HierarchicalVAE(LatentVariableModel):
     mirrored in the generative direction), the top prior injected.
 
     Args:
-        data_shape: shape of one example (linked from the data).
         latent_dims: sizes of the stochastic layers, nearest to ``x`` first.
         hidden: deterministic hidden widths before each stochastic layer (one list per layer).
-        activation: hidden activation.
-        likelihood: decoder observation model (default Bernoulli).
+        activation: hidden activation (``gated``: gated dense units).
+        init: weight initialisation of every MLP (:data:`~lightning_gm.nn.mlp.INITS`; see :class:`VAE`).
+        log_var_bounds: ``[low, high]`` bounds of every Gaussian conditional's log-variance (``hardtanh``), or
+            ``null``.
         prior: ``p(z_S)`` of the top layer (default standard normal; priors that need the encoder are refused).
         posterior_mean_samples: samples of the Monte Carlo ``E_q[z_s]`` for ``s > 1`` (active units).
-        beta: weight of the KL terms.
-        kl_warmup_epochs: KL warm-up length in epochs.
-        free_bits: free bits per stochastic layer.
-        train_k: importance samples of the training objective (1 = VAE, > 1 = IWAE).
-        val_k: importance samples for ``val/nll`` (0 = skip).
-        test_k: importance samples for ``test/nll``.
-        chunk_size: importance samples drawn at once.
-        eval_seed: seed of the test evaluation.
-        optimizer: optimiser factory (default Adam, lr 1e-3).
-        lr_scheduler: optional scheduler factory.
-        update_batch_size: examples per parameter update (see :class:`LatentVariableModel`).
+        **kwargs: the family's shared arguments (see :class:`VAE`).
     """
 
     def __init__(
         self,
-        data_shape: Sequence[int] = (784,),
         latent_dims: Sequence[int] = (100, 50),
         hidden: Sequence[Sequence[int]] = ((200, 200), (100, 100)),
         activation: str = "tanh",
-        likelihood: Optional[Likelihood] = None,
+        init: str = "xavier_uniform",
+        log_var_bounds: Optional[tuple[float, float]] = None,
         prior: Optional[Prior] = None,
         posterior_mean_samples: int = 100,
-        beta: float = 1.0,
-        kl_warmup_epochs: int = 0,
-        free_bits: float = 0.0,
-        train_k: int = 1,
-        val_k: int = 0,
-        test_k: int = 5000,
-        chunk_size: int = 500,
-        eval_seed: int = 0,
-        optimizer: OptimizerCallable = _adam,
-        lr_scheduler: Optional[LRSchedulerCallable] = None,
-        update_batch_size: Optional[int] = None,
+        **kwargs: Any,
     ) -> None:
-        super().__init__(data_shape, likelihood, beta, kl_warmup_epochs, free_bits, train_k, val_k, test_k,
-                         chunk_size, eval_seed, optimizer, lr_scheduler, update_batch_size)
+        super().__init__(**kwargs)
         self.save_hyperparameters(ignore=["likelihood", "prior", "optimizer", "lr_scheduler"])
         dims = [int(d) for d in latent_dims]
         if len(dims) < 1 or min(dims) < 1:
@@ -465,18 +556,23 @@ class HierarchicalVAE(LatentVariableModel):
             raise ConfigError(
                 f"model.init_args.hidden needs one list of widths per stochastic layer ({len(dims)}), got {len(hidden)}"
             )
+        check_init(init, "model.init_args.init")
+        self.log_var_bounds = check_bounds(log_var_bounds, "model.init_args.log_var_bounds")
         self.latent_dims, self.posterior_mean_samples = dims, posterior_mean_samples
         ins = [self.data_dim, *dims[:-1]]
-        self.encoders = nn.ModuleList(MLP([i, *h, 2 * d], activation) for i, h, d in zip(ins, hidden, dims))
+        self.encoders = nn.ModuleList(MLP([i, *h, 2 * d], activation, init) for i, h, d in zip(ins, hidden, dims))
         # p(z_s | z_{s+1}) for s < S, then p(x | z_1)
         self.conditionals = nn.ModuleList(
-            MLP([dims[s + 1], *reversed(list(hidden[s + 1])), 2 * dims[s]], activation) for s in range(len(dims) - 1)
+            MLP([dims[s + 1], *reversed(list(hidden[s + 1])), 2 * dims[s]], activation, init)
+            for s in range(len(dims) - 1)
         )
-        self.decoder = MLP([dims[0], *reversed(list(hidden[0])), self.likelihood.num_params(self.data_dim)], activation)
+        self.decoder = MLP([dims[0], *reversed(list(hidden[0])), self.likelihood.num_params(self.data_dim)],
+                           activation, init)
         self.prior = prior if prior is not None else StandardNormal()
         if self.prior.needs_encoder:
             raise ConfigError(f"{type(self.prior).__name__} needs a one-layer VAE's encoder; use it with models.VAE")
         self.prior.build(dims[-1])
+        self._check_data_mean_bias()
 
     @property
     def prior_top(self) -> Prior:
@@ -486,12 +582,20 @@ class HierarchicalVAE(LatentVariableModel):
     def top_latent_dim(self) -> int:
         return self.latent_dims[-1]
 
-    def posterior(self, flat: Tensor, n: int, generators: Optional[Sequence[torch.Generator]] = None) -> Latents:
+    def output_layer(self) -> nn.Module:
+        return self.decoder[-1]
+
+    def _gaussian(self, net: nn.Module, h: Tensor) -> tuple[Tensor, Tensor]:
+        """``(mu, log_var)`` of a Gaussian conditional (the log-variance within ``log_var_bounds``)."""
+        mu, log_var = net(h).chunk(2, dim=-1)
+        return mu, bounded(log_var, self.log_var_bounds)
+
+    def posterior(self, flat: Tensor, n: int, noise: Noise = None) -> Latents:
         zs, log_qs = [], []
         h: Tensor = flat
         for enc, d in zip(self.encoders, self.latent_dims):
-            mu, log_var = enc(h).chunk(2, dim=-1)
-            z = mu + torch.exp(0.5 * log_var) * standard_normal_noise(n, flat, d, generators)  # one z_s per z_{s-1}
+            mu, log_var = self._gaussian(enc, h)
+            z = mu + torch.exp(0.5 * log_var) * standard_normal_noise(n, flat, d, noise)  # one z_s per z_{s-1}
             zs.append(z)
             log_qs.append(log_normal_diag(z, mu, log_var))
             h = z
@@ -500,7 +604,7 @@ class HierarchicalVAE(LatentVariableModel):
     def log_prior_terms(self, z: list[Tensor]) -> list[Tensor]:
         terms = []
         for s, cond in enumerate(self.conditionals):
-            mu, log_var = cond(z[s + 1]).chunk(2, dim=-1)
+            mu, log_var = self._gaussian(cond, z[s + 1])
             terms.append(log_normal_diag(z[s], mu, log_var))
         terms.append(self.prior.log_prob(z[-1]))
         return terms
@@ -515,8 +619,8 @@ class HierarchicalVAE(LatentVariableModel):
         return self.likelihood.mean(self.decoder(z))
 
     @torch.no_grad()
-    def posterior_means(self, x: Tensor, generators: Optional[Sequence[torch.Generator]] = None) -> list[Tensor]:
+    def posterior_means(self, x: Tensor, noise: Noise = None) -> list[Tensor]:
         flat = x.flatten(1)
         first = self.encoders[0](flat).chunk(2, dim=-1)[0]
-        lat = self.posterior(flat, self.posterior_mean_samples, generators)
+        lat = self.posterior(flat, self.posterior_mean_samples, noise)
         return [first, *[z.mean(0) for z in lat.z[1:]]]

@@ -24,16 +24,9 @@ from typing import Sequence
 
 from torch import Tensor, nn
 
-from lightning_gm.errors import ConfigError
-from lightning_gm.nn.mlp import ACTIVATIONS, MLP
+from lightning_gm.nn.mlp import MLP, activation_module, check_init, init_module_
 
 __all__ = ["ConvEncoder", "ConvDecoder", "MLPNet"]
-
-
-def _activation(name: str) -> nn.Module:
-    if name not in ACTIVATIONS:
-        raise ConfigError(f"activation must be one of {sorted(ACTIVATIONS)}, got {name!r}")
-    return ACTIVATIONS[name]()
 
 
 class MLPNet(MLP):
@@ -43,12 +36,14 @@ class MLPNet(MLP):
         in_features: input size (given by the model).
         out_features: output size (given by the model).
         hidden: hidden widths.
-        activation: hidden activation.
+        activation: hidden activation (or ``"gated"``: gated dense units).
+        init: weight initialisation (:data:`~lightning_gm.nn.mlp.INITS`; ``xavier_uniform`` for tanh as in
+            Burda et al., ``he_normal`` for ReLU-like or gated units, ``torch`` = PyTorch's default).
     """
 
     def __init__(self, in_features: int, out_features: int, hidden: Sequence[int] = (200, 200),
-                 activation: str = "tanh") -> None:
-        super().__init__([in_features, *hidden, out_features], activation)
+                 activation: str = "tanh", init: str = "torch") -> None:
+        super().__init__([in_features, *hidden, out_features], activation, init)
 
 
 class ConvEncoder(nn.Module):
@@ -61,23 +56,29 @@ class ConvEncoder(nn.Module):
         channels: output channels of each stride-2 3x3 convolution (each halves H and W, rounding up).
         hidden: width of the linear layer after the convolutions.
         activation: activation after every layer but the last.
+        init: weight initialisation of every layer (:data:`~lightning_gm.nn.mlp.INITS`; ``he_normal`` suits
+            ELU/ReLU, ``torch`` = PyTorch's default).
     """
 
     def __init__(self, in_features: int, out_features: int, image_shape: Sequence[int] = (1, 28, 28),
-                 channels: Sequence[int] = (32, 64), hidden: int = 256, activation: str = "elu") -> None:
+                 channels: Sequence[int] = (32, 64), hidden: int = 256, activation: str = "elu",
+                 init: str = "torch") -> None:
         super().__init__()
+        check_init(init, "ConvEncoder.init")
+        act_owner = "ConvEncoder.activation"
         self.image_shape = tuple(int(s) for s in image_shape)
         if len(self.image_shape) != 3 or math.prod(self.image_shape) != in_features:
-            raise ConfigError(
+            raise ValueError(
                 f"ConvEncoder.image_shape {list(image_shape)} does not match the data: {in_features} values per example"
             )
         c, h, w = self.image_shape
         layers: list[nn.Module] = []
         for out in channels:
-            layers += [nn.Conv2d(c, out, 3, stride=2, padding=1), _activation(activation)]
+            layers += [nn.Conv2d(c, out, 3, stride=2, padding=1), activation_module(activation, act_owner)]
             c, h, w = out, (h + 1) // 2, (w + 1) // 2
-        layers += [nn.Flatten(), nn.Linear(c * h * w, hidden), _activation(activation), nn.Linear(hidden, out_features)]
-        self.net = nn.Sequential(*layers)
+        layers += [nn.Flatten(), nn.Linear(c * h * w, hidden), activation_module(activation, act_owner),
+                   nn.Linear(hidden, out_features)]
+        self.net = init_module_(nn.Sequential(*layers), init) if init != "torch" else nn.Sequential(*layers)
 
     def forward(self, x: Tensor) -> Tensor:
         """``(..., D) -> (..., out_features)``."""
@@ -96,31 +97,36 @@ class ConvDecoder(nn.Module):
         channels: input channels of each stride-2 transposed convolution, coarsest first.
         hidden: width of the first linear layer.
         activation: activation after every layer but the last.
+        init: weight initialisation of every layer (:data:`~lightning_gm.nn.mlp.INITS`; ``he_normal`` suits
+            ELU/ReLU, ``torch`` = PyTorch's default).
     """
 
     def __init__(self, in_features: int, out_features: int, image_shape: Sequence[int] = (1, 28, 28),
-                 channels: Sequence[int] = (64, 32), hidden: int = 256, activation: str = "elu") -> None:
+                 channels: Sequence[int] = (64, 32), hidden: int = 256, activation: str = "elu",
+                 init: str = "torch") -> None:
         super().__init__()
+        check_init(init, "ConvDecoder.init")
+        act_owner = "ConvDecoder.activation"
         self.image_shape = tuple(int(s) for s in image_shape)
         c, h, w = self.image_shape
         if len(self.image_shape) != 3 or out_features % (h * w):
-            raise ConfigError(
+            raise ValueError(
                 f"ConvDecoder.image_shape {list(image_shape)} does not divide the {out_features} outputs the likelihood needs"
             )
         self.out_channels = out_features // (h * w)
         n = len(channels)
         if h % (2**n) or w % (2**n):
-            raise ConfigError(f"ConvDecoder: image size {h}x{w} is not divisible by 2^{n} for {n} upsampling layers")
+            raise ValueError(f"ConvDecoder: image size {h}x{w} is not divisible by 2^{n} for {n} upsampling layers")
         self.start = (int(channels[0]), h // 2**n, w // 2**n)
-        layers: list[nn.Module] = [nn.Linear(in_features, hidden), _activation(activation),
-                                   nn.Linear(hidden, math.prod(self.start)), _activation(activation),
+        layers: list[nn.Module] = [nn.Linear(in_features, hidden), activation_module(activation, act_owner),
+                                   nn.Linear(hidden, math.prod(self.start)), activation_module(activation, act_owner),
                                    nn.Unflatten(1, self.start)]
         chans = [*channels, self.out_channels]
         for i, (a, b) in enumerate(zip(chans[:-1], chans[1:])):
             layers.append(nn.ConvTranspose2d(a, b, 4, stride=2, padding=1))
             if i < n - 1:
-                layers.append(_activation(activation))
-        self.net = nn.Sequential(*layers)
+                layers.append(activation_module(activation, act_owner))
+        self.net = init_module_(nn.Sequential(*layers), init) if init != "torch" else nn.Sequential(*layers)
 
     def forward(self, z: Tensor) -> Tensor:
         """``(..., in_features) -> (..., P * H * W)`` (channel-major)."""

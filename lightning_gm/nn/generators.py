@@ -26,7 +26,6 @@ from typing import Literal, Sequence
 
 from torch import Tensor, nn
 
-from lightning_gm.errors import ConfigError
 from lightning_gm.nn.mlp import ACTIVATIONS
 
 __all__ = ["OUTPUTS", "MLPGenerator", "ConvGenerator", "MLPDiscriminator", "ConvDiscriminator"]
@@ -39,7 +38,7 @@ OutputName = Literal["sigmoid", "tanh", "identity"]
 
 def _act(name: str, owner: str) -> nn.Module:
     if name not in ACTIVATIONS:
-        raise ConfigError(f"{owner}.activation must be one of {sorted(ACTIVATIONS)}, got {name!r}")
+        raise ValueError(f"{owner}.activation must be one of {sorted(ACTIVATIONS)}, got {name!r}")
     if name == "leaky_relu":
         return nn.LeakyReLU(0.2)
     return ACTIVATIONS[name]()
@@ -47,17 +46,17 @@ def _act(name: str, owner: str) -> nn.Module:
 
 def _output(name: str, owner: str) -> nn.Module:
     if name not in OUTPUTS:
-        raise ConfigError(f"{owner}.output must be one of {sorted(OUTPUTS)}, got {name!r}")
+        raise ValueError(f"{owner}.output must be one of {sorted(OUTPUTS)}, got {name!r}")
     return OUTPUTS[name]()
 
 
 def _image_shape(image_shape: Sequence[int], features: int, owner: str, downsamplings: int) -> tuple[int, int, int]:
     shape = tuple(int(s) for s in image_shape)
     if len(shape) != 3 or math.prod(shape) != features:
-        raise ConfigError(f"{owner}.image_shape {list(image_shape)} does not match the data: {features} values per example")
+        raise ValueError(f"{owner}.image_shape {list(image_shape)} does not match the data: {features} values per example")
     c, h, w = shape
     if h % 2**downsamplings or w % 2**downsamplings:
-        raise ConfigError(f"{owner}: image size {h}x{w} is not divisible by 2^{downsamplings} for {downsamplings} stride-2 layers")
+        raise ValueError(f"{owner}: image size {h}x{w} is not divisible by 2^{downsamplings} for {downsamplings} stride-2 layers")
     return c, h, w
 
 
@@ -113,7 +112,7 @@ class MLPDiscriminator(_Flat):
                  activation: str = "leaky_relu", dropout: float = 0.0) -> None:
         super().__init__()
         if not 0.0 <= dropout < 1.0:
-            raise ConfigError(f"MLPDiscriminator.dropout must be in [0, 1), got {dropout}")
+            raise ValueError(f"MLPDiscriminator.dropout must be in [0, 1), got {dropout}")
         layers: list[nn.Module] = []
         width = in_features
         for h in hidden:
@@ -143,7 +142,7 @@ class ConvGenerator(_Flat):
                  channels: Sequence[int] = (128, 64), batch_norm: bool = True, output: OutputName = "sigmoid") -> None:
         super().__init__()
         if not channels:
-            raise ConfigError("ConvGenerator.channels must name at least one feature map")
+            raise ValueError("ConvGenerator.channels must name at least one feature map")
         n = len(channels)
         c, h, w = _image_shape(image_shape, out_features, "ConvGenerator", n)
         start = (int(channels[0]), h // 2**n, w // 2**n)
@@ -178,7 +177,7 @@ class ConvDiscriminator(_Flat):
                  channels: Sequence[int] = (64, 128), batch_norm: bool = True) -> None:
         super().__init__()
         if not channels:
-            raise ConfigError("ConvDiscriminator.channels must name at least one convolution")
+            raise ValueError("ConvDiscriminator.channels must name at least one convolution")
         n = len(channels)
         c, h, w = _image_shape(image_shape, in_features, "ConvDiscriminator", n)
         self.image_shape = (c, h, w)

@@ -37,6 +37,11 @@ class Likelihood(nn.Module):
         """One sample ``x ~ p(x | params)``, shape ``(..., D)``."""
         raise NotImplementedError
 
+    def params_at_mean(self, mean: Tensor) -> Tensor:
+        """Parameters ``(num_params(D),)`` whose mean is ``mean`` ``(D,)`` (any other parameter at a neutral value):
+        a decoder's output bias set to them starts the model at the data's mean (Burda et al.'s initialisation)."""
+        raise NotImplementedError(f"{type(self).__name__} has no parameters-at-the-data-mean initialisation")
+
 
 class BernoulliLikelihood(Likelihood):
     r"""Independent Bernoulli pixels with logits :math:`\eta`:
@@ -46,14 +51,22 @@ class BernoulliLikelihood(Likelihood):
         return dim
 
     def log_prob(self, x: Tensor, params: Tensor) -> Tensor:
-        # -BCE-with-logits is the numerically stable x*eta - softplus(eta)
-        return -F.binary_cross_entropy_with_logits(params, x.expand_as(params), reduction="none").sum(-1)
+        # sum_i x_i eta_i - softplus(eta_i): two reductions over the broadcast x, without the (n, B, D) copy of x and
+        # the extra passes that F.binary_cross_entropy_with_logits makes (~1.7x slower on a CPU: bench/eval_speed.py);
+        # softplus is log1p(exp(eta)) below 20 and eta above, accurate at both ends
+        return (params * x).sum(-1) - F.softplus(params).sum(-1)
 
     def mean(self, params: Tensor) -> Tensor:
         return torch.sigmoid(params)
 
     def sample(self, params: Tensor) -> Tensor:
         return torch.bernoulli(torch.sigmoid(params))
+
+    def params_at_mean(self, mean: Tensor) -> Tensor:
+        r"""The logits :math:`\log \frac{m}{1 - m}` of the means clipped to ``[0.001, 0.999]`` (Burda et al.'s
+        code)."""
+        m = mean.clamp(1e-3, 1 - 1e-3)
+        return torch.log(m) - torch.log1p(-m)
 
 
 class GaussianLikelihood(Likelihood):
@@ -94,6 +107,10 @@ class GaussianLikelihood(Likelihood):
     def sample(self, params: Tensor) -> Tensor:
         mu, log_var = self._split(params)
         return mu + torch.exp(0.5 * log_var) * torch.randn_like(mu)
+
+    def params_at_mean(self, mean: Tensor) -> Tensor:
+        """The means (and log-variances 0 when learned)."""
+        return torch.cat([mean, torch.zeros_like(mean)]) if self.learn_variance else mean.clone()
 
 
 class DiscretizedLogisticLikelihood(Likelihood):

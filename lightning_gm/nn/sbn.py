@@ -41,15 +41,15 @@ networks; Bornschein & Bengio (2015), Reweighted wake-sleep.
 
 from __future__ import annotations
 
-from typing import NamedTuple, Optional, Sequence
+from typing import Any, NamedTuple, Optional, Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from lightning_gm.errors import ConfigError
 
-__all__ = ["HelmholtzMachine", "WakeTerms", "bernoulli_log_prob", "bernoulli_sample", "Q_UPDATES"]
+__all__ = ["HelmholtzMachine", "WakeTerms", "bernoulli_log_prob", "bernoulli_sample", "binary_configurations",
+           "Q_UPDATES"]
 
 #: the recognition-network updates a reweighted wake-sleep step may use
 Q_UPDATES = ("wake", "sleep", "both")
@@ -71,7 +71,7 @@ def bernoulli_log_prob(y: Tensor, logits: Tensor) -> Tensor:
 
 
 def bernoulli_sample(logits: Tensor, generators: Optional[Sequence[torch.Generator]] = None,
-                     generator: Optional[torch.Generator] = None) -> Tensor:
+                     generator: Optional[torch.Generator] = None, noise: Any = None) -> Tensor:
     r"""Binary sample :math:`y_i = [u_i < \sigma(a_i)]`, :math:`u_i \sim U(0, 1)`, no gradient.
 
     Args:
@@ -79,12 +79,16 @@ def bernoulli_sample(logits: Tensor, generators: Optional[Sequence[torch.Generat
         generators: one generator per example (axis ``-2``): example ``b`` draws its uniforms from
             ``generators[b]`` only, so its sample does not depend on the rest of the batch.
         generator: one generator for the whole tensor (ignored when ``generators`` is given).
+        noise: an object with ``uniform(n, H, like) -> (n, B, H)`` (e.g. the seeded evaluation's
+            ``SeededNoise``) for ``logits`` of shape ``(n, B, H)``; wins over the others.
 
     Returns:
         ``logits``-shaped 0/1 tensor of ``logits``' dtype.
     """
     probs = torch.sigmoid(logits.detach())
-    if generators is None:
+    if noise is not None:
+        u = noise.uniform(probs.shape[0], probs.shape[-1], probs)
+    elif generators is None:
         u = torch.rand(probs.shape, generator=generator, dtype=probs.dtype, device=probs.device)
     else:
         if len(generators) != probs.shape[-2]:
@@ -93,6 +97,13 @@ def bernoulli_sample(logits: Tensor, generators: Optional[Sequence[torch.Generat
         u = torch.stack([torch.rand(*lead, probs.shape[-1], generator=g, dtype=probs.dtype, device=probs.device)
                          for g in generators], dim=-2)
     return (u < probs).to(logits.dtype)
+
+
+def binary_configurations(n: int, dtype: torch.dtype = torch.float64,
+                          device: torch.device | str | None = None) -> Tensor:
+    """All :math:`2^n` binary vectors of length ``n``, ``(2**n, n)``, row ``k`` the bits of ``k`` (lowest first)."""
+    codes = torch.arange(2**n, dtype=torch.int64, device=device)
+    return ((codes.unsqueeze(-1) >> torch.arange(n, dtype=torch.int64, device=device)) & 1).to(dtype)
 
 
 class WakeTerms(NamedTuple):
@@ -124,7 +135,7 @@ class HelmholtzMachine(nn.Module):
         super().__init__()
         sizes = [int(n_visible), *[int(h) for h in hidden]]
         if len(sizes) < 2 or min(sizes) < 1:
-            raise ConfigError(f"HelmholtzMachine needs n_visible >= 1 and at least one hidden layer of size >= 1, "
+            raise ValueError(f"HelmholtzMachine needs n_visible >= 1 and at least one hidden layer of size >= 1, "
                               f"got n_visible={n_visible}, hidden={list(hidden)}")
         self.sizes = sizes
         self.hidden_sizes = sizes[1:]
@@ -182,14 +193,15 @@ class HelmholtzMachine(nn.Module):
     # --- sampling ------------------------------------------------------------------------------------
     @torch.no_grad()
     def sample_posterior(self, x: Tensor, n: int, generators: Optional[Sequence[torch.Generator]] = None,
-                         generator: Optional[torch.Generator] = None) -> list[Tensor]:
+                         generator: Optional[torch.Generator] = None, noise: Any = None) -> list[Tensor]:
         r"""``n`` bottom-up samples :math:`h \sim q(h \mid x)` per example.
 
         Args:
             x: data ``(B, D)``.
             n: samples per example.
             generators: one generator per example (deterministic per example), or
-            generator: one generator for the batch.
+            generator: one generator for the batch, or
+            noise: a seeded noise source (``uniform(n, H, like)``; see :func:`bernoulli_sample`).
 
         Returns:
             ``hs[l]`` of shape ``(n, B, H_{l+1})``.
@@ -197,7 +209,7 @@ class HelmholtzMachine(nn.Module):
         h = x.unsqueeze(0).expand(n, *x.shape)
         hs = []
         for layer in self.recognition:
-            h = bernoulli_sample(layer(h), generators, generator)
+            h = bernoulli_sample(layer(h), generators, generator, noise)
             hs.append(h)
         return hs
 
@@ -221,9 +233,9 @@ class HelmholtzMachine(nn.Module):
 
     # --- importance weights and the wake / sleep signals -------------------------------------------
     def log_weights(self, x: Tensor, n: int, generators: Optional[Sequence[torch.Generator]] = None,
-                    generator: Optional[torch.Generator] = None) -> Tensor:
+                    generator: Optional[torch.Generator] = None, noise: Any = None) -> Tensor:
         r""":math:`\log w = \log p(x, h) - \log q(h \mid x)` of ``n`` fresh :math:`h \sim q(h \mid x)`: ``(n, B)``."""
-        hs = self.sample_posterior(x, n, generators, generator)
+        hs = self.sample_posterior(x, n, generators, generator, noise)
         return self.log_joint(x, hs) - self.log_q(x, hs)
 
     def wake_terms(self, x: Tensor, k: int, reweight: bool = True,
@@ -280,25 +292,21 @@ class HelmholtzMachine(nn.Module):
         Returns:
             ``(B,)`` in ``x``'s dtype.
         """
-        from lightning_gm.estimators.partition import EnumerationTooLargeError, enumerate_binary
-
         n = self.n_hidden_total
         if n > max_units:
-            raise EnumerationTooLargeError(
+            raise ValueError(
                 f"exact log p(x) of a sigmoid belief net enumerates 2^{n} hidden configurations; the limit is "
                 f"2^{max_units} (max_units). Use the importance-weighted estimate instead."
             )
-        configs = enumerate_binary(n, dtype=x.dtype, device=x.device).unsqueeze(1)  # (2^n, 1, H)
+        configs = binary_configurations(n, dtype=x.dtype, device=x.device).unsqueeze(1)  # (2^n, 1, H)
         return torch.logsumexp(self.log_joint(x, self.split_hidden(configs)), dim=0)
 
     def log_posterior_enumerate(self, x: Tensor, max_units: int = 20) -> tuple[Tensor, Tensor]:
         r"""All hidden configurations ``(2^n, n)`` and the exact posterior :math:`\log p(h \mid x)` ``(2^n, B)``."""
-        from lightning_gm.estimators.partition import enumerate_binary
-
         n = self.n_hidden_total
         if n > max_units:
             raise ValueError(f"2^{n} hidden configurations exceed the limit 2^{max_units}")
-        configs = enumerate_binary(n, dtype=x.dtype, device=x.device)
+        configs = binary_configurations(n, dtype=x.dtype, device=x.device)
         lj = self.log_joint(x, self.split_hidden(configs.unsqueeze(1)))
         return configs, lj - torch.logsumexp(lj, dim=0, keepdim=True)
 

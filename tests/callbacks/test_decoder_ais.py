@@ -11,6 +11,8 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from lightning_gm.estimators.decoder_ais import HMCAnnealing
 from lightning_gm.callbacks import DecoderAISEvaluation, IWAEEvaluation
+from lightning_gm.callbacks.registry import evaluations_for
+from lightning_gm.estimators.seeded import IWEvaluation
 from lightning_gm.callbacks.decoder_ais import decoder_log_likelihood_fn
 from lightning_gm.errors import ConfigError
 from lightning_gm.models.vae import VAE, HierarchicalVAE
@@ -24,7 +26,7 @@ def linear_vae(seed: int = 0) -> VAE:
     """A VAE whose decoder is one linear layer and whose likelihood is N(x; Wz + b, 0.5^2 I)."""
     torch.manual_seed(seed)
     return VAE(data_shape=(DIM,), latent_dim=LATENT, hidden=(8,), decoder=lambda i, o: nn.Linear(i, o),
-               likelihood=GaussianLikelihood(learn_variance=False, sigma=SIGMA), test_k=200, chunk_size=100)
+               likelihood=GaussianLikelihood(learn_variance=False, sigma=SIGMA), evaluation=IWEvaluation(test_k=200))
 
 
 def exact_log_prob(model: VAE, x: Tensor) -> Tensor:
@@ -43,7 +45,7 @@ def data(model: VAE, n: int) -> TensorDataset:
 
 def run_test(model: VAE, ds: TensorDataset, cb: DecoderAISEvaluation, root) -> dict[str, float]:
     trainer = pl.Trainer(logger=False, enable_progress_bar=False, enable_model_summary=False,
-                         enable_checkpointing=False, default_root_dir=str(root), callbacks=[cb])
+                         enable_checkpointing=False, default_root_dir=str(root), callbacks=[cb, *evaluations_for(model)])
     return trainer.test(model, dataloaders=DataLoader(ds, batch_size=4), verbose=False)[0]
 
 

@@ -45,8 +45,8 @@ def checkpoint(tmp_path_factory):
 
 def _test(cwd, ckpt, name: str, *extra: str) -> dict:
     ddp = "--trainer.strategy=ddp" in extra
-    _run(["test", "--config", DIGITS, f"--ckpt_path={ckpt}", f"--run_name={name}", "--model.init_args.test_k=64",
-          "--model.init_args.chunk_size=24", *QUIET, *extra], cwd, ddp)
+    _run(["test", "--config", DIGITS, f"--ckpt_path={ckpt}", f"--run_name={name}", "--model.init_args.evaluation.test_k=64",
+          *QUIET, *extra], cwd, ddp)
     return json.loads((cwd / f"runs/vae_digits/{name}/summary.json").read_text())
 
 
@@ -60,7 +60,7 @@ def test_two_process_evaluation_equals_one_process(checkpoint):
     t = one["test"]
     assert t["test/nll"] <= -t["test/iw_elbo"] and 0 < t["test/active_units"] <= 8
     # another evaluation seed: other noise, a different (but close) estimate
-    other = _test(cwd, ckpt, "seed", "--model.init_args.eval_seed=1")
+    other = _test(cwd, ckpt, "seed", "--model.init_args.evaluation.seed=1")
     assert other["test"]["test/nll"] != t["test/nll"]
     assert abs(other["test"]["test/nll"] - t["test/nll"]) < 5 * t["test/nll_stderr"]
 
@@ -76,3 +76,52 @@ def test_a_limited_test_evaluates_the_examples_its_loop_covers(checkpoint):
     assert three["test"]["test/iwae_examples"] == 150
     assert two["test"]["test/nll"] == one["test"]["test/nll"]
     assert three["test"]["test/nll"] != one["test"]["test/nll"]
+
+
+def test_the_label_says_what_a_reduced_test_computed(checkpoint):
+    """A prefix (limit_test_batches) and an evenly spaced subset are named in the estimator label that summary.json
+    (and W&B) carry; the loader's batch size changes no number."""
+    cwd, ckpt = checkpoint
+    total = _test(cwd, ckpt, "full")["test"]["test/iwae_examples"]
+    first = _test(cwd, ckpt, "first", "--trainer.limit_test_batches=1", "--data.init_args.eval_batch_size=100")
+    assert first["estimator"] == f"iwae-64 (first 100 of {int(total):,})"
+    spaced = _test(cwd, ckpt, "spaced", "--model.init_args.evaluation.subset=50")
+    assert spaced["estimator"] == f"iwae-64 (50 of {int(total):,}, evenly spaced)"
+    assert spaced["test"]["test/iwae_examples"] == 50
+    again = _test(cwd, ckpt, "spaced_b7", "--model.init_args.evaluation.subset=50", "--data.init_args.eval_batch_size=7")
+    for key in ("test/nll", "test/nll_stderr", "test/iw_elbo", "test/active_units"):
+        assert again["test"][key] == spaced["test"][key], key
+
+
+def test_sigterm_stops_the_evaluation_within_seconds(checkpoint):
+    """A SIGTERM while the IWAE evaluation runs (an evaluation of minutes: k = 2,000,000) stops it within seconds,
+    through the progress hook: the run is recorded as interrupted (summary.json written at the stop), with no
+    test/nll, and the process ends. (The interpreter's own exit can take seconds more on a loaded machine.)"""
+    import select
+    import signal
+    import time
+
+    cwd, ckpt = checkpoint
+    env = dict(os.environ, WANDB_MODE="disabled", PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1")
+    args = ["test", "--config", DIGITS, f"--ckpt_path={ckpt}", "--run_name=term", "--trainer.logger=false",
+            "--model.init_args.evaluation.test_k=2000000", "--trainer.enable_progress_bar=true"]
+    proc = subprocess.Popen([sys.executable, "-m", "lightning_gm", *args], cwd=cwd, env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    seen, deadline = b"", time.time() + 300
+    try:
+        while b"IWAE k=2000000" not in seen and time.time() < deadline and proc.poll() is None:
+            if select.select([proc.stderr], [], [], 1.0)[0]:
+                seen += os.read(proc.stderr.fileno(), 65536)
+        assert b"IWAE k=2000000" in seen, seen[-2000:]
+        time.sleep(2.0)  # well inside the evaluation
+        sent = time.time()
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    path = cwd / "runs/vae_digits/term/summary.json"
+    assert path.stat().st_mtime - sent < 5.0  # the evaluation stopped and the run was recorded within seconds
+    summary = json.loads(path.read_text())
+    assert summary["status"] == "interrupted" and "SIGTERM" in summary["error"]
+    assert "test/nll" not in summary.get("test", {})

@@ -105,7 +105,7 @@ def test_cli_hands_gradient_clipping_to_the_manual_loop_and_refuses_accumulation
 
     assert VAE.manual_loop
     common = ["fit", "--model=lightning_gm.models.VAE", "--data=lightning_gm.data.DigitsDataModule",
-              "--model.init_args.test_k=2", "--trainer.max_steps=2", "--trainer.logger=false",
+              "--model.init_args.evaluation.test_k=2", "--trainer.max_steps=2", "--trainer.logger=false",
               "--trainer.enable_progress_bar=false", "--test_after_fit=false", "--trainer.limit_val_batches=0"]
     assert run_cli(*common, "--trainer.accumulate_grad_batches=2") != 0
     err = capsys.readouterr().err
@@ -146,11 +146,12 @@ def test_update_batch_size_is_validated() -> None:
 
 def _vae_fit(load_batch: int, update_batch_size: int | None) -> tuple[torch.Tensor, list[float]]:
     from lightning_gm.models import VAE
+    from lightning_gm.models.vae import Objective
 
     pl.seed_everything(5, verbose=False)
     x = (torch.rand(64, 12, generator=torch.Generator().manual_seed(0)) < 0.3).float()
-    model = VAE(data_shape=(12,), latent_dim=2, hidden=[8], kl_warmup_epochs=2, update_batch_size=update_batch_size,
-                optimizer=lambda p: torch.optim.Adam(p, lr=0.01))
+    model = VAE(data_shape=(12,), latent_dim=2, hidden=[8], objective=Objective(kl_warmup_epochs=2),
+                update_batch_size=update_batch_size, optimizer=lambda p: torch.optim.Adam(p, lr=0.01))
     weights: list[float] = []
 
     class KL(pl.Callback):

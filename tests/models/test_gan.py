@@ -221,6 +221,7 @@ def test_decoder_ais_log_prob_is_exact_for_a_linear_gaussian_generator(seed):
     ],
 )
 def test_bad_config_errors_name_the_key(cls, kwargs, key):
+    # the model's own checks raise ConfigError; a network of nn/ raises ValueError (the CLI reports both in one line)
     with pytest.raises((ConfigError, ValueError), match=key):
         cls(data_shape=(64,), **kwargs)
 

@@ -10,6 +10,7 @@ import math
 import pytest
 import torch
 
+from lightning_gm.estimators.seeded import IWEvaluation
 from lightning_gm.models import VAE
 from lightning_gm.nn import PixelCNNLikelihood
 from lightning_gm.nn.distributions import log_normal_diag, log_standard_normal
@@ -20,7 +21,8 @@ def _tiny(gated: bool, seed: int) -> VAE:
     torch.manual_seed(seed)
     lik = PixelCNNLikelihood(cond_channels=1, channels=4, n_layers=2, kernel_size=3, first_kernel_size=3,
                              gated=gated, head_channels=4)
-    vae = VAE(data_shape=(1, 3, 3), latent_dim=1, hidden=(8,), likelihood=lik, test_k=50, chunk_size=1000)
+    vae = VAE(data_shape=(1, 3, 3), latent_dim=1, hidden=(8,), likelihood=lik, evaluation=IWEvaluation(test_k=50),
+              init="torch")  # PyTorch's init, random biases: a posterior far from exact for every x
     with torch.no_grad():  # make p(x|z) depend strongly on z, so the posterior is far from the prior
         vae.decoder[-1].weight.mul_(4.0)
     return vae.double().eval()
@@ -107,6 +109,6 @@ def test_fast_dev_run_on_digits(run_cli, tmp_path):
         "--trainer.callbacks=[]",
         "--model.init_args.likelihood=lightning_gm.nn.PixelCNNLikelihood",
         "--model.init_args.likelihood.init_args.channels=4", "--model.init_args.likelihood.init_args.n_layers=2",
-        "--model.init_args.test_k=5", "--model.init_args.chunk_size=5", "--model.init_args.free_bits=0.1",
+        "--model.init_args.evaluation.test_k=5", "--model.init_args.objective.free_bits=0.1",
     )
     assert code == 0

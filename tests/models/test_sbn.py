@@ -13,6 +13,7 @@ import torch
 from torch.utils.data import DataLoader, TensorDataset
 
 from lightning_gm.errors import ConfigError
+from lightning_gm.estimators.seeded import IWEvaluation
 from lightning_gm.models import SigmoidBeliefNet
 from lightning_gm.nn.sbn import HelmholtzMachine
 from tests.conftest import ROOT
@@ -28,25 +29,28 @@ D = 6
         ({"training": "ws", "q_update": "both"}, "q_update"),
         ({"training": "ws", "q_update": "wake"}, "q_update"),
         ({"k": 0}, "k"),
-        ({"val_k": 0}, "val_k"),
-        ({"test_k": 0}, "test_k"),
-        ({"chunk_size": 0}, "chunk_size"),
+        ({"evaluation": {"val_k": 0}}, "evaluation.val_k"),
+        ({"evaluation": {"test_k": 0}}, "evaluation.test_k"),
+        ({"evaluation": {"sample_block": 0}}, "evaluation.sample_block"),
         ({"sleep_samples": -1}, "sleep_samples"),
         ({"hidden": []}, "hidden"),
         ({"hidden": [4, 0]}, "hidden"),
     ],
 )
 def test_bad_config_is_a_clear_error(kwargs: dict, key: str) -> None:
-    with pytest.raises(ConfigError, match=f"model.init_args.{key}"):
+    with pytest.raises((ConfigError, ValueError), match=f"model.init_args.{key}"):  # a group's check: ValueError
         SigmoidBeliefNet(data_shape=(D,), **kwargs)
 
 
 @pytest.mark.parametrize("hidden,exact_max_units,estimator", [((3, 2), 16, "exact"), ((3, 2), 4, "iwae-300"),
                                                                ((200, 200, 10), 16, "iwae-300")])
 def test_estimator_names_how_log_p_is_obtained(hidden, exact_max_units: int, estimator: str) -> None:
-    m = SigmoidBeliefNet(data_shape=(D,), hidden=hidden, test_k=300, exact_max_units=exact_max_units)
+    from lightning_gm.callbacks.registry import evaluations_for
+
+    m = SigmoidBeliefNet(data_shape=(D,), hidden=hidden, evaluation=IWEvaluation(val_k=20, test_k=300),
+                         exact_max_units=exact_max_units)
     assert m.estimator == estimator
-    callbacks = m.configure_callbacks()
+    callbacks = evaluations_for(m)  # what the command attaches: the model declares, it builds nothing
     assert [type(c).__name__ for c in callbacks] == ([] if estimator == "exact" else ["IWAEEvaluation"])
 
 
@@ -79,7 +83,7 @@ def test_fit_approaches_the_teachers_exact_log_likelihood(tmp_path, training: st
     with torch.no_grad():
         teacher_nll = float(-teacher.log_prob_enumerate(test).mean())
     torch.manual_seed(seed)
-    model = SigmoidBeliefNet(data_shape=(D,), hidden=(3,), training=training, k=k, val_k=10,
+    model = SigmoidBeliefNet(data_shape=(D,), hidden=(3,), training=training, k=k, evaluation=IWEvaluation(val_k=10),
                              optimizer=lambda p: torch.optim.Adam(p, lr=0.05))
     with torch.no_grad():
         initial = float(-model.log_prob(test).mean())
@@ -96,14 +100,16 @@ def test_iwae_test_path_agrees_with_enumeration(tmp_path) -> None:
     enumerate: test/nll within 0.05 nats of the exact mean NLL, and the ELBO of the same samples below log p(x)."""
     _, x = _teacher_data(200, 3)
     torch.manual_seed(0)
-    model = SigmoidBeliefNet(data_shape=(D,), hidden=(3, 2), test_k=3000, chunk_size=1000, exact_max_units=0,
-                             val_k=5)
+    model = SigmoidBeliefNet(data_shape=(D,), hidden=(3, 2), evaluation=IWEvaluation(test_k=3000, val_k=5),
+                             exact_max_units=0)
     with torch.no_grad():
         for p in model.net.recognition_parameters():
             p.mul_(0.3)
         exact = float(-model.net.log_prob_enumerate(x).mean())
     assert model.estimator == "iwae-3000"
-    metrics = _trainer(tmp_path).test(model, _loader(x, False), verbose=False)[0]
+    from lightning_gm.callbacks.registry import evaluations_for
+
+    metrics = _trainer(tmp_path, callbacks=evaluations_for(model)).test(model, _loader(x, False), verbose=False)[0]
     assert metrics["test/nll"] == pytest.approx(exact, abs=0.05)
     assert metrics["test/iw_elbo"] < -exact  # the ELBO of the same samples is a looser bound
 
@@ -126,7 +132,7 @@ def test_shipped_config_fits_and_tests_on_digits(run_cli, tmp_path, config: str)
     code = run_cli(
         "fit", "--config", str(ROOT / "conf" / f"{config}.yaml"), "--data=lightning_gm.data.DigitsDataModule",
         "--data.binarize=threshold", "--trainer.max_epochs=1", "--trainer.limit_train_batches=4",
-        "--model.init_args.test_k=20", "--model.init_args.hidden=[16, 8]", "--run_name=smoke",
+        "--model.init_args.evaluation.test_k=20", "--model.init_args.hidden=[16, 8]", "--run_name=smoke",
         "--trainer.enable_progress_bar=false", "--trainer.enable_model_summary=false",
     )
     assert code == 0

@@ -99,7 +99,14 @@ def test_kl_warmup_weight():
 
 
 # --- the VAE family (issue 6) ------------------------------------------------------------------------------
-from lightning_gm.estimators.seeded import active_units, example_generator, seeded_importance_weighted  # noqa: E402
+from lightning_gm.estimators.seeded import (  # noqa: E402
+    IWEvaluation,
+    SeededNoise,
+    active_units,
+    example_generator,
+    seeded_importance_weighted,
+)
+from lightning_gm.models.vae import Objective  # noqa: E402
 from lightning_gm.estimators.importance import log_mean_exp  # noqa: E402
 from lightning_gm.models import HierarchicalVAE  # noqa: E402
 from lightning_gm.nn import IAFPosterior, PlanarPosterior  # noqa: E402
@@ -160,7 +167,7 @@ def test_two_layer_iw_bound_rises_with_k_towards_exact_log_px():
 @pytest.mark.parametrize("k", [1, 7])
 def test_training_objective_is_the_k_sample_bound(model, k):
     vae, x, _ = _linear_gaussian_vae() if model == "vae" else _linear_gaussian_chain()
-    vae.train_k = k
+    vae.objective = Objective(train_k=k)
     with torch.no_grad():
         for p in vae.parameters():
             p.add_(0.05 * torch.randn_like(p))
@@ -179,12 +186,12 @@ def test_training_objective_is_the_k_sample_bound(model, k):
 
 def test_free_bits_floor_each_dimension():
     vae, x, _ = _linear_gaussian_vae()
-    vae.free_bits = 50.0  # above every per-dimension KL: the KL term is a constant L * lambda
+    vae.objective = Objective(free_bits=50.0)  # above every per-dimension KL: the KL term is a constant L * lambda
     torch.manual_seed(0)
     t = vae.loss_terms(x, "train")
     torch.testing.assert_close(t["loss"], -(t["reconstruction"] - 2 * 50.0))
-    with pytest.raises(ConfigError, match="free_bits"):
-        VAE(data_shape=(4,), free_bits=1.0, train_k=5)
+    with pytest.raises(ValueError, match="model.init_args.objective.free_bits=1.0 needs the single-sample ELBO"):
+        VAE(data_shape=(4,), objective=Objective(free_bits=1.0, train_k=5))
 
 
 @pytest.mark.parametrize("flow", ["planar", "iaf"])
@@ -215,12 +222,19 @@ def test_seeded_evaluation_depends_only_on_seed_and_index(model):
         for p in vae.parameters():
             p.add_(0.1 * torch.randn_like(p))
     x = x[:12]
-    whole, _ = seeded_importance_weighted(vae.log_weights, x, range(12), 300, chunk_size=64, seed=4)
+    whole = seeded_importance_weighted(vae.log_weights, x, range(12), 300, seed=4, block=4, sample_block=50)
+    # the blocks evaluated apart (another batch, another process): the same numbers, bit for bit
+    for lo in (0, 4, 8):
+        part = seeded_importance_weighted(vae.log_weights, x[lo : lo + 4], range(lo, lo + 4), 300, seed=4, block=4,
+                                          sample_block=50)
+        assert torch.equal(part.log_prob, whole.log_prob[lo : lo + 4]) and torch.equal(part.elbo, whole.elbo[lo : lo + 4])
+    # other blocks: the same noise per example, so the same numbers up to rounding
     perm = torch.randperm(12)
-    again, _ = seeded_importance_weighted(vae.log_weights, x[perm], perm.tolist(), 300, chunk_size=64, seed=4)
-    assert torch.equal(again.log_prob, whole.log_prob[perm]) and torch.equal(again.elbo, whole.elbo[perm])
-    other, _ = seeded_importance_weighted(vae.log_weights, x, range(12), 300, chunk_size=64, seed=5)
-    assert not torch.equal(other.log_prob, whole.log_prob)
+    again = seeded_importance_weighted(vae.log_weights, x[perm], perm.tolist(), 300, seed=4, block=4, sample_block=50)
+    torch.testing.assert_close(again.log_prob, whole.log_prob[perm], rtol=0, atol=1e-9)
+    torch.testing.assert_close(again.elbo, whole.elbo[perm], rtol=0, atol=1e-9)
+    other = seeded_importance_weighted(vae.log_weights, x, range(12), 300, seed=5, block=4, sample_block=50)
+    assert (other.log_prob - whole.log_prob).abs().max() > 1e-6
 
 
 def test_active_units_counts_posterior_means_that_vary():
@@ -279,3 +293,129 @@ def test_vampprior_vae_kl_uses_the_same_z_and_the_models_encoder_and_pseudo_inpu
     vae.loss_terms(x, "val")["loss"].backward()
     opt.step()
     assert u.grad is not None and float((u.detach() - before).abs().max()) == pytest.approx(0.003, rel=1e-6)
+
+
+# --- initialisation from the data (Burda et al.'s output bias) ---------------------------------------------------
+@pytest.mark.parametrize("model", ["vae", "hierarchical"])
+def test_output_bias_starts_at_the_logit_of_the_training_pixel_means(model):
+    """data_mean_bias: before the first update the decoder's output is logit(mean) (clipped to [0.001, 0.999]) at
+    zero hidden activity, so the model starts as the independent-pixel model of the training data."""
+    import lightning.pytorch as pl
+    from torch.utils.data import DataLoader, TensorDataset
+
+    from lightning_gm.models import HierarchicalVAE
+
+    torch.manual_seed(0)
+    probs = torch.linspace(0.0, 1.0, 12)
+    x = torch.bernoulli(probs.expand(40, 12))
+    kw = dict(data_shape=(12,), hidden=((6,), (4,)) if model == "hierarchical" else (6,), data_mean_bias=True,
+              update_batch_size=None)
+    vae = HierarchicalVAE(latent_dims=(3, 2), **kw) if model == "hierarchical" else VAE(latent_dim=2, **kw)
+
+    class Capture(pl.Callback):
+        def on_train_batch_start(self, trainer, module, batch, batch_idx):
+            if trainer.global_step == 0:
+                self.bias = module.output_layer().bias.detach().clone()
+
+    cap = Capture()
+    pl.Trainer(max_epochs=1, callbacks=[cap], logger=False, enable_checkpointing=False, enable_progress_bar=False,
+               enable_model_summary=False).fit(vae, DataLoader(TensorDataset(x), batch_size=16))
+    m = x.mean(0).clamp(1e-3, 1 - 1e-3)
+    torch.testing.assert_close(cap.bias, torch.log(m / (1 - m)))
+    assert float(cap.bias[0]) == pytest.approx(math.log(1e-3 / (1 - 1e-3)), rel=1e-5)  # an all-zero pixel: clipped
+
+
+def test_output_bias_from_the_data_needs_a_linear_output_and_a_likelihood_that_has_it():
+    from lightning_gm.errors import ConfigError
+    from lightning_gm.nn import ConvDecoder, DiscretizedLogisticLikelihood
+
+    with pytest.raises(ConfigError, match="data_mean_bias needs a decoder ending in a linear layer"):
+        VAE(data_shape=(1, 8, 8), latent_dim=2, data_mean_bias=True,
+            decoder=lambda i, o: ConvDecoder(i, o, image_shape=(1, 8, 8), channels=(4,)))
+    with pytest.raises(ConfigError, match="DiscretizedLogisticLikelihood has no parameters-at-the-data-mean"):
+        VAE(data_shape=(4,), latent_dim=2, hidden=(3,), likelihood=DiscretizedLogisticLikelihood(),
+            data_mean_bias=True)
+
+
+# --- the batched seeded evaluation (issue 18) ------------------------------------------------------------------
+def test_batched_evaluation_converges_to_the_exact_marginal_of_a_linear_gaussian_model():
+    """On the linear-Gaussian VAE with a deliberately poor encoder: the batched, seeded k-sample bound is below
+    log p(x) in expectation, rises with k and meets the exact marginal at k = 20,000 (mean gap < 0.01 nats)."""
+    vae, x, exact = _linear_gaussian_vae()
+    with torch.no_grad():
+        vae.encoder[0].bias.data[:2] += 0.4
+        vae.encoder[0].bias.data[2:] += 0.7
+    gaps = {}
+    for k in (1, 10, 20_000):
+        est = seeded_importance_weighted(vae.log_weights, x, range(len(x)), k, seed=0, block=256, sample_block=500)
+        gaps[k] = float((exact - est.log_prob).mean())
+    assert gaps[1] > gaps[10] > gaps[20_000] and gaps[1] > 1.0, gaps
+    assert abs(gaps[20_000]) < 0.01, gaps
+
+
+def test_seeded_noise_is_the_same_whatever_the_batch_and_the_chunk():
+    """Example i's sample block j comes from the generator of (seed, i, j) only: drawing 2 blocks for 3 examples at
+    once equals drawing each example's blocks alone, and two layers drawn in turn keep their order per block."""
+    like = torch.zeros(1, dtype=torch.float64)
+    both = SeededNoise(7, [4, 9, 2], 0, 20, 10)
+    a1, a2 = both.normal(20, 3, like), both.normal(20, 5, like)
+    for b, i in enumerate([4, 9, 2]):
+        for j in range(2):
+            one = SeededNoise(7, [i], 10 * j, 10, 10)
+            torch.testing.assert_close(one.normal(10, 3, like)[:, 0], a1[10 * j : 10 * (j + 1), b], rtol=0, atol=0)
+            torch.testing.assert_close(one.normal(10, 5, like)[:, 0], a2[10 * j : 10 * (j + 1), b], rtol=0, atol=0)
+    with pytest.raises(ValueError, match="whole sample block"):
+        SeededNoise(7, [0], 5, 10, 10)
+
+
+def test_evaluation_group_checks_and_labels():
+    with pytest.raises(ValueError, match="model.init_args.evaluation.test_k must be >= 1"):
+        IWEvaluation(test_k=0)
+    with pytest.raises(ValueError, match="model.init_args.evaluation.subset"):
+        IWEvaluation(subset=0)
+    ev = IWEvaluation(test_k=5000)
+    assert ev.label(10_000, 10_000) == "iwae-5000"
+    assert ev.label(1000, 10_000) == "iwae-5000 (1,000 of 10,000, evenly spaced)"
+    assert ev.label(1000, 10_000, first=1000) == "iwae-5000 (first 1,000 of 10,000)"
+    assert ev.label(100, 10_000, first=1000) == "iwae-5000 (100 of 10,000, evenly spaced in the first 1,000)"
+
+
+def test_flat_hyperparameters_of_old_checkpoints_still_load(tmp_path):
+    """A checkpoint written before the parameter groups (flat beta, test_k, ... as main wrote them) loads into the
+    grouped model, with its values in the groups and the same weights."""
+    torch.manual_seed(0)
+    vae = VAE(data_shape=(6,), latent_dim=2, hidden=(5,), objective=Objective(beta=0.5, kl_warmup_epochs=3),
+              evaluation=IWEvaluation(test_k=77, seed=3))
+    new = ("objective", "evaluation", "init", "log_var_bounds", "data_mean_bias")  # not in main's checkpoints
+    hp = {k: v for k, v in dict(vae.hparams).items() if k not in new}
+    hp.update(beta=0.5, kl_warmup_epochs=3, free_bits=0.0, train_k=1, val_k=0, test_k=77, chunk_size=500, eval_seed=3)
+    path = tmp_path / "old.ckpt"
+    torch.save({"state_dict": vae.state_dict(), "hyper_parameters": hp, "pytorch-lightning_version": "2.6.0"}, path)
+    with open(path, "rb") as f:
+        from_file = VAE.load_from_checkpoint(f)
+    for loaded in (VAE.load_from_checkpoint(path), VAE.load_from_checkpoint(str(path)), from_file):
+        assert loaded.objective == Objective(beta=0.5, kl_warmup_epochs=3)
+        assert loaded.evaluation == IWEvaluation(test_k=77, seed=3) and loaded.test_k == 77
+        assert loaded.hparams["init"] == "torch" and loaded.log_var_bounds is None  # what main built
+        for k, v in vae.state_dict().items():
+            assert torch.equal(loaded.state_dict()[k], v), k
+
+
+def test_fractional_warm_up_follows_the_runs_progress():
+    """kl_warmup_fraction: the KL weight is beta * min(1, p / fraction) of the run's progress p, so a shorter run
+    (fewer epochs, or a time budget) has the same warm-up shape: 10% of 20 epochs or 10% of 2 epochs."""
+    from types import SimpleNamespace
+
+    vae = VAE(data_shape=(4,), latent_dim=2, hidden=(3,), objective=Objective(beta=0.8, kl_warmup_fraction=0.1))
+    for max_epochs, updates in ((20, 50), (2, 50)):
+        trainer = SimpleNamespace(max_epochs=max_epochs, max_steps=-1, callbacks=[], current_epoch=0, global_step=0,
+                                  num_training_batches=updates, lr_scheduler_configs=[])
+        vae._trainer = trainer  # what kl_weight reads: the trainer's limits and the step
+        vae.train()
+        total = max_epochs * updates
+        for step, expected in ((0, 0.0), (total // 20, 0.4), (total // 10, 0.8), (total // 2, 0.8)):
+            trainer.global_step = step
+            assert vae.kl_weight() == pytest.approx(expected), (max_epochs, step)
+    vae._trainer = None
+    with pytest.raises(ValueError, match="kl_warmup_epochs or kl_warmup_fraction, not both"):
+        Objective(kl_warmup_epochs=3, kl_warmup_fraction=0.1)

@@ -7,7 +7,6 @@ import pytest
 import torch
 from torch import nn
 
-from lightning_gm.errors import ConfigError
 from lightning_gm.nn.generators import ConvDiscriminator, ConvGenerator, MLPDiscriminator, MLPGenerator
 
 GENERATORS = {
@@ -68,5 +67,5 @@ def test_conv_pair_follows_dcgan_layout():
     ],
 )
 def test_errors(build, match):
-    with pytest.raises(ConfigError, match=match):
+    with pytest.raises(ValueError, match=match):
         build()
