@@ -2,7 +2,9 @@
 
 * :class:`CSVLogger` keeps a resumed run's earlier rows. Lightning's ``CSVLogger`` deletes an existing
   ``metrics.csv`` when its writer starts, so a run resumed from ``last.ckpt`` would lose the record of the epochs
-  before the interruption; this one appends (rows carry ``epoch`` and ``step``). Every shipped config uses it.
+  before the interruption; this one appends (rows carry ``epoch`` and ``step``), and every row carries
+  ``wall_time`` (Unix seconds when it was logged), so a learning curve can be drawn against wall-clock time, the
+  axis on which models trained at equal budget are compared. Every shipped config uses it.
 * :class:`WandbLogger` is Lightning's (same arguments) with the run folder created before ``wandb.init`` (else
   W&B warns that its git root does not exist) and without the ``anonymous`` argument Lightning always passes
   (W&B warns that it has no effect). The command gives every run folder one W&B run id (kept in
@@ -16,8 +18,9 @@ import netrc
 import os
 import secrets
 import string
+import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Mapping, Optional
 
 from lightning.fabric.loggers.logger import rank_zero_experiment
 from lightning.pytorch.loggers import CSVLogger as LightningCSVLogger
@@ -53,7 +56,10 @@ class _AppendingWriter(ExperimentWriter):
 
 
 class CSVLogger(LightningCSVLogger):
-    """Lightning's CSVLogger (same arguments), appending to an existing ``metrics.csv``."""
+    """Lightning's CSVLogger (same arguments), appending to an existing ``metrics.csv``, with a ``wall_time`` column."""
+
+    def log_metrics(self, metrics: Mapping[str, float], step: Optional[int] = None) -> None:
+        super().log_metrics({**metrics, "wall_time": round(time.time(), 3)}, step)
 
     @property
     @rank_zero_experiment
