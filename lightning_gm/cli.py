@@ -290,15 +290,15 @@ class GenerativeCLI(LightningCLI):
         cfg = self._section()
         self.summary = RunSummary(str(self.run_dir), cfg.experiment, cfg.run_name, tags=list(cfg.tags or []),
                                   command=self.subcommand or "fit", config_file=self.config_file)
+        trainer_config = {**self._get(self.config_init, "trainer", default={}), **kwargs}
+        configured = trainer_config.get("callbacks") or []
+        configured = configured if isinstance(configured, list) else [configured]
         platform = [DivergenceGuard(), RNGStateCheckpoint(), self.summary,
-                    *callbacks_for(self.model)]  # what the model declares: evaluations, schedule progress
+                    *callbacks_for(self.model, configured)]  # what the model declares: evaluations, schedule progress
         trial = os.environ.get(TRIAL_ENV)
         self.pruning = OptunaPruning.from_env(trial) if trial and self.subcommand == "fit" else None
         if self.pruning is not None:
             platform.append(self.pruning)
-        trainer_config = {**self._get(self.config_init, "trainer", default={}), **kwargs}
-        configured = trainer_config.get("callbacks") or []
-        configured = configured if isinstance(configured, list) else [configured]
         if not any(isinstance(c, ModelCheckpoint) for c in configured):
             folder = str(self.run_dir / "checkpoints")
             platform += [best_checkpoint(folder, getattr(self.model, "monitor", None),

@@ -145,6 +145,8 @@ class AISEvaluation(pl.Callback):
         if self.bracket.examples == 0 or not hasattr(pl_module, "reverse_annealing_start") \
                 or not getattr(pl_module, "has_test_likelihood", True):
             return {}
+        if pl_module.estimator == "exact":
+            return {}  # log Z enumerated, log p exact: there is nothing to bracket
         dataset, total = test_examples(trainer), tested_examples(trainer)
         n = min(self.bracket.examples, total)
         if n < 1:

@@ -110,3 +110,19 @@ def test_callback_refuses_models_without_log_partition() -> None:
 
     with pytest.raises(ConfigError, match="RBM-family"):
         AISEvaluation._check(VAE(data_shape=(4,)))
+
+
+def test_an_energy_model_declares_its_bracket_unless_the_config_sets_one() -> None:
+    """A bare checkpoint tested by the command (no callbacks in its config) is bracketed as a config would bracket
+    it; a configured AISEvaluation (its own bracket settings) is not doubled; a VAE gets no AIS evaluation."""
+    from lightning_gm.callbacks.iwae import IWAEEvaluation
+    from lightning_gm.callbacks.registry import callbacks_for, evaluations_for
+    from lightning_gm.models import VAE
+
+    rbm = RBM(data_shape=(6,), n_hidden=4)
+    (found,) = evaluations_for(rbm)
+    assert isinstance(found, AISEvaluation) and found.bracket == Bracket()
+    configured = AISEvaluation(bracket=Bracket(examples=7))
+    assert evaluations_for(rbm, [configured]) == []
+    assert not any(isinstance(cb, AISEvaluation) for cb in callbacks_for(rbm, [configured]))
+    assert [type(cb) for cb in evaluations_for(VAE(data_shape=(4,)))] == [IWAEEvaluation]
