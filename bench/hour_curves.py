@@ -81,7 +81,8 @@ def main() -> None:
         ax.set_xlabel("wall time (hours, this machine)")
         ax.set_ylabel("bits/dim" if metric.endswith("bpd") else "NLL (nats)")
         low = min(values + [float(published)])
-        high = sorted(values)[int(0.9 * (len(values) - 1))]  # leave out the first epochs' tall values
+        # long curves: leave out the first epochs' tall values; short ones are shown whole
+        high = sorted(values)[int(0.9 * (len(values) - 1))] if len(values) >= 10 else max(values)
         ax.set_ylim(low - 0.05 * (high - low), high + 0.1 * (high - low))
         ax.legend(fontsize=7)
         ax.grid(alpha=0.3)

@@ -15,7 +15,9 @@ How the pieces meet (one source for every number):
   :class:`~lightning_gm.estimators.reverse.Bracket`): on ``bracket.examples`` evenly spaced test examples it
   runs reverse annealing from the data (RAISE, Burda et al. 2015; a stochastic *lower* bound of the
   log-likelihood, where forward AIS errs high) and logs ``test/nll_conservative`` (RAISE) and
-  ``test/nll_subset`` (the model's own estimate on the same examples), their standard errors and
+  ``test/nll_subset`` (the model's own estimate on the same examples), their standard errors, the width
+  ``test/bracket_gap`` with its paired standard error ``test/bracket_gap_stderr`` (an inverted bracket, RAISE
+  below the forward number by more than 3 of them, is a warning: the forward log Z is then likely high) and
   ``test/bracket_examples``; with ``every_n_epochs > 0`` it also runs a cheaper AIS (``val_runs`` x
   ``val_steps``) at the end of those validation epochs and logs ``val/nll_ais`` and ``val/logZ``.
 
@@ -178,15 +180,16 @@ class AISEvaluation(pl.Callback):
             optimistic = trainer.strategy.reduce(optimistic, reduce_op="sum")
         cons_nll, opt_nll = -conservative.cpu(), -optimistic.cpu()
         se = (lambda t: float(t.std() / math.sqrt(n)) if n > 1 else 0.0)
+        # the width of the bracket, paired over the same examples (its s.e. is far below either mean's)
         metrics = {"nll_conservative": float(cons_nll.mean()), "nll_conservative_stderr": se(cons_nll),
                    "nll_subset": float(opt_nll.mean()), "nll_subset_stderr": se(opt_nll),
+                   "bracket_gap": float((cons_nll - opt_nll).mean()), "bracket_gap_stderr": se(cons_nll - opt_nll),
                    "bracket_examples": float(n)}
         for key, value in metrics.items():
             pl_module.log(f"test/{key}", value, sync_dist=False)
-        gap = metrics["nll_conservative"] - metrics["nll_subset"]
         self.bracket_results = {
-            "label": f"raise {chains:,}x{steps:,} on {n:,} of {len(dataset):,}",
-            "gap": gap, "indices": picks, "nll_conservative": cons_nll, "nll_subset": opt_nll, **metrics,
+            "label": f"raise {chains:,}x{steps:,} on {n:,} of {len(dataset):,}", "gap": metrics["bracket_gap"],
+            "indices": picks, "example_nll_conservative": cons_nll, "example_nll_subset": opt_nll, **metrics,
         }
         return self.bracket_results
 
@@ -196,9 +199,14 @@ class AISEvaluation(pl.Callback):
         if not self.bracket_results:
             return {}
         out: dict[str, Any] = {"conservative_estimator": self.bracket_results["label"]}
-        gap = self.bracket_results["gap"]
+        gap, se = self.bracket_results["gap"], self.bracket_results["bracket_gap_stderr"]
+        label = self.bracket_results["label"]
         if abs(gap) > 1.0:
-            out["warnings"] = [f"AIS/RAISE bracket {gap:.2f} nats wide ({self.bracket_results['label']}; over 1 nat)"]
+            out["warnings"] = [f"AIS/RAISE bracket {gap:.2f} nats wide ({label}; over 1 nat)"]
+        if gap < -3 * se:  # RAISE's NLL is an upper bound in expectation: below the forward NLL means log Z_hat is high
+            out.setdefault("warnings", []).append(
+                f"AIS/RAISE bracket inverted: RAISE NLL {-gap:.2f} +- {se:.2f} nats below the forward AIS NLL ({label}): "
+                "the forward log Z is likely overestimated (a low-ESS run); more AIS runs or steps")
         return out
 
     # ------------------------------------------------------------------ validation

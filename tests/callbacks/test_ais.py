@@ -94,6 +94,21 @@ def test_the_bracket_brackets_the_exact_nll_on_its_subset(trained) -> None:
     assert {"test/nll_conservative", "test/nll_subset", "test/bracket_examples", "test/ais_ess"} <= set(summary["test"])
     gap = res["test/nll_conservative"] - res["test/nll_subset"]
     assert any("bracket" in w for w in summary["warnings"]) == (gap > 1.0)
+    # the per-example values behind the bracket are kept, and its width has a paired standard error
+    per_example = cb.bracket_results["example_nll_conservative"] - cb.bracket_results["example_nll_subset"]
+    assert per_example.shape == (60,) and res["test/bracket_gap"] == pytest.approx(gap, abs=1e-4)
+    assert res["test/bracket_gap_stderr"] == pytest.approx(float(per_example.std() / 60 ** 0.5), rel=1e-4)
+
+
+def test_an_inverted_bracket_is_a_warning() -> None:
+    """RAISE is conservative in expectation: a RAISE NLL below the forward one by more than 3 paired s.e. says the
+    forward log Z is high; within 3 s.e. it is noise and no warning."""
+    cb = AISEvaluation()
+    cb.bracket_results = {"label": "raise 1x14,500 on 500 of 10,000", "gap": -0.9, "bracket_gap_stderr": 0.2}
+    (warning,) = cb.summary_fields()["warnings"]
+    assert "inverted" in warning and "0.90 +- 0.20" in warning
+    cb.bracket_results.update(gap=-0.5)
+    assert "warnings" not in cb.summary_fields()
 
 
 def test_validation_ais_every_n_epochs(trained) -> None:
