@@ -174,7 +174,9 @@ class GenerativeCLI(LightningCLI):
         """Lightning lets a checkpoint's saved hyperparameters override the command line; with a
         ``--config`` (e.g. the run's resolved config.yaml) the config and its overrides win, so
         ``test --config run/config.yaml --ckpt_path ... --model.init_args.test_k=1000`` means it."""
-        if self.config.get("subcommand") and self.config[self.config.subcommand].get("config"):
+        # omegaconf+ drops the parsed `config` key when it resolves an interpolation: the command line says it too
+        if self.config.get("subcommand") and (self.config[self.config.subcommand].get("config")
+                                              or GenerativeArgumentParser.config_files):
             return
         self._refuse_unrecorded_checkpoint()
         super()._parse_ckpt_path()
