@@ -121,8 +121,8 @@ def test_one_epoch_rbm_has_its_pictures(tmp_path, monkeypatch):
     """Pictures every 5 epochs: a 1-epoch run still gets the last epoch's samples and filters."""
     monkeypatch.chdir(tmp_path)
     assert _cli("fit", "--model=lightning_gm.models.RBM", "--model.init_args.n_hidden=12",
-                "--model.init_args.num_chains=20", "--model.init_args.sample_steps=10",
-                "--model.init_args.exact_max_units=12", "--data=lightning_gm.data.DigitsDataModule",
+                "--model.init_args.cd.chains=20", "--model.init_args.sample_steps=10",
+                "--model.init_args.ais.exact_max_units=12", "--data=lightning_gm.data.DigitsDataModule",
                 "--data.init_args.binarize=static", "--data.init_args.batch_size=100", "--trainer.max_epochs=1",
                 "--trainer.callbacks+=lightning_gm.callbacks.RBMPictures", "--trainer.callbacks.every_n_epochs=5",
                 "--run_name=p", "--experiment=rbm", *QUIET) == 0
