@@ -10,7 +10,8 @@ Every run lives in one folder, ``<runs_dir>/<experiment>/<run_name>/``::
     summary.json       final numbers, the test estimator, wall time, and the history of commands
     wandb/             the W&B run (offline unless WANDB_API_KEY is set; `wandb sync` later)
 
-``experiment`` defaults to the config file's name, ``run_name`` to a timestamp. ``fit`` writes the folder; later
+``experiment`` defaults to the name of the first config file on the command line (``conf/iwae.yaml`` -> ``iwae``,
+even though it includes ``conf/vae.yaml``), ``run_name`` to a timestamp. ``fit`` writes the folder; later
 commands only add to it. A command that fails before its loop starts (bad data, a checkpoint that does not load)
 leaves nothing behind. The entry point is :func:`lightning_gm.command.main`, which answers help and early errors
 without importing this module.
@@ -27,7 +28,7 @@ import time
 from pathlib import Path
 from typing import Any, Optional
 
-from jsonargparse import Namespace
+from jsonargparse import Namespace, set_parsing_settings
 from lightning.pytorch import LightningModule
 from lightning.pytorch.callbacks import ModelCheckpoint, ModelSummary, ProgressBar
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
@@ -84,7 +85,18 @@ def _is_rank_zero() -> bool:
 
 
 class GenerativeCLI(LightningCLI):
-    """LightningCLI in omegaconf mode, subclass mode for ``model`` and ``data``, with run folders."""
+    """LightningCLI in ``omegaconf+`` mode, subclass mode for ``model`` and ``data``, with run folders.
+
+    How configs compose (all of it jsonargparse's own parsing, see the README, "Configs"):
+
+    * a ``config: other.yaml`` key inside a config file applies that file (its path relative to the including
+      file) at that point; the keys after it override it, as flat dotted keys (``trainer.max_epochs: 7``) for a
+      group the included file sets (a nested ``trainer:`` block there would replace the whole group);
+    * ``omegaconf+`` resolves ``${...}`` interpolations once, on the merged configuration after the command line,
+      so ``total_iters: ${trainer.max_epochs}`` follows ``--trainer.max_epochs=7``; absolute keys written in a file
+      are read relative to the subcommand (``omegaconf_absolute_to_relative_paths``), as a user writes them;
+    * the run folder's ``config.yaml`` is the resolved result: numbers, no ``config:`` key, no interpolation.
+    """
 
     def __init__(self, args: Any = None, run: bool = True) -> None:
         self.exit_code = 0
@@ -98,6 +110,8 @@ class GenerativeCLI(LightningCLI):
         GenerativeArgumentParser.config_files = [
             argv[i + 1] if a in ("-c", "--config") and i + 1 < len(argv) else a.split("=", 1)[1]
             for i, a in enumerate(argv) if a in ("-c", "--config") or a.startswith("--config=")]
+        # `${trainer.max_epochs}` in conf/x.yaml means fit.trainer.max_epochs (the subcommand's), not a root key
+        set_parsing_settings(omegaconf_absolute_to_relative_paths=True)
         super().__init__(
             # any LightningModule: the generative families (GenerativeModel) and the feature network
             # of the sample-quality metrics (models.MNISTClassifier) train through the same command
@@ -105,7 +119,7 @@ class GenerativeCLI(LightningCLI):
             datamodule_class=GenerativeDataModule,
             subclass_mode_model=True,
             subclass_mode_data=True,
-            parser_kwargs={"parser_mode": "omegaconf", "prog": "lightning_gm"},
+            parser_kwargs={"parser_mode": "omegaconf+", "prog": "lightning_gm"},
             save_config_callback=SaveResolvedConfig,
             save_config_kwargs={"overwrite": True},
             auto_configure_optimizers=False,
@@ -160,7 +174,9 @@ class GenerativeCLI(LightningCLI):
         """Lightning lets a checkpoint's saved hyperparameters override the command line; with a
         ``--config`` (e.g. the run's resolved config.yaml) the config and its overrides win, so
         ``test --config run/config.yaml --ckpt_path ... --model.init_args.test_k=1000`` means it."""
-        if self.config.get("subcommand") and self.config[self.config.subcommand].get("config"):
+        # omegaconf+ drops the parsed `config` key when it resolves an interpolation: the command line says it too
+        if self.config.get("subcommand") and (self.config[self.config.subcommand].get("config")
+                                              or GenerativeArgumentParser.config_files):
             return
         self._refuse_unrecorded_checkpoint()
         super()._parse_ckpt_path()
@@ -193,7 +209,8 @@ class GenerativeCLI(LightningCLI):
     def before_instantiate_classes(self) -> None:
         cfg = self._section()
         if not cfg.experiment:
-            files = cfg.get("config") or []
+            # the file the user named, not one it includes (cfg.config lists an included file before its includer)
+            files = GenerativeArgumentParser.config_files or [str(f) for f in cfg.get("config") or []]
             cfg.experiment = Path(str(files[0])).stem if files else "default"
         if not cfg.run_name:
             inherited = os.environ.get(RUN_NAME_ENV) if os.environ.get("LOCAL_RANK", "0") != "0" else None
