@@ -84,6 +84,32 @@ def _is_rank_zero() -> bool:
     return os.environ.get("LOCAL_RANK", "0") == "0" and os.environ.get("NODE_RANK", "0") == "0"
 
 
+def _config_sets_model(path: Path, seen: Optional[set[Path]] = None) -> bool:
+    """Whether the config file ``path`` (or a file it includes with ``config:``) gives the model."""
+    import yaml
+
+    seen = seen if seen is not None else set()
+    path = path.resolve()
+    if path in seen:
+        return False
+    seen.add(path)
+    try:
+        data = yaml.safe_load(path.read_text())
+    except (OSError, yaml.YAMLError):
+        return False
+    if not isinstance(data, dict):
+        return False
+    sections = [data, *(data[k] for k in ("fit", "validate", "test", "predict") if isinstance(data.get(k), dict))]
+    for section in sections:
+        if any(k == "model" or str(k).startswith("model.") for k in section):
+            return True
+        includes = section.get("config")
+        for include in includes if isinstance(includes, list) else [includes] if includes else []:
+            if _config_sets_model(path.parent / str(include), seen):
+                return True
+    return False
+
+
 class GenerativeCLI(LightningCLI):
     """LightningCLI in ``omegaconf+`` mode, subclass mode for ``model`` and ``data``, with run folders.
 
@@ -171,15 +197,43 @@ class GenerativeCLI(LightningCLI):
                 "instead")
 
     def _parse_ckpt_path(self) -> None:
-        """Lightning lets a checkpoint's saved hyperparameters override the command line; with a
-        ``--config`` (e.g. the run's resolved config.yaml) the config and its overrides win, so
-        ``test --config run/config.yaml --ckpt_path ... --model.init_args.test_k=1000`` means it."""
+        """Lightning lets a checkpoint's saved hyperparameters override the command line; with a ``--config`` that
+        gives the model (e.g. the run's resolved config.yaml) the config and its overrides win, so ``test --config
+        run/config.yaml --ckpt_path ... --model.init_args.evaluation.test_k=1000`` means it. A ``--config`` that does
+        not give the model (say, only a data block) does not stop the checkpoint from rebuilding it: the model is then
+        the checkpoint's, not the class defaults. Checkpoints written before a family's parameter groups have their
+        flat hyperparameters folded into the groups first (the model class's ``flat_keys``)."""
         # omegaconf+ drops the parsed `config` key when it resolves an interpolation: the command line says it too
-        if self.config.get("subcommand") and (self.config[self.config.subcommand].get("config")
-                                              or GenerativeArgumentParser.config_files):
+        sub = self.config.get("subcommand")
+        if not sub:
+            return
+        files = [str(f) for f in self.config[sub].get("config") or []] or GenerativeArgumentParser.config_files
+        if any(_config_sets_model(Path(f)) for f in files):
             return
         self._refuse_unrecorded_checkpoint()
-        super()._parse_ckpt_path()
+        ckpt_path = self.config[sub].get("ckpt_path")
+        if not ckpt_path or not Path(ckpt_path).is_file():
+            return
+        from lightning_gm.models.base import _read_hparams
+
+        hparams = dict(_read_hparams(ckpt_path, weights_only=True))
+        hparams.pop("_instantiator", None)
+        if "_class_path" not in hparams:
+            return super()._parse_ckpt_path()
+        class_path = hparams.pop("_class_path")
+        cls = imported_class(class_path)
+        flat_keys = getattr(cls, "flat_keys", None)
+        if flat_keys:
+            from lightning_gm.groups import upgrade_hparams
+
+            hparams = upgrade_hparams(hparams, flat_keys, getattr(cls, "introduced", None))
+        try:
+            self.config = self.parser.parse_object({sub: {"model": {"class_path": class_path, "dict_kwargs": hparams}}},
+                                                   self.config)
+        except SystemExit:
+            sys.stderr.write(f"lightning_gm: error: the hyperparameters saved in {ckpt_path} do not build a "
+                             f"{cls.__name__} of this version; give the run's configuration: --config <run>/config.yaml\n")
+            raise
 
     def _refuse_unrecorded_checkpoint(self) -> None:
         """Without a ``--config`` the model is rebuilt from the checkpoint's hyperparameters alone: refuse a

@@ -5,6 +5,7 @@ and the same outputs; a checkpoint that does not record an injected argument is 
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
@@ -218,3 +219,33 @@ def test_load_model_errors_name_the_path(tmp_path):
     ckpt = _save(model, tmp_path / "plain.ckpt")
     with pytest.raises(lightning_gm.errors.LightningGMError, match="does not name its model class"):
         lightning_gm.load_model(ckpt)
+
+
+def test_a_data_only_config_does_not_replace_the_checkpoint_model(run_cli, tmp_path):
+    """``lightning_gm test --config data.yaml --model=VAE --ckpt_path old.ckpt``: a --config without a model block
+    leaves the model to the checkpoint (not the class defaults), and an old checkpoint's flat keys are folded into
+    the groups: the tested model has the checkpoint's architecture and evaluation."""
+    import yaml
+
+    torch.manual_seed(0)
+    model = VAE(data_shape=(64,), latent_dim=3, hidden=[7], evaluation={"test_k": 7})
+    path = tmp_path / "old.ckpt"
+    _save(model, path)
+    ckpt = torch.load(path, weights_only=False)
+    ckpt["hyper_parameters"] = {  # as the command wrote them before the parameter groups
+        "_class_path": "lightning_gm.models.VAE", "_instantiator": "lightning.pytorch.cli.instantiate_module",
+        "data_shape": [64], "latent_dim": 3, "hidden": [7], "activation": "tanh",
+        "likelihood": {"class_path": "lightning_gm.nn.BernoulliLikelihood"}, "prior": None, "encoder": None,
+        "decoder": None, "posterior_flow": None, "context_features": 0, "posterior_mean_samples": 100, "beta": 1.0,
+        "kl_warmup_epochs": 0, "free_bits": 0.0, "train_k": 1, "val_k": 0, "test_k": 7, "chunk_size": 500,
+        "eval_seed": 0, "update_batch_size": None}
+    torch.save(ckpt, path)
+    data = tmp_path / "data.yaml"
+    data.write_text(yaml.safe_dump({"data": {"class_path": "lightning_gm.data.DigitsDataModule",
+                                             "init_args": {"binarize": "static"}},
+                                    "trainer": {"logger": False, "enable_progress_bar": False}}))
+    assert run_cli("test", "--config", str(data), "--model=lightning_gm.models.VAE", f"--ckpt_path={path}",
+                   "--experiment=old", "--run_name=r") == 0
+    summary = json.loads((tmp_path / "runs/old/r/summary.json").read_text())
+    assert summary["estimator"] == "iwae-7"  # the checkpoint's test_k, not the default 5000
+    assert summary["num_parameters"] == sum(p.numel() for p in model.parameters())  # 64-7-3, not 784-200-200-50
