@@ -150,7 +150,7 @@ def test_console_of_a_fresh_fit(tmp_path):
     """What a user sees: the run folder, one line about the model, ``Epoch i/N`` with the model's own metric, the
     test table with the estimator first; none of the other libraries' tips, warnings or ``v_num``."""
     args = [sys.executable, "-m", "lightning_gm", "fit", "--config", DIGITS, "--run_name=c", "--trainer.max_epochs=2",
-            "--model.init_args.test_k=50"]
+            "--model.init_args.evaluation.test_k=50"]
     out = subprocess.run(args, cwd=tmp_path, env=_env(WANDB_MODE="offline"), capture_output=True, text=True,
                          timeout=300)
     assert out.returncode == 0, out.stderr[-3000:]
