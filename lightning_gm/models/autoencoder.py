@@ -39,7 +39,7 @@ from torch import Tensor
 
 from lightning_gm.errors import LightningGMError
 from lightning_gm.images import as_images, make_grid, save_png
-from lightning_gm.models.base import GenerativeModel, _adam
+from lightning_gm.models.base import GenerativeModel, adam
 from lightning_gm.nn import linear_gaussian as lg
 from lightning_gm.nn.conv import ConvDecoder, ConvEncoder
 from lightning_gm.nn.likelihoods import BernoulliLikelihood, Likelihood
@@ -114,7 +114,7 @@ class Autoencoder(GenerativeModel):
         noise_level: float = 0.0,
         pca_baseline: bool = True,
         code_momentum: float = 0.01,
-        optimizer: OptimizerCallable = _adam,
+        optimizer: OptimizerCallable = adam,
         lr_scheduler: Optional[LRSchedulerCallable] = None,
     ) -> None:
         super().__init__(data_shape, optimizer, lr_scheduler)

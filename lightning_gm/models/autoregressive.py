@@ -43,7 +43,7 @@ from torch import Tensor, nn
 
 from lightning_gm.errors import ConfigError
 from lightning_gm.estimators.importance import log_mean_exp
-from lightning_gm.models.base import GenerativeModel, _adam
+from lightning_gm.models.base import GenerativeModel, adam
 from lightning_gm.nn.flows.made import MADE
 from lightning_gm.nn.mlp import ACTIVATIONS
 
@@ -85,7 +85,7 @@ class AutoregressiveBinaryModel(GenerativeModel):
     monitor_mode = "min"
 
     def __init__(self, data_shape: Sequence[int] = (784,), eval_chunk: int = 500,
-                 optimizer: OptimizerCallable = _adam, lr_scheduler: Optional[LRSchedulerCallable] = None) -> None:
+                 optimizer: OptimizerCallable = adam, lr_scheduler: Optional[LRSchedulerCallable] = None) -> None:
         super().__init__(data_shape, optimizer, lr_scheduler)
         self.eval_chunk = eval_chunk
 
@@ -139,7 +139,7 @@ class NADE(AutoregressiveBinaryModel):
         seed: int = 0,
         init_std: float = 0.01,
         eval_chunk: int = 100,
-        optimizer: OptimizerCallable = _adam,
+        optimizer: OptimizerCallable = adam,
         lr_scheduler: Optional[LRSchedulerCallable] = None,
     ) -> None:
         super().__init__(data_shape, eval_chunk, optimizer, lr_scheduler)
@@ -210,7 +210,7 @@ class MADEDensity(AutoregressiveBinaryModel):
         val_num_masks: int = 1,
         seed: int = 0,
         eval_chunk: int = 500,
-        optimizer: OptimizerCallable = _adam,
+        optimizer: OptimizerCallable = adam,
         lr_scheduler: Optional[LRSchedulerCallable] = None,
     ) -> None:
         super().__init__(data_shape, eval_chunk, optimizer, lr_scheduler)

@@ -41,7 +41,7 @@ from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from torch import Tensor
 
 from lightning_gm.estimators.importance import importance_weighted_log_prob, log_mean_exp
-from lightning_gm.models.base import GenerativeModel, _adam
+from lightning_gm.models.base import GenerativeModel, adam
 from lightning_gm.nn.likelihoods import BernoulliLikelihood, Likelihood
 from lightning_gm.nn.mlp import MLP
 
@@ -89,7 +89,7 @@ class DensityNetwork(GenerativeModel):
         val_samples: int = 1000,
         test_samples: int = 5000,
         chunk_size: int = 100,
-        optimizer: OptimizerCallable = _adam,
+        optimizer: OptimizerCallable = adam,
         lr_scheduler: Optional[LRSchedulerCallable] = None,
     ) -> None:
         super().__init__(data_shape, optimizer, lr_scheduler)

@@ -42,7 +42,7 @@ from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from torch import Tensor
 
 from lightning_gm.errors import ConfigError
-from lightning_gm.models.base import GenerativeModel, _adam
+from lightning_gm.models.base import GenerativeModel, adam
 from lightning_gm.nn.flows import (
     ActNorm,
     BatchNormFlow,
@@ -94,7 +94,7 @@ class Flow(GenerativeModel):
         data_shape: Sequence[int] = (2,),
         flow: Optional[FlowFactory] = None,
         logit_alpha: Optional[float] = None,
-        optimizer: OptimizerCallable = _adam,
+        optimizer: OptimizerCallable = adam,
         lr_scheduler: Optional[LRSchedulerCallable] = None,
         lr_scheduler_interval: Literal["epoch", "step"] = "epoch",
         batch_norm_examples: int = 10000,

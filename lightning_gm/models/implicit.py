@@ -44,7 +44,7 @@ from lightning_gm.errors import ConfigError
 from lightning_gm.estimators.decoder_ais import HMCAnnealing, decoder_ais_log_prob, decoder_bdmc, gaussian_observation
 from lightning_gm.estimators.mmd import DEFAULT_BANDWIDTHS, mmd2
 from lightning_gm.groups import fold_flat_hparams, record_groups
-from lightning_gm.models.base import GenerativeModel, _adam
+from lightning_gm.models.base import GenerativeModel, adam
 from lightning_gm.nn.generators import MLPGenerator
 from lightning_gm.progress import trainer_progress
 
@@ -117,7 +117,7 @@ class ImplicitGenerativeModel(GenerativeModel):
         ais: HMCAnnealing = HMCAnnealing(),
         val_ais_examples: int = 0,
         bdmc_examples: int = 20,
-        optimizer: OptimizerCallable = _adam,
+        optimizer: OptimizerCallable = adam,
         lr_scheduler: Optional[LRSchedulerCallable] = None,
         **flat: Any,
     ) -> None:

@@ -67,6 +67,7 @@ from lightning_gm.estimators.partition import log_partition_enumerate
 from lightning_gm.estimators.rbm_ais import GaussianRBMAnnealingPath, RBMAnnealingPath
 from lightning_gm.groups import fold_flat_hparams, record_groups
 from lightning_gm.models.base import GenerativeModel
+from lightning_gm.models.manual_loop import ClipAlgorithm, ManualLoop
 from lightning_gm.models.energy import (
     FLAT_AIS_KEYS,
     FLAT_CD_KEYS,
@@ -126,7 +127,7 @@ def cd_step(
     return new
 
 
-class RBMModelBase(ChainStream, PartitionMixin, GenerativeModel):
+class RBMModelBase(ManualLoop, ChainStream, PartitionMixin, GenerativeModel):
     """Everything the RBM-family LightningModules share (:class:`RBM`, :class:`GaussianRBM`, the subspace and the
     spike-and-slab RBM). A subclass takes its own arguments plus ``**kwargs`` and passes them on by keyword;
     it implements ``_make_rbm``, ``_init_from_data`` and the :class:`~lightning_gm.models.energy.PartitionMixin`
@@ -146,9 +147,9 @@ class RBMModelBase(ChainStream, PartitionMixin, GenerativeModel):
         monitor_examples: size of the fixed training subset for ``val/free_energy_gap``.
         sample_steps: Gibbs sweeps behind :meth:`sample` (pictures).
         ais: the test :math:`\\log Z` (:class:`~lightning_gm.estimators.ais.AISSchedule`: runs, steps, seed, exact limit).
-        update_batch_size: examples per CD update when it is smaller than the data's batch size: each loaded
-            batch is split into consecutive updates of this size (the same updates as loading them one by one;
-            Lightning's per-step cost is paid once per loaded batch). ``None``: one update per loaded batch.
+        update_batch_size, gradient_clip_val, gradient_clip_algorithm: the manual loop's (see
+            :class:`~lightning_gm.models.manual_loop.ManualLoop`): examples per CD update when smaller than the
+            loaded batch (``None``: one update per batch), gradient clipping of every update (``None``: none).
         optimizer: optimiser factory (default SGD, lr 0.1, momentum 0.9).
         lr_scheduler: optional scheduler factory.
         **flat: the flat keys of checkpoints written before the parameter groups (``k``, ``ais_runs``, ...),
@@ -156,7 +157,6 @@ class RBMModelBase(ChainStream, PartitionMixin, GenerativeModel):
     """
 
     family = "rbm"
-    manual_loop = True  # plain "CD loss, backward, SGD step": the base's lean loop (see models/base.py)
     # the CD surrogate's value is logged as train/cd_gap on the logged steps (it is not a likelihood)
     log_train_loss = False
     chains: Tensor
@@ -177,6 +177,8 @@ class RBMModelBase(ChainStream, PartitionMixin, GenerativeModel):
         sample_steps: int = 1000,
         ais: AISSchedule = AISSchedule(),
         update_batch_size: Optional[int] = None,
+        gradient_clip_val: Optional[float] = None,
+        gradient_clip_algorithm: ClipAlgorithm = "norm",
         optimizer: OptimizerCallable = sgd_binary_rbm,
         lr_scheduler: Optional[LRSchedulerCallable] = None,
         **flat: Any,
@@ -197,7 +199,7 @@ class RBMModelBase(ChainStream, PartitionMixin, GenerativeModel):
         self.initial_momentum, self.momentum_warmup_epochs = initial_momentum, momentum_warmup_epochs
         self.init_visible_bias = init_visible_bias
         self.monitor_examples, self.sample_steps = monitor_examples, sample_steps
-        self.set_update_batch_size(update_batch_size)
+        self.init_manual_loop(update_batch_size, gradient_clip_val, gradient_clip_algorithm)
         self.rbm = self._make_rbm(weight_std)
         self.register_buffer("chains", torch.zeros(self.cd.chains if self.cd.persistent else 0, self.data_dim))
         self.register_buffer("chains_ready", torch.zeros((), dtype=torch.bool))

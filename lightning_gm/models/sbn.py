@@ -40,7 +40,7 @@ from lightning_gm.errors import ConfigError
 from lightning_gm.estimators.importance import importance_weighted_log_prob, log_mean_exp
 from lightning_gm.estimators.seeded import IWEvaluation, SeededNoise
 from lightning_gm.groups import FlatKeys, GroupedHyperparameters
-from lightning_gm.models.base import GenerativeModel, _adam
+from lightning_gm.models.base import GenerativeModel, adam
 from lightning_gm.nn.sbn import Q_UPDATES, HelmholtzMachine
 
 __all__ = ["SigmoidBeliefNet", "TRAININGS"]
@@ -95,7 +95,7 @@ class SigmoidBeliefNet(GroupedHyperparameters, GenerativeModel):
         evaluation: IWEvaluation = IWEvaluation(val_k=20),
         exact_max_units: int = 16,
         sample_probabilities: bool = True,
-        optimizer: OptimizerCallable = _adam,
+        optimizer: OptimizerCallable = adam,
         lr_scheduler: Optional[LRSchedulerCallable] = None,
     ) -> None:
         super().__init__(data_shape, optimizer, lr_scheduler)

@@ -42,7 +42,9 @@ from lightning_gm.errors import ConfigError
 from lightning_gm.estimators.importance import importance_weighted_log_prob, log_mean_exp
 from lightning_gm.estimators.seeded import IWEvaluation, SeededNoise
 from lightning_gm.groups import FlatKeys, GroupedHyperparameters, ParameterGroup
-from lightning_gm.models.base import UNSAVED_KEY, GenerativeModel, _adam
+from lightning_gm.models.base import GenerativeModel, adam
+from lightning_gm.models.checkpointing import UNSAVED_KEY
+from lightning_gm.models.manual_loop import ClipAlgorithm, ManualLoop
 from lightning_gm.nn.distributions import kl_normal_std_normal, log_normal_diag
 from lightning_gm.nn.likelihoods import BernoulliLikelihood, Likelihood
 from lightning_gm.nn.mlp import MLP, bounded, check_bounds, check_init
@@ -149,7 +151,7 @@ class Latents(NamedTuple):
     analytic_kl: Optional[Tensor] = None  #: closed-form KL per dimension ``(B, L)`` when it exists
 
 
-class LatentVariableModel(GroupedHyperparameters, GenerativeModel):
+class LatentVariableModel(GroupedHyperparameters, ManualLoop, GenerativeModel):
     """Shared machinery of the VAE family: the ``k``-sample objective, KL weight and free bits, the
     importance-weighted estimates, the seeded test evaluation. A subclass implements
     :meth:`posterior`, :meth:`log_prior_terms`, :meth:`log_likelihood`, :meth:`decode_mean` and
@@ -164,10 +166,9 @@ class LatentVariableModel(GroupedHyperparameters, GenerativeModel):
             ``sample_block``).
         optimizer: optimiser factory (default Adam, lr 1e-3).
         lr_scheduler: optional scheduler factory.
-        update_batch_size: examples per parameter update when smaller than the data's batch size: each
-            loaded batch is split into consecutive updates of this size (the same updates as loading them one
-            by one, with Lightning's per-step cost paid once per loaded batch; ``bench/vae_overhead.py``).
-            ``None``: one update per loaded batch.
+        update_batch_size, gradient_clip_val, gradient_clip_algorithm: the manual loop's (see
+            :class:`~lightning_gm.models.manual_loop.ManualLoop`): examples per update when smaller than the
+            loaded batch (``None``: one update per batch), gradient clipping of every update (``None``: none).
         data_mean_bias: before the first update, set the decoder's output bias to the likelihood's parameters
             at the training data's mean (Burda et al.'s code: the logit of the pixel means), so that training
             starts from the independent-pixel model instead of first learning it (a plateau of hundreds of
@@ -177,12 +178,11 @@ class LatentVariableModel(GroupedHyperparameters, GenerativeModel):
     family = "vae"
     monitor = "val/elbo"
     monitor_mode = "max"
-    manual_loop = True  # plain "loss, backward, step": the base's lean loop (see models/base.py)
     groups = ("objective", "evaluation")
     flat_keys = FLAT_KEYS  # checkpoints written before the groups still load
     #: arguments added with the papers' recipes: older checkpoints were built with PyTorch's init, unbounded
     #: log-variances and no output-bias initialisation
-    introduced = {"init": "torch", "log_var_bounds": None, "data_mean_bias": False}
+    introduced = {**ManualLoop.introduced, "init": "torch", "log_var_bounds": None, "data_mean_bias": False}
 
     def __init__(
         self,
@@ -190,9 +190,11 @@ class LatentVariableModel(GroupedHyperparameters, GenerativeModel):
         likelihood: Optional[Likelihood] = None,
         objective: Objective = Objective(),
         evaluation: IWEvaluation = IWEvaluation(),
-        optimizer: OptimizerCallable = _adam,
+        optimizer: OptimizerCallable = adam,
         lr_scheduler: Optional[LRSchedulerCallable] = None,
         update_batch_size: Optional[int] = None,
+        gradient_clip_val: Optional[float] = None,
+        gradient_clip_algorithm: ClipAlgorithm = "norm",
         data_mean_bias: bool = False,
         **recorded: Any,
     ) -> None:
@@ -201,7 +203,7 @@ class LatentVariableModel(GroupedHyperparameters, GenerativeModel):
         if unknown:
             raise TypeError(f"{type(self).__name__}.__init__() got unexpected keyword argument(s) {unknown}")
         super().__init__(data_shape, optimizer, lr_scheduler)
-        self.set_update_batch_size(update_batch_size)
+        self.init_manual_loop(update_batch_size, gradient_clip_val, gradient_clip_algorithm)
         self.data_mean_bias = data_mean_bias
         self.objective = Objective.coerce(objective)
         self.evaluation = IWEvaluation.coerce(evaluation)
