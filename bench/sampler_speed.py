@@ -56,7 +56,7 @@ def main() -> None:
                   + " | ".join(f"{t:.3f}" for t in row) + " |")
 
     from lightning_gm.estimators.ais import ais_log_partition
-from lightning_gm.estimators.rbm_ais import RBMAnnealingPath
+    from lightning_gm.estimators.rbm_ais import RBMAnnealingPath
 
     rbm = rbm_nn.BernoulliRBM(784, 500)
     with torch.no_grad():

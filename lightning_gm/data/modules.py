@@ -54,7 +54,7 @@ class BatchDataset(Dataset):
         return self._fetch(torch.as_tensor(idx))
 
 
-def _batch_collate(batch: Any) -> Any:
+def batch_collate(batch: Any) -> Any:
     # __getitems__ already returns a stacked batch
     return batch
 
@@ -137,7 +137,7 @@ class GenerativeDataModule(pl.LightningDataModule):
             drop_last=False,
             num_workers=self.num_workers,
             pin_memory=self.pin_memory,
-            collate_fn=_batch_collate,
+            collate_fn=batch_collate,
             persistent_workers=self.num_workers > 0,
         )
 
