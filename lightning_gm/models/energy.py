@@ -123,6 +123,29 @@ class ChainStream:
                 self._pending_generator_state = None
         return self._generator
 
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Store every process's chain random stream as ``chain_rng_per_rank`` (collective under DDP: Lightning
+        calls this hook on every rank and writes rank 0's dictionary), so that a resumed fit and a loaded model
+        draw what the saved one would have drawn next."""
+        super().on_save_checkpoint(checkpoint)  # type: ignore[misc]
+        state = self.generator.get_state().to(torch.int64)
+        trainer = getattr(self, "_trainer", None)
+        if trainer is not None and trainer.world_size > 1:
+            state = self.all_gather(state)  # type: ignore[attr-defined]
+        else:
+            state = state.unsqueeze(0)
+        checkpoint["chain_rng_per_rank"] = state.cpu()
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Restore this process's stream from ``chain_rng_per_rank`` (when written by as many processes)."""
+        super().on_load_checkpoint(checkpoint)  # type: ignore[misc]
+        trainer = getattr(self, "_trainer", None)
+        rank, world = (trainer.global_rank, trainer.world_size) if trainer is not None else (0, 1)
+        states = checkpoint.get("chain_rng_per_rank")
+        if states is not None and states.shape[0] == world:
+            self._pending_generator_state = states[rank].to(torch.uint8).clone()
+            self._generator = None
+
 
 # ---------------------------------------------------------------------------------------- old checkpoints
 #: flat keys of checkpoints written before the parameter groups, and where they live now

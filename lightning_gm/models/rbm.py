@@ -394,28 +394,22 @@ class RBMModelBase(ManualLoop, ChainStream, PartitionMixin, GenerativeModel):
 
     # ------------------------------------------------------------------ checkpoints
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        """Store every process's chains and chain random stream (collective under DDP: Lightning calls
-        this hook on every rank and writes rank 0's dictionary)."""
-        state = self.generator.get_state().to(torch.int64)
+        """Store every process's chains (collective under DDP) beside the chain random stream (``ChainStream``)."""
+        super().on_save_checkpoint(checkpoint)
         chains = self.chains
         if self._trainer is not None and self.trainer.world_size > 1:
             chains = self.all_gather(chains)
-            state = self.all_gather(state)
         else:
-            chains, state = chains.unsqueeze(0), state.unsqueeze(0)
+            chains = chains.unsqueeze(0)
         checkpoint["pcd_chains_per_rank"] = chains.detach().cpu()
-        checkpoint["chain_rng_per_rank"] = state.cpu()
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        super().on_load_checkpoint(checkpoint)
         rank = self.trainer.global_rank if self._trainer is not None else 0
         world = self.trainer.world_size if self._trainer is not None else 1
         per_rank = checkpoint.get("pcd_chains_per_rank")
         if per_rank is not None and per_rank.shape[0] == world and "chains" in checkpoint.get("state_dict", {}):
             checkpoint["state_dict"]["chains"] = per_rank[rank].clone()
-        states = checkpoint.get("chain_rng_per_rank")
-        if states is not None and states.shape[0] == world:
-            self._pending_generator_state = states[rank].to(torch.uint8).clone()
-            self._generator = None
 
     # ------------------------------------------------------------------ sampling and pictures
     @torch.no_grad()
