@@ -20,7 +20,15 @@ from typing import Any, Optional
 
 from lightning_gm.errors import ConfigError
 from lightning_gm.sweep.report import report, write_study_json
-from lightning_gm.sweep.spec import ENQUEUED_ATTR, Param, SweepSpec, flatten, make_pruner, make_sampler, resolved_base_config
+from lightning_gm.sweep.spec import (
+    ENQUEUED_ATTR,
+    Param,
+    SweepSpec,
+    flatten,
+    make_pruner,
+    make_sampler,
+    resolved_base_config,
+)
 
 __all__ = ["open_study", "run_trial", "test_trial", "run_sweep"]
 
