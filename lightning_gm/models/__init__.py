@@ -16,7 +16,8 @@ from lightning_gm.models.gan import GAN
 from lightning_gm.models.gmmn import GMMN
 from lightning_gm.models.mpdbm import MPDBM
 from lightning_gm.models.subspace_rbm import SubspaceRBM
-from lightning_gm.models.conv_rbm import ConvDBN, ConvRBM
+from lightning_gm.models.conv_dbn import ConvDBN
+from lightning_gm.models.conv_rbm import ConvRBM
 from lightning_gm.models.ssrbm import SpikeSlabRBM
 from lightning_gm.models.hopfield import Hopfield
 
