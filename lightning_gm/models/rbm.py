@@ -22,7 +22,7 @@ from torch import Tensor
 from lightning_gm.errors import ConfigError
 from lightning_gm.estimators.ais import AnnealingPath, base_rate_log_odds
 from lightning_gm.estimators.rbm_ais import GaussianRBMAnnealingPath
-from lightning_gm.models.rbm_base import RBMModelBase, cd_step, sparsity_penalty
+from lightning_gm.models.rbm_base import RBMModelBase, StandardizedVisibles, cd_step, sparsity_penalty
 from lightning_gm.nn.rbm import CD, BernoulliRBM, GaussianBernoulliRBM, RBMBase
 
 __all__ = ["RBM", "GaussianRBM", "RBMModelBase", "cd_step", "sparsity_penalty"]
@@ -73,7 +73,7 @@ class RBM(RBMModelBase):
         return {"pll": self.rbm.pseudo_log_likelihood(v).mean()}
 
 
-class GaussianRBM(RBMModelBase):
+class GaussianRBM(StandardizedVisibles, RBMModelBase):
     r"""Gaussian-Bernoulli RBM (family ``rbm``) for real-valued data, trained by CD-k or PCD.
 
     .. math::
@@ -126,14 +126,6 @@ class GaussianRBM(RBMModelBase):
     def _make_rbm(self, weight_std: float) -> RBMBase:
         return GaussianBernoulliRBM(self.data_dim, self.n_hidden, sigma=self.sigma0, learn_sigma=self.learn_sigma,
                                     weight_std=weight_std)
-
-    def to_model_space(self, x: Tensor) -> Tensor:
-        v = x.reshape(x.shape[0], -1).to(self.rbm.W.dtype)
-        return (v - self.data_mean) / self.data_std if self.standardize else v
-
-    def to_data_space(self, v: Tensor) -> Tensor:
-        x = v * self.data_std + self.data_mean if self.standardize else v
-        return x.reshape(v.shape[0], *self.data_shape)
 
     def annealing_path(self) -> AnnealingPath:
         """From a Gaussian at ``ais_base`` (the standardised data mean) with the model's sigma to the RBM."""

@@ -135,10 +135,7 @@ class BernoulliRBM(RBMBase):
 
     def visible_logits(self, h: Tensor) -> Tensor:
         r"""Pre-sigmoid visible activations :math:`b + W h`: ``(..., n_hidden) -> (..., n_visible)``."""
-        h = self._as_param_dtype(h)
-        if h.dim() == 2:
-            return torch.addmm(self.b, h, self.W.T)
-        return h @ self.W.T + self.b
+        return self.visible_affine(h)
 
     def mean_visibles(self, h: Tensor) -> Tensor:
         r""":math:`p(v_i = 1 \mid h) = \sigma(b_i + W_{i:} h)`: ``(..., n_hidden) -> (..., n_visible)``."""
@@ -370,10 +367,7 @@ class GaussianBernoulliRBM(RBMBase):
 
     def mean_visibles(self, h: Tensor) -> Tensor:
         r""":math:`E[v \mid h] = b + W h`: ``(..., n_hidden) -> (..., n_visible)``."""
-        h = self._as_param_dtype(h)
-        if h.dim() == 2:
-            return torch.addmm(self.b, h, self.W.T)
-        return h @ self.W.T + self.b
+        return self.visible_affine(h)
 
     def sample_visibles(self, h: Tensor, generator: torch.Generator | None = None) -> Tensor:
         r"""Draw :math:`v \sim \mathcal{N}(b + W h, \operatorname{diag}\sigma^2)`: ``(..., n_visible)``.

@@ -140,6 +140,13 @@ class RBMBase(nn.Module):
     def _as_param_dtype(self, x: Tensor) -> Tensor:
         return x.to(dtype=self.W.dtype, device=self.W.device)
 
+    def visible_affine(self, h: Tensor) -> Tensor:
+        r""":math:`b + W h`: ``(..., n_hidden) -> (..., n_visible)`` (one fused ``addmm`` for a batch)."""
+        h = self._as_param_dtype(h)
+        if h.dim() == 2:
+            return torch.addmm(self.b, h, self.W.T)
+        return h @ self.W.T + self.b
+
     # ------------------------------------------------------------------ shared maths
     def energy(self, v: Tensor, h: Tensor) -> Tensor:
         r"""Joint energy.
