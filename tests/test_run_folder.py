@@ -111,7 +111,7 @@ def test_nothing_to_resume_says_so(tmp_path, monkeypatch, capsys):
 def test_test_time_includes_evaluations_at_test_start(tmp_path, monkeypatch):
     """``test_wall_time_s`` counts from before the first ``on_test_start`` (AIS computes log Z there)."""
     monkeypatch.chdir(tmp_path)
-    assert _cli("fit", "--config", DIGITS, "--run_name=t", "--trainer.max_epochs=1", "--model.init_args.test_k=10",
+    assert _cli("fit", "--config", DIGITS, "--run_name=t", "--trainer.max_epochs=1", "--model.init_args.evaluation.test_k=10",
                 "--trainer.callbacks+=tests.test_run_folder.SlowStart", *QUIET) == 0
     summary = json.loads((tmp_path / "runs/vae_digits/t/summary.json").read_text())
     assert summary["test_wall_time_s"] >= 0.6
@@ -121,8 +121,8 @@ def test_one_epoch_rbm_has_its_pictures(tmp_path, monkeypatch):
     """Pictures every 5 epochs: a 1-epoch run still gets the last epoch's samples and filters."""
     monkeypatch.chdir(tmp_path)
     assert _cli("fit", "--model=lightning_gm.models.RBM", "--model.init_args.n_hidden=12",
-                "--model.init_args.num_chains=20", "--model.init_args.sample_steps=10",
-                "--model.init_args.exact_max_units=12", "--data=lightning_gm.data.DigitsDataModule",
+                "--model.init_args.cd.chains=20", "--model.init_args.sample_steps=10",
+                "--model.init_args.ais.exact_max_units=12", "--data=lightning_gm.data.DigitsDataModule",
                 "--data.init_args.binarize=static", "--data.init_args.batch_size=100", "--trainer.max_epochs=1",
                 "--trainer.callbacks+=lightning_gm.callbacks.RBMPictures", "--trainer.callbacks.every_n_epochs=5",
                 "--run_name=p", "--experiment=rbm", *QUIET) == 0
@@ -178,13 +178,13 @@ def test_later_commands_only_add_to_the_run_folder(tmp_path):
     run = tmp_path / "runs/vae_digits/h"
     ok = dict(cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
     fit = subprocess.run(_command("fit", "--config", DIGITS, "--run_name=h", "--trainer.max_epochs=2",
-                                  "--model.init_args.test_k=20", "--trainer.enable_progress_bar=false"), **ok)
+                                  "--model.init_args.evaluation.test_k=20", "--trainer.enable_progress_bar=false"), **ok)
     assert fit.returncode == 0, fit.stderr[-3000:]
     config = (run / "config.yaml").read_bytes()
     full = _summary(run)["test"]
     # a one-off limited test: its own config file, the run's config untouched
     limited = subprocess.run(_command("test", "--config", str(run / "config.yaml"), "--trainer.limit_test_batches=1",
-                                      "--model.init_args.test_k=20", "--trainer.enable_progress_bar=false"), **ok)
+                                      "--model.init_args.evaluation.test_k=20", "--trainer.enable_progress_bar=false"), **ok)
     assert limited.returncode == 0, limited.stderr[-3000:]
     assert (run / "config.yaml").read_bytes() == config
     (own,) = run.glob("test-*.yaml")
@@ -193,7 +193,7 @@ def test_later_commands_only_add_to_the_run_folder(tmp_path):
     time.sleep(1.1)  # the next test's config gets another name (seconds in it)
     # a long re-test stopped by Ctrl-C: the run stays `tested`, with no error, and keeps its test numbers
     before = _summary(run)
-    proc = subprocess.Popen(_command("test", "--config", str(run / "config.yaml"), "--model.init_args.test_k=200000",
+    proc = subprocess.Popen(_command("test", "--config", str(run / "config.yaml"), "--model.init_args.evaluation.test_k=200000",
                                      "--trainer.enable_progress_bar=false"), cwd=tmp_path, env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     _wait_for(lambda: _summary(run)["history"][-1]["status"] == "running" and len(_summary(run)["history"]) == 4)
@@ -207,7 +207,7 @@ def test_later_commands_only_add_to_the_run_folder(tmp_path):
     last = after["history"][-1]
     assert (last["command"], last["status"], last["signal"]) == ("test", "interrupted", "SIGINT")
     # a full test succeeds: still no stale error, in summary.json or in W&B
-    again = subprocess.run(_command("test", "--config", str(run / "config.yaml"), "--model.init_args.test_k=20",
+    again = subprocess.run(_command("test", "--config", str(run / "config.yaml"), "--model.init_args.evaluation.test_k=20",
                                     "--trainer.enable_progress_bar=false"), **ok)
     assert again.returncode == 0, again.stderr[-3000:]
     after = _summary(run)
