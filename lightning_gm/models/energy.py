@@ -45,6 +45,7 @@ __all__ = [
     "LogPartition",
     "PartitionMixin",
     "ChainStream",
+    "StandardizedVisibles",
     "FLAT_AIS_KEYS",
     "FLAT_CD_KEYS",
     "FLAT_PENALTY_KEYS",
@@ -145,6 +146,26 @@ class ChainStream:
         if states is not None and states.shape[0] == world:
             self._pending_generator_state = states[rank].to(torch.uint8).clone()
             self._generator = None
+
+
+class StandardizedVisibles:
+    """Mixin of an RBM-family model on real-valued data standardised per unit inside the model (buffers
+    ``data_mean``, ``data_std`` set from the training data; ``standardize`` off: the identity):
+    :math:`v = (x - \mu) / \sigma`."""
+
+    standardize: bool
+    data_mean: Tensor
+    data_std: Tensor
+
+    def to_model_space(self, x: Tensor) -> Tensor:
+        """Data ``(B, *data_shape)`` -> standardised visibles ``(B, D)``."""
+        v = x.reshape(x.shape[0], -1).to(self.rbm.W.dtype)  # type: ignore[attr-defined]
+        return (v - self.data_mean) / self.data_std if self.standardize else v
+
+    def to_data_space(self, v: Tensor) -> Tensor:
+        """Visibles ``(B, D)`` -> data ``(B, *data_shape)`` (the standardisation undone)."""
+        x = v * self.data_std + self.data_mean if self.standardize else v
+        return x.reshape(v.shape[0], *self.data_shape)  # type: ignore[attr-defined]
 
 
 # ---------------------------------------------------------------------------------------- old checkpoints

@@ -22,7 +22,8 @@ from torch import Tensor
 from lightning_gm.errors import ConfigError
 from lightning_gm.estimators.ais import AnnealingPath, base_rate_log_odds
 from lightning_gm.estimators.rbm_ais import GaussianRBMAnnealingPath
-from lightning_gm.models.rbm_base import RBMModelBase, StandardizedVisibles, cd_step, sparsity_penalty
+from lightning_gm.models.energy import StandardizedVisibles
+from lightning_gm.models.rbm_base import RBMModelBase, cd_step, sparsity_penalty
 from lightning_gm.nn.rbm import CD, BernoulliRBM, GaussianBernoulliRBM, RBMBase
 
 __all__ = ["RBM", "GaussianRBM", "RBMModelBase", "cd_step", "sparsity_penalty"]

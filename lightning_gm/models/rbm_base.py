@@ -81,7 +81,7 @@ from lightning_gm.models.energy import (
 from lightning_gm.models.manual_loop import ClipAlgorithm, ManualLoop
 from lightning_gm.nn.rbm import CD, BernoulliRBM, Penalties, RBMBase, with_gradients
 
-__all__ = ["RBMModelBase", "StandardizedVisibles", "cd_step", "sparsity_penalty"]
+__all__ = ["RBMModelBase", "cd_step", "sparsity_penalty"]
 
 
 def sparsity_penalty(hidden_logits: Tensor, running_q: Tensor, target: float, cost: float) -> Tensor:
@@ -446,23 +446,3 @@ class RBMModelBase(ManualLoop, ChainStream, PartitionMixin, GenerativeModel):
 
     def _display(self, v: Tensor) -> Tensor:
         return self.to_data_space(v).reshape(v.shape[0], -1).clamp(0, 1).float().cpu()
-
-
-class StandardizedVisibles:
-    """Mixin of an RBM-family model on real-valued data standardised per unit inside the model (buffers
-    ``data_mean``, ``data_std`` set from the training data; ``standardize`` off: the identity):
-    :math:`v = (x - \mu) / \sigma`."""
-
-    standardize: bool
-    data_mean: Tensor
-    data_std: Tensor
-
-    def to_model_space(self, x: Tensor) -> Tensor:
-        """Data ``(B, *data_shape)`` -> standardised visibles ``(B, D)``."""
-        v = x.reshape(x.shape[0], -1).to(self.rbm.W.dtype)  # type: ignore[attr-defined]
-        return (v - self.data_mean) / self.data_std if self.standardize else v
-
-    def to_data_space(self, v: Tensor) -> Tensor:
-        """Visibles ``(B, D)`` -> data ``(B, *data_shape)`` (the standardisation undone)."""
-        x = v * self.data_std + self.data_mean if self.standardize else v
-        return x.reshape(v.shape[0], *self.data_shape)  # type: ignore[attr-defined]

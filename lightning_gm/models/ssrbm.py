@@ -25,8 +25,8 @@ from torch import Tensor
 from lightning_gm.errors import ConfigError
 from lightning_gm.estimators.ais import AISSchedule, AnnealingPath
 from lightning_gm.estimators.rbm_variants import SpikeSlabAnnealingPath, ssrbm_log_partition_enumerate
-from lightning_gm.models.energy import sgd_real_rbm
-from lightning_gm.models.rbm_base import RBMModelBase, StandardizedVisibles
+from lightning_gm.models.energy import StandardizedVisibles, sgd_real_rbm
+from lightning_gm.models.rbm_base import RBMModelBase
 from lightning_gm.nn.ssrbm import SpikeSlabRBMNet
 
 __all__ = ["SpikeSlabRBM"]
