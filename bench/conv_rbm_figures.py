@@ -34,7 +34,7 @@ def main(argv: list[str] | None = None) -> int:
     import matplotlib.pyplot as plt
 
     from lightning_gm.data import MNISTDataModule
-    from lightning_gm.models.conv_rbm import ConvDBN, ConvRBM
+    from lightning_gm.models import ConvDBN, ConvRBM
 
     state = torch.load(args.ckpt, map_location="cpu", weights_only=False)
     cls = ConvDBN if any(k.startswith("layers.") for k in state["state_dict"]) else ConvRBM

@@ -26,7 +26,8 @@ import time
 
 import torch
 
-from lightning_gm.callbacks.decoder_ais import _frozen, decoder_log_likelihood_fn
+from lightning_gm.callbacks.decoder_ais import decoder_log_likelihood_fn
+from lightning_gm.estimators.hmc import frozen_parameters
 from lightning_gm.data import MNISTDataModule
 from lightning_gm.estimators.decoder_ais import HMCAnnealing, decoder_ais_log_prob
 from lightning_gm.estimators.seeded import example_generator, seeded_importance_weighted
@@ -78,7 +79,7 @@ def main(argv: list[str] | None = None) -> None:
     for steps in args.steps:
         t = time.time()
         lps, acc = [], []
-        with _frozen(model):
+        with frozen_parameters(model):
             for j, start in enumerate(range(0, args.examples, args.batch)):
                 annealing = HMCAnnealing(chains=args.chains, steps=steps, leapfrog_steps=args.leapfrog,
                                          step_size=args.step_size, seed=args.seed)

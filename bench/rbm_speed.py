@@ -90,7 +90,7 @@ class BareCD:
 def _platform(x: torch.Tensor, load_batch: int, n_hidden: int = 500) -> tuple[Any, Any]:
     from torch.utils.data import DataLoader
 
-    from lightning_gm.data.modules import BatchDataset, _batch_collate
+    from lightning_gm.data.modules import BatchDataset, batch_collate
     from lightning_gm.models import RBM
 
     model = RBM(data_shape=(x.shape[1],), n_hidden=n_hidden, persistent=False, k=1, weight_cost=0.0, init_visible_bias=False,
@@ -98,7 +98,7 @@ def _platform(x: torch.Tensor, load_batch: int, n_hidden: int = 500) -> tuple[An
                 update_batch_size=100 if load_batch > 100 else None)
     # the platform's batched loader: one indexing operation per loaded batch (MNISTDataModule serves them so)
     loader = DataLoader(BatchDataset(x, torch.zeros(len(x))), batch_size=load_batch, shuffle=True,
-                        collate_fn=_batch_collate)
+                        collate_fn=batch_collate)
     return model, loader
 
 
@@ -262,7 +262,7 @@ def main() -> None:
     if not args.ais_runs:
         return
     from lightning_gm.estimators.ais import ais_log_partition
-from lightning_gm.estimators.rbm_ais import RBMAnnealingPath
+    from lightning_gm.estimators.rbm_ais import RBMAnnealingPath
     from lightning_gm.nn.rbm import BernoulliRBM
 
     rbm = BernoulliRBM(784, 500)

@@ -18,6 +18,7 @@ from typing import Callable
 import torch
 
 import lightning_gm.nn.rbm as rbm_nn
+import lightning_gm.nn.sampling as sampling
 
 __all__ = ["main"]
 
@@ -56,20 +57,20 @@ def main() -> None:
                   + " | ".join(f"{t:.3f}" for t in row) + " |")
 
     from lightning_gm.estimators.ais import ais_log_partition
-from lightning_gm.estimators.rbm_ais import RBMAnnealingPath
+    from lightning_gm.estimators.rbm_ais import RBMAnnealingPath
 
     rbm = rbm_nn.BernoulliRBM(784, 500)
     with torch.no_grad():
         rbm.W.normal_(0, 0.01, generator=g)
-    numpy_min = rbm_nn._NUMPY_UNIFORM_MIN
+    numpy_min = sampling.NUMPY_UNIFORM_MIN
     times: dict[str, list[float]] = {"platform sampler": [], "torch.rand draws": []}
     for _ in range(args.repeats):
         for name, threshold in (("platform sampler", numpy_min), ("torch.rand draws", 2**62)):
-            rbm_nn._NUMPY_UNIFORM_MIN = threshold
+            sampling.NUMPY_UNIFORM_MIN = threshold
             start = time.perf_counter()
             ais_log_partition(RBMAnnealingPath(rbm), args.ais_runs, args.ais_steps, generator=torch.Generator().manual_seed(1))
             times[name].append(time.perf_counter() - start)
-    rbm_nn._NUMPY_UNIFORM_MIN = numpy_min
+    sampling.NUMPY_UNIFORM_MIN = numpy_min
     print(f"\nAIS {args.ais_runs} runs x {args.ais_steps} betas, best of {args.repeats}:")
     for name, ts in times.items():
         print(f"  {name}: {min(ts):.2f} s ({1e3 * min(ts) / args.ais_steps:.2f} ms / step)")

@@ -49,10 +49,10 @@ def load_model(path: Union[str, Path], map_location: Any = "cpu", **kwargs: Any)
     import sys
 
     from lightning_gm.errors import LightningGMError
-    from lightning_gm.models.base import _read_hparams
+    from lightning_gm.models.checkpointing import read_hparams
 
     ckpt = find_checkpoint(path)
-    hparams = _read_hparams(ckpt, weights_only=None)
+    hparams = read_hparams(ckpt, weights_only=None)
     class_path = hparams.get("_class_path")
     if not isinstance(class_path, str) or "." not in class_path:
         raise LightningGMError(
@@ -91,7 +91,8 @@ def _from_run_config(ckpt: Path, cls: type, hparams: dict, given: dict) -> dict:
     -> ``runs/<exp>/<run>/config.yaml``), the configuration the checkpoint was trained with."""
     import yaml
 
-    from lightning_gm.models.base import UNSAVED_KEY, GenerativeModel
+    from lightning_gm.models.base import GenerativeModel
+    from lightning_gm.models.checkpointing import UNSAVED_KEY
 
     if not issubclass(cls, GenerativeModel) or hparams.get(UNSAVED_KEY):
         return {}

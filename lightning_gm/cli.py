@@ -176,20 +176,19 @@ class GenerativeCLI(LightningCLI):
         except (ValueError, TypeError) as exc:
             detail = "\n".join(ln for ln in condense_error(str(exc)).splitlines() if not ln.strip().startswith("Given value"))
             raise ConfigError(f"the configuration could not be built:\n{detail.strip()}") from exc
-        self._hand_clipping_to_manual_loop()
+        self._refuse_trainer_clipping_for_manual_loop()
 
-    def _hand_clipping_to_manual_loop(self) -> None:
-        """A family with the base's manual loop (``manual_loop = True``) clips its own gradients: move
-        ``trainer.gradient_clip_val`` / ``gradient_clip_algorithm`` to the model, where Lightning would
-        otherwise refuse them; refuse ``accumulate_grad_batches`` with a message that says why."""
+    def _refuse_trainer_clipping_for_manual_loop(self) -> None:
+        """A family with the manual loop (``ManualLoop``) clips its own gradients (``model.init_args.gradient_clip_val``)
+        and does not accumulate them: refuse the trainer's settings with a message that says where they go."""
         model, trainer = getattr(self, "model", None), getattr(self, "trainer", None)
         if trainer is None or not getattr(model, "manual_loop", False):
             return
         if trainer.gradient_clip_val:
-            model.gradient_clip_val = float(trainer.gradient_clip_val)
-            algorithm = trainer.gradient_clip_algorithm
-            model.gradient_clip_algorithm = str(getattr(algorithm, "value", algorithm) or "norm")
-            trainer.gradient_clip_val, trainer.gradient_clip_algorithm = None, None
+            raise ConfigError(
+                f"trainer.gradient_clip_val={trainer.gradient_clip_val}: {type(model).__name__} trains with a manual "
+                "optimisation step, which Lightning does not clip; set model.init_args.gradient_clip_val (and "
+                "model.init_args.gradient_clip_algorithm) instead")
         if trainer.accumulate_grad_batches != 1:
             raise ConfigError(
                 f"trainer.accumulate_grad_batches={trainer.accumulate_grad_batches}: {type(model).__name__} trains "
@@ -214,9 +213,9 @@ class GenerativeCLI(LightningCLI):
         ckpt_path = self.config[sub].get("ckpt_path")
         if not ckpt_path or not Path(ckpt_path).is_file():
             return
-        from lightning_gm.models.base import _read_hparams
+        from lightning_gm.models.checkpointing import read_hparams
 
-        hparams = dict(_read_hparams(ckpt_path, weights_only=True))
+        hparams = dict(read_hparams(ckpt_path, weights_only=True))
         hparams.pop("_instantiator", None)
         if "_class_path" not in hparams:
             return super()._parse_ckpt_path()
@@ -241,9 +240,10 @@ class GenerativeCLI(LightningCLI):
         ckpt_path = self.config[self.config.subcommand].get("ckpt_path") if self.config.get("subcommand") else None
         if not ckpt_path or not Path(ckpt_path).is_file():
             return
-        from lightning_gm.models.base import GenerativeModel, _read_hparams
+        from lightning_gm.models.base import GenerativeModel
+        from lightning_gm.models.checkpointing import read_hparams
 
-        hparams = _read_hparams(ckpt_path, weights_only=True)
+        hparams = read_hparams(ckpt_path, weights_only=True)
         model_cfg = self.config[self.config.subcommand].get("model")
         class_path = hparams.get("_class_path") or (model_cfg.get("class_path") if model_cfg else None)
         cls = imported_class(class_path)

@@ -7,8 +7,9 @@ same networks, same data, same budget, scored by the platform's IWAE-k on the sa
 
 * **Here:** ``lightning_gm fit --config <conf/vae.yaml | conf/iwae.yaml | conf/vae_vampprior.yaml>
   --trainer.max_time=<budget>``; the checkpoint the platform selects (best validation bound).
-* **Peer:** ``pythae.models.VAE`` (``IWAE`` with ``number_samples`` = the config's ``train_k``; ``VAMP`` with
-  ``number_components`` and ``linear_scheduling_steps`` = the config's VampPrior components and KL warm-up epochs),
+* **Peer:** ``pythae.models.VAE`` (``IWAE`` with ``number_samples`` = the config's ``objective.train_k``; ``VAMP`` with
+  ``number_components`` and ``linear_scheduling_steps`` = the config's VampPrior components and
+  ``objective.kl_warmup_epochs``; a warm-up given as a fraction of the run has no pythae counterpart: 0, said),
   ``reconstruction_loss="bce"``, whose encoder and decoder are the *platform's own networks* built from the same
   config with the same seed (pythae wraps them: the encoder's output split into mean and log-variance, the decoder's
   logits through a sigmoid), so both sides start from identical weights. Trained by pythae's ``BaseTrainer`` with the
@@ -162,8 +163,11 @@ def train_peer(model_name: str, budget_s: float, out: Path) -> None:
     torch.manual_seed(0)
     cli = _cli(CONFIGS[model_name], _vamp_bounds(model_name))
     train, val, _ = _datasets()
-    model = _pythae_model(model_name, cli.model, int(getattr(cli.model, "train_k", 1)),
-                          int(getattr(cli.model, "kl_warmup_epochs", 0)))
+    objective = cli.model.objective  # the config's parameter group (train_k, KL warm-up)
+    if objective.kl_warmup_fraction > 0:  # pythae counts its linear warm-up in epochs: print what it cannot follow
+        print(f"peer: pythae's warm-up is in epochs; the config's warm-up over {objective.kl_warmup_fraction:.0%} of "
+              "the run is given as 0 epochs (the budget holds only a few epochs)", file=sys.stderr)
+    model = _pythae_model(model_name, cli.model, objective.train_k, objective.kl_warmup_epochs)
     budget = Budget()
     trainer = BaseTrainer(model, train, val, _trainer_config(cli, 100000, out / "pythae"), callbacks=[budget])
     try:

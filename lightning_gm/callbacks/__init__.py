@@ -9,21 +9,13 @@ from lightning_gm.callbacks.state import RNGStateCheckpoint
 from lightning_gm.callbacks.summary import RunSummary
 from lightning_gm.callbacks.ais import AISEvaluation
 from lightning_gm.callbacks.rbm import RBMPictures
+from lightning_gm.callbacks.inpainting import InpaintingEvaluation
+from lightning_gm.callbacks.sample_quality import SampleQuality
+from lightning_gm.callbacks.decoder_ais import DecoderAISEvaluation
+from lightning_gm.callbacks.hopfield import HopfieldPictures
 
-__all__ = ["DivergenceGuard", "SamplePictures", "RNGStateCheckpoint", "RunSummary", "DensityPictures", "IWAEEvaluation", "LatentPictures", "AISEvaluation", "RBMPictures"]
-
-from lightning_gm.callbacks.inpainting import InpaintingEvaluation  # noqa: E402
-
-__all__ += ["InpaintingEvaluation"]
-
-from lightning_gm.callbacks.sample_quality import SampleQuality  # noqa: E402
-
-__all__ += ["SampleQuality"]
-
-from lightning_gm.callbacks.decoder_ais import DecoderAISEvaluation  # noqa: E402
-
-__all__ += ["DecoderAISEvaluation"]
-
-from lightning_gm.callbacks.hopfield import HopfieldPictures  # noqa: E402
-
-__all__ += ["HopfieldPictures"]
+__all__ = [
+    "DivergenceGuard", "SamplePictures", "RNGStateCheckpoint", "RunSummary", "DensityPictures", "IWAEEvaluation",
+    "LatentPictures", "AISEvaluation", "RBMPictures", "InpaintingEvaluation", "SampleQuality", "DecoderAISEvaluation",
+    "HopfieldPictures",
+]

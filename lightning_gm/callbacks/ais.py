@@ -44,7 +44,7 @@ import lightning.pytorch as pl
 import torch
 from torch import Tensor
 
-from lightning_gm.callbacks.iwae import test_examples, tested_examples
+from lightning_gm.callbacks.iwae import fetch_examples, test_examples, tested_examples
 from lightning_gm.errors import ConfigError
 from lightning_gm.estimators.reverse import Bracket, raise_log_prob
 from lightning_gm.estimators.seeded import shard_indices
@@ -52,15 +52,6 @@ from lightning_gm.nn.rbm import chain_generator
 from lightning_gm.progress import trainer_progress
 
 __all__ = ["AISEvaluation"]
-
-
-def _fetch(dataset: Any, idx: Tensor) -> Tensor:
-    """The examples ``idx`` of ``dataset`` as one tensor (items or batches may be ``(x, y)``)."""
-    if hasattr(dataset, "__getitems__"):
-        batch = dataset.__getitems__(idx.tolist())
-        return batch[0] if isinstance(batch, (tuple, list)) else batch
-    items = [dataset[int(i)] for i in idx]
-    return torch.stack([it[0] if isinstance(it, (tuple, list)) else it for it in items])
 
 
 class AISEvaluation(pl.Callback):
@@ -166,7 +157,7 @@ class AISEvaluation(pl.Callback):
         try:
             with torch.no_grad():
                 for k, j in enumerate(mine):
-                    x = _fetch(dataset, picks[blocks[j]]).to(device)
+                    x = fetch_examples(dataset, picks[blocks[j]]).to(device)
                     g = chain_generator(self.bracket.seed, j, device)
                     start = pl_module.reverse_annealing_start(x, chains, g)
                     res = raise_log_prob(start, steps, generator=g,

@@ -43,15 +43,14 @@ from __future__ import annotations
 
 import math
 import time
-from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Callable, Iterator, Literal, Optional
+from typing import Any, Callable, Literal, Optional
 
 import lightning.pytorch as pl
 import torch
 from torch import Tensor
 
-from lightning_gm.callbacks.iwae import _fetch, test_examples
+from lightning_gm.callbacks.iwae import fetch_examples, test_examples
 from lightning_gm.errors import ConfigError
 from lightning_gm.estimators.decoder_ais import (
     HMCAnnealing,
@@ -60,6 +59,7 @@ from lightning_gm.estimators.decoder_ais import (
     decoder_ais_log_prob,
     gaussian_observation,
 )
+from lightning_gm.estimators.hmc import frozen_parameters
 from lightning_gm.estimators.seeded import example_generator, gather_by_index, shard_indices
 from lightning_gm.nn.priors import StandardNormal
 from lightning_gm.progress import trainer_progress
@@ -120,19 +120,6 @@ def decoder_log_likelihood_fn(model: Any, observation: Observation = "model",
         mean = _decoder_mean(model)
         return bernoulli_observation(lambda z: torch.logit(mean(z), eps=1e-6))
     raise ConfigError(f"DecoderAISEvaluation.observation must be model, gaussian or bernoulli, got {observation!r}")
-
-
-@contextmanager
-def _frozen(module: torch.nn.Module) -> Iterator[None]:
-    """Parameters out of autograd while HMC differentiates with respect to ``z`` only (no graph through them)."""
-    flags = [(p, p.requires_grad) for p in module.parameters()]
-    for p, _ in flags:
-        p.requires_grad_(False)
-    try:
-        yield
-    finally:
-        for p, flag in flags:
-            p.requires_grad_(flag)
 
 
 def _latent_dim(model: Any) -> int:
@@ -221,10 +208,10 @@ class DecoderAISEvaluation(pl.Callback):
         lps, lws, idxs, acc = [], [], [], []
         try:
             # the test loop runs under inference mode; HMC needs autograd
-            with torch.inference_mode(False), torch.enable_grad(), _frozen(pl_module):
+            with torch.inference_mode(False), torch.enable_grad(), frozen_parameters(pl_module):
                 for k, j in enumerate(mine):
                     idx = blocks[j]
-                    x = _fetch(dataset, idx).clone().to(pl_module.device).flatten(1)
+                    x = fetch_examples(dataset, idx).clone().to(pl_module.device).flatten(1)
                     res = decoder_ais_log_prob(
                         ll, x, latent_dim, self.ais,
                         generator=example_generator(self.ais.seed, j, pl_module.device),

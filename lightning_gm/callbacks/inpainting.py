@@ -32,7 +32,7 @@ import lightning.pytorch as pl
 import torch
 from torch import Tensor
 
-from lightning_gm.callbacks.iwae import _fetch, test_examples
+from lightning_gm.callbacks.iwae import fetch_examples, test_examples
 from lightning_gm.errors import ConfigError
 from lightning_gm.images import as_images, make_grid, save_png
 from lightning_gm.nn.dbm import BinaryDBM
@@ -97,7 +97,7 @@ class InpaintingEvaluation(pl.Callback):
         start = time.time()
         dataset = test_examples(trainer)
         n = len(dataset) if self.num_examples is None else min(self.num_examples, len(dataset))
-        x_all = _fetch(dataset, torch.arange(n)).reshape(n, -1).float()
+        x_all = fetch_examples(dataset, torch.arange(n)).reshape(n, -1).float()
         if not bool(((x_all == 0) | (x_all == 1)).all()):
             x_all = (x_all > 0.5).float()
         data_shape = tuple(pl_module.data_shape)

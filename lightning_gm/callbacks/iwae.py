@@ -89,9 +89,6 @@ def fetch_examples(dataset: Any, idx: Tensor) -> Tensor:
     return batch[0] if isinstance(batch, (tuple, list)) else batch
 
 
-_fetch = fetch_examples  # the name decoder_ais.py imports
-
-
 class IWAEEvaluation(pl.Callback):
     """Importance-weighted ``test/nll`` of a latent-variable model, equal under any number of processes.
 

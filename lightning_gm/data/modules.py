@@ -54,7 +54,7 @@ class BatchDataset(Dataset):
         return self._fetch(torch.as_tensor(idx))
 
 
-def _batch_collate(batch: Any) -> Any:
+def batch_collate(batch: Any) -> Any:
     # __getitems__ already returns a stacked batch
     return batch
 
@@ -137,7 +137,7 @@ class GenerativeDataModule(pl.LightningDataModule):
             drop_last=False,
             num_workers=self.num_workers,
             pin_memory=self.pin_memory,
-            collate_fn=_batch_collate,
+            collate_fn=batch_collate,
             persistent_workers=self.num_workers > 0,
         )
 
@@ -173,6 +173,8 @@ class ImageDataModule(GenerativeDataModule):
         dequantize: uniform dequantisation ``(k + u) / L`` for continuous density models (flows).
         flatten: serve vectors ``(D,)`` instead of images ``(C, H, W)``.
         val_size: examples of the training file held out for validation (seeded by ``seed``).
+        **kwargs: the loader arguments of :class:`GenerativeDataModule` (``batch_size``, ``eval_batch_size``,
+            ``num_workers``, ``pin_memory``, ``seed``).
     """
 
     num_levels: ClassVar[int] = 256
@@ -187,13 +189,9 @@ class ImageDataModule(GenerativeDataModule):
         dequantize: bool = False,
         flatten: bool = True,
         val_size: int = 10000,
-        batch_size: int = 100,
-        eval_batch_size: Optional[int] = None,
-        num_workers: int = 0,
-        pin_memory: bool = False,
-        seed: int = 0,
+        **kwargs: Any,
     ) -> None:
-        super().__init__(batch_size, eval_batch_size, num_workers, pin_memory, seed)
+        super().__init__(**kwargs)
         if binarize not in ("none", "dynamic", "static", "threshold"):
             raise ConfigError(f"data.binarize must be one of none, dynamic, static, threshold; got {binarize!r}")
         if binarize != "none" and dequantize:
@@ -319,6 +317,7 @@ class BinarizedMNISTDataModule(GenerativeDataModule):
         data_dir: data root (default: ``$LIGHTNING_GM_DATA``, else ``~/.cache/lightning_gm``).
         download: fetch missing files from the public mirror (always verified by MD5).
         flatten: serve vectors ``(784,)`` instead of images ``(1, 28, 28)``.
+        **kwargs: the loader arguments of :class:`GenerativeDataModule`.
     """
 
     name = "binarized_mnist"
@@ -329,13 +328,9 @@ class BinarizedMNISTDataModule(GenerativeDataModule):
         data_dir: Optional[str] = None,
         download: bool = True,
         flatten: bool = True,
-        batch_size: int = 100,
-        eval_batch_size: Optional[int] = None,
-        num_workers: int = 0,
-        pin_memory: bool = False,
-        seed: int = 0,
+        **kwargs: Any,
     ) -> None:
-        super().__init__(batch_size, eval_batch_size, num_workers, pin_memory, seed)
+        super().__init__(**kwargs)
         self.data_dir, self.download, self.flatten = data_dir, download, flatten
 
     @property
@@ -382,16 +377,10 @@ class DigitsDataModule(ImageDataModule):
         flatten: bool = True,
         val_size: int = 300,
         test_size: int = 300,
-        batch_size: int = 100,
-        eval_batch_size: Optional[int] = None,
-        num_workers: int = 0,
-        pin_memory: bool = False,
-        seed: int = 0,
+        **kwargs: Any,
     ) -> None:
-        super().__init__(
-            None, False, binarize, threshold, dequantize, flatten, val_size, batch_size, eval_batch_size,
-            num_workers, pin_memory, seed,
-        )
+        super().__init__(data_dir=None, download=False, binarize=binarize, threshold=threshold, dequantize=dequantize,
+                         flatten=flatten, val_size=val_size, **kwargs)
         self.test_size = test_size
 
     def _raw_levels(self) -> dict[str, tuple[np.ndarray, np.ndarray]]:
@@ -411,6 +400,7 @@ class Toy2DDataModule(GenerativeDataModule):
         density: one of ``two_moons, eight_gaussians, checkerboard, rings, circles, pinwheel,
             two_spirals, swiss_roll``.
         n_train: training examples. n_val: validation examples. n_test: test examples.
+        batch_size: training batch size; **kwargs: the other loader arguments of :class:`GenerativeDataModule`.
     """
 
     name = "toy2d"
@@ -422,12 +412,9 @@ class Toy2DDataModule(GenerativeDataModule):
         n_val: int = 5000,
         n_test: int = 20000,
         batch_size: int = 500,
-        eval_batch_size: Optional[int] = None,
-        num_workers: int = 0,
-        pin_memory: bool = False,
-        seed: int = 0,
+        **kwargs: Any,
     ) -> None:
-        super().__init__(batch_size, eval_batch_size, num_workers, pin_memory, seed)
+        super().__init__(batch_size=batch_size, **kwargs)
         if density not in TOY_DENSITIES:
             raise ConfigError(f"data.density: unknown toy density {density!r}; choose one of {sorted(TOY_DENSITIES)}")
         self.density, self.n_train, self.n_val, self.n_test = density, n_train, n_val, n_test

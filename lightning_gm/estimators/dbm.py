@@ -55,7 +55,7 @@ from lightning_gm.estimators.partition import MAX_ENUMERATION_UNITS, check_enume
 from lightning_gm.nn.dbm import BinaryDBM
 from lightning_gm.nn.rbm import bernoulli
 
-__all__ = ["dbm_log_partition_enumerate", "DBMAnnealingPath", "dbm_reverse_start", "split_layers"]
+__all__ = ["dbm_log_partition_enumerate", "dbm_exact_log_partition", "DBMAnnealingPath", "dbm_reverse_start", "split_layers"]
 
 
 def split_layers(dbm: BinaryDBM, parity: int) -> tuple[list[int], list[int]]:
@@ -280,3 +280,11 @@ def dbm_reverse_start(dbm: BinaryDBM, base_visible_bias: Optional[Tensor], v: Te
         log_q += (h * mu.log() + (1.0 - h) * (-mu).log1p()).sum(-1)
         state[l] = h.to(path.dtype)
     return ReverseStart(path, state, path.log_unnormalized(state, 1.0) - log_q, b)
+
+
+def dbm_exact_log_partition(dbm: BinaryDBM, max_units: int) -> Optional[float]:
+    """The exact :math:`\log Z` of ``dbm`` when the smaller of its odd/even layer sets has at most ``max_units``
+    units, else ``None``."""
+    if min(sum(dbm.sizes[1::2]), sum(dbm.sizes[0::2])) > max_units:
+        return None
+    return dbm_log_partition_enumerate(dbm, max_units=max_units)

@@ -62,6 +62,13 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from lightning_gm.estimators.ais import ProgressFn
+from lightning_gm.estimators.hmc import (
+    HMCState,
+    LogLikelihoodFn,
+    hmc_state,
+    hmc_transition,
+    log_standard_normal,
+)
 from lightning_gm.groups import ParameterGroup
 
 __all__ = [
@@ -79,12 +86,9 @@ __all__ = [
     "log_standard_normal",
 ]
 
-#: ``log_likelihood(z, x)``: ``z`` ``(N, latent_dim)``, ``x`` ``(N, D)`` -> ``log p(x | z)`` ``(N,)``
-LogLikelihoodFn = Callable[[Tensor, Tensor], Tensor]
-
+_LOG_2PI = math.log(2.0 * math.pi)
 #: step-size adaptation factors and floor (Wu et al.'s code)
 _STEP_UP, _STEP_DOWN, _STEP_MIN, _STEP_MAX = 1.02, 0.98, 1e-4, 0.5
-_LOG_2PI = math.log(2.0 * math.pi)
 
 
 @dataclass(frozen=True)
@@ -127,19 +131,6 @@ class DecoderAISResult(NamedTuple):
     accept_rate: float  #: mean HMC acceptance probability over all transitions, chains and examples
 
 
-class HMCState(NamedTuple):
-    """A batch of chains with their cached log-likelihoods and gradients (so no evaluation is repeated)."""
-
-    z: Tensor  #: ``(N, L)`` positions
-    log_lik: Tensor  #: ``(N,)`` :math:`\log p(x \mid z)`
-    grad: Tensor  #: ``(N, L)`` :math:`\nabla_z \log p(x \mid z)`
-
-
-def log_standard_normal(z: Tensor) -> Tensor:
-    r""":math:`\log \mathcal N(z; 0, I)` summed over the last dimension: ``(..., L) -> (...)``."""
-    return -0.5 * (z.pow(2).sum(-1) + z.shape[-1] * _LOG_2PI)
-
-
 def sigmoid_schedule(steps: int, radius: float = 4.0, dtype: torch.dtype = torch.float64) -> Tensor:
     r"""The sigmoidal annealing schedule of Wu et al. (2017): ``steps + 1`` values from 0 to 1.
 
@@ -168,87 +159,6 @@ def sigmoid_schedule(steps: int, radius: float = 4.0, dtype: torch.dtype = torch
     return b.to(dtype)
 
 
-def _evaluate(log_likelihood: LogLikelihoodFn, z: Tensor, x: Tensor) -> tuple[Tensor, Tensor]:
-    """``log p(x|z)`` ``(N,)`` (detached) and its gradient in ``z`` ``(N, L)``."""
-    with torch.enable_grad():
-        zz = z.detach().requires_grad_(True)
-        ll = log_likelihood(zz, x)
-        if ll.shape != (z.shape[0],):
-            raise ValueError(
-                f"log_likelihood(z, x) must return shape ({z.shape[0]},) (one value per row of z), got {tuple(ll.shape)}"
-            )
-        (grad,) = torch.autograd.grad(ll.sum(), zz)
-    return ll.detach(), grad.detach()
-
-
-def _init_state(log_likelihood: LogLikelihoodFn, z: Tensor, x: Tensor) -> HMCState:
-    ll, g = _evaluate(log_likelihood, z, x)
-    return HMCState(z.detach(), ll, g)
-
-
-def hmc_transition(
-    log_likelihood: LogLikelihoodFn,
-    x: Tensor,
-    state: HMCState,
-    beta: float,
-    step_size: Tensor | float,
-    leapfrog_steps: int,
-    generator: Optional[torch.Generator] = None,
-) -> tuple[HMCState, Tensor]:
-    r"""One HMC transition leaving :math:`p_\beta(z) \propto \mathcal N(z; 0, I)\, p(x \mid z)^\beta` invariant.
-
-    Potential :math:`U(z) = \tfrac12\|z\|^2 - \beta \log p(x|z)`, kinetic :math:`K(p) = \tfrac12\|p\|^2`,
-    :math:`p \sim \mathcal N(0, I)`; leapfrog
-
-    .. math::
-
-        p \leftarrow p - \tfrac\epsilon2 \nabla U(z);\ \ [z \leftarrow z + \epsilon p;\ p \leftarrow p - \epsilon \nabla U(z)]
-        \times L \ \text{(last momentum step halved)},
-
-    accepted with probability :math:`\min(1, e^{H_0 - H_1})`, :math:`H = U + K` (a non-finite :math:`H_1`
-    is rejected).
-
-    Args:
-        log_likelihood: ``(z, x) -> (N,)``.
-        x: ``(N, D)`` the observation of each chain.
-        state: current chains (positions, cached log-likelihoods and gradients).
-        beta: inverse temperature of the likelihood.
-        step_size: :math:`\epsilon`, a float or one per chain ``(N,)``.
-        leapfrog_steps: :math:`L \ge 1`.
-        generator: random generator (momenta and accept draws).
-
-    Returns:
-        the new state and the acceptance probabilities ``(N,)``.
-    """
-    z0, ll0, g0 = state
-    n = z0.shape[0]
-    eps = torch.as_tensor(step_size, dtype=z0.dtype, device=z0.device)
-    eps = eps.reshape(-1, 1) if eps.dim() > 0 else eps
-    p0 = torch.randn(z0.shape, generator=generator, dtype=z0.dtype, device=z0.device)
-
-    def grad_u(z: Tensor, g: Tensor) -> Tensor:
-        return z - beta * g
-
-    z, ll, g = z0, ll0, g0
-    p = p0 - 0.5 * eps * grad_u(z, g)
-    for i in range(leapfrog_steps):
-        z = z + eps * p
-        ll, g = _evaluate(log_likelihood, z, x)
-        if i < leapfrog_steps - 1:
-            p = p - eps * grad_u(z, g)
-    p = p - 0.5 * eps * grad_u(z, g)
-    # Hamiltonians in float64: the difference of two large numbers decides the move.
-    h0 = (0.5 * z0.double().pow(2).sum(-1) - beta * ll0.double()) + 0.5 * p0.double().pow(2).sum(-1)
-    h1 = (0.5 * z.double().pow(2).sum(-1) - beta * ll.double()) + 0.5 * p.double().pow(2).sum(-1)
-    log_accept = (h0 - h1).clamp(max=0.0)
-    log_accept = torch.where(torch.isfinite(log_accept), log_accept, torch.full_like(log_accept, -math.inf))
-    u = torch.rand(n, generator=generator, dtype=torch.float64, device=z0.device)
-    accept = torch.log(u) < log_accept
-    col = accept.unsqueeze(-1)
-    new = HMCState(torch.where(col, z, z0), torch.where(accept, ll, ll0), torch.where(col, g, g0))
-    return new, log_accept.exp()
-
-
 def _check_args(x: Tensor, latent_dim: int, chunk_size: Optional[int]) -> None:
     if x.dim() != 2:
         raise ValueError(f"x must be a flat batch of shape (B, D), got shape {tuple(x.shape)}; flatten it with x.flatten(1)")
@@ -268,7 +178,7 @@ def _anneal(log_likelihood: LogLikelihoodFn, x_rep: Tensor, z: Tensor, betas: li
     :math:`\beta_t` after each increment, the step size adapted per example. Returns ``(log_w, acceptance sum,
     count)``; ``log_w`` is ``(chains * B,)`` float64, chain-major."""
     bsz = x_rep.shape[0] // chains
-    state = _init_state(log_likelihood, z, x_rep)
+    state = hmc_state(log_likelihood, z, x_rep)
     log_w = torch.zeros(chains * bsz, dtype=torch.float64, device=x_rep.device)
     eps = torch.full((bsz,), float(annealing.step_size), dtype=z.dtype, device=z.device)
     eps_max = max(_STEP_MAX, float(annealing.step_size))

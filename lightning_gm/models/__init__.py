@@ -9,42 +9,21 @@ from lightning_gm.models.linear_gaussian import PPCA, FactorAnalysis, LinearGaus
 from lightning_gm.models.autoencoder import Autoencoder
 from lightning_gm.models.density_network import DensityNetwork
 from lightning_gm.models.autoregressive import NADE, MADEDensity
+from lightning_gm.models.dbm import DBM
+from lightning_gm.models.sbn import SigmoidBeliefNet
+from lightning_gm.models.classifier import MNISTClassifier
+from lightning_gm.models.gan import GAN
+from lightning_gm.models.gmmn import GMMN
+from lightning_gm.models.mpdbm import MPDBM
+from lightning_gm.models.subspace_rbm import SubspaceRBM
+from lightning_gm.models.conv_dbn import ConvDBN
+from lightning_gm.models.conv_rbm import ConvRBM
+from lightning_gm.models.ssrbm import SpikeSlabRBM
+from lightning_gm.models.hopfield import Hopfield
 
-__all__ = ["GenerativeModel", "CheckpointLoadError", "VAE", "Flow", "HierarchicalVAE", "RBM", "GaussianRBM", "DBN", "PPCA", "FactorAnalysis", "LinearGaussianModel", "Autoencoder", "DensityNetwork", "NADE", "MADEDensity"]
-
-from lightning_gm.models.dbm import DBM  # noqa: E402
-
-__all__ += ["DBM"]
-
-from lightning_gm.models.sbn import SigmoidBeliefNet  # noqa: E402
-
-__all__ += ["SigmoidBeliefNet"]
-
-from lightning_gm.models.classifier import MNISTClassifier  # noqa: E402
-
-__all__ += ["MNISTClassifier"]
-
-from lightning_gm.models.gan import GAN  # noqa: E402
-from lightning_gm.models.gmmn import GMMN  # noqa: E402
-
-__all__ += ["GAN", "GMMN"]
-
-from lightning_gm.models.mpdbm import MPDBM  # noqa: E402
-
-__all__ += ["MPDBM"]
-
-from lightning_gm.models.subspace_rbm import SubspaceRBM  # noqa: E402
-
-__all__ += ["SubspaceRBM"]
-
-from lightning_gm.models.conv_rbm import ConvDBN, ConvRBM  # noqa: E402
-
-__all__ += ["ConvRBM", "ConvDBN"]
-
-from lightning_gm.models.ssrbm import SpikeSlabRBM  # noqa: E402
-
-__all__ += ["SpikeSlabRBM"]
-
-from lightning_gm.models.hopfield import Hopfield  # noqa: E402
-
-__all__ += ["Hopfield"]
+__all__ = [
+    "GenerativeModel", "CheckpointLoadError", "VAE", "Flow", "HierarchicalVAE", "RBM", "GaussianRBM", "DBN", "PPCA",
+    "FactorAnalysis", "LinearGaussianModel", "Autoencoder", "DensityNetwork", "NADE", "MADEDensity", "DBM",
+    "SigmoidBeliefNet", "MNISTClassifier", "GAN", "GMMN", "MPDBM", "SubspaceRBM", "ConvRBM", "ConvDBN",
+    "SpikeSlabRBM", "Hopfield",
+]

@@ -33,13 +33,12 @@ from pathlib import Path
 from typing import Any, Literal, Optional, Sequence
 
 import torch
-from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from lightning.pytorch.loggers import WandbLogger
 from torch import Tensor
 
 from lightning_gm.errors import LightningGMError
 from lightning_gm.images import as_images, make_grid, save_png
-from lightning_gm.models.base import GenerativeModel, _adam
+from lightning_gm.models.base import GenerativeModel
 from lightning_gm.nn import linear_gaussian as lg
 from lightning_gm.nn.conv import ConvDecoder, ConvEncoder
 from lightning_gm.nn.likelihoods import BernoulliLikelihood, Likelihood
@@ -87,8 +86,8 @@ class Autoencoder(GenerativeModel):
         pca_baseline: fit PCA with ``latent_dim`` components at the start of fitting and log its
             reconstruction error alongside.
         code_momentum: momentum of the running code mean/variance used by ``sample``.
-        optimizer: optimiser factory (default Adam, lr 1e-3).
-        lr_scheduler: optional scheduler factory.
+        **kwargs: ``optimizer`` (default Adam, lr 1e-3) and ``lr_scheduler`` of
+            :class:`~lightning_gm.models.base.GenerativeModel`.
     """
 
     family = "autoencoder"
@@ -114,10 +113,9 @@ class Autoencoder(GenerativeModel):
         noise_level: float = 0.0,
         pca_baseline: bool = True,
         code_momentum: float = 0.01,
-        optimizer: OptimizerCallable = _adam,
-        lr_scheduler: Optional[LRSchedulerCallable] = None,
+        **kwargs: Any,
     ) -> None:
-        super().__init__(data_shape, optimizer, lr_scheduler)
+        super().__init__(data_shape=data_shape, **kwargs)
         self.save_hyperparameters(ignore=["likelihood", "optimizer", "lr_scheduler"])
         if corruption not in ("none", "masking", "gaussian", "salt_and_pepper"):
             raise ValueError(f"model.init_args.corruption must be none, masking, gaussian or salt_and_pepper; got {corruption!r}")

@@ -34,16 +34,15 @@ averaged at test time); Uria et al. (2016), Neural Autoregressive Distribution E
 
 from __future__ import annotations
 
-from typing import Literal, Optional, Sequence
+from typing import Any, Literal, Optional, Sequence
 
 import torch
 import torch.nn.functional as F
-from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from torch import Tensor, nn
 
 from lightning_gm.errors import ConfigError
 from lightning_gm.estimators.importance import log_mean_exp
-from lightning_gm.models.base import GenerativeModel, _adam
+from lightning_gm.models.base import GenerativeModel
 from lightning_gm.nn.flows.made import MADE
 from lightning_gm.nn.mlp import ACTIVATIONS
 
@@ -76,17 +75,16 @@ class AutoregressiveBinaryModel(GenerativeModel):
     Args:
         data_shape: shape of one example (linked from the data).
         eval_chunk: examples evaluated at once by ``log_prob`` (bounds memory at test time).
-        optimizer: optimiser factory (default Adam, lr 1e-3).
-        lr_scheduler: optional scheduler factory.
+        **kwargs: ``optimizer`` (default Adam, lr 1e-3) and ``lr_scheduler`` of
+            :class:`~lightning_gm.models.base.GenerativeModel`.
     """
 
     family = "autoregressive"
     monitor = "val/nll"
     monitor_mode = "min"
 
-    def __init__(self, data_shape: Sequence[int] = (784,), eval_chunk: int = 500,
-                 optimizer: OptimizerCallable = _adam, lr_scheduler: Optional[LRSchedulerCallable] = None) -> None:
-        super().__init__(data_shape, optimizer, lr_scheduler)
+    def __init__(self, data_shape: Sequence[int] = (784,), eval_chunk: int = 500, **kwargs: Any) -> None:
+        super().__init__(data_shape=data_shape, **kwargs)
         self.eval_chunk = eval_chunk
 
     def logits(self, x: Tensor) -> Tensor:
@@ -124,8 +122,8 @@ class NADE(AutoregressiveBinaryModel):
         seed: seed of a random ordering.
         init_std: standard deviation of the initial weights :math:`W, V`.
         eval_chunk: examples evaluated at once by ``log_prob`` (memory ``eval_chunk * D * H`` floats).
-        optimizer: optimiser factory (default Adam, lr 1e-3).
-        lr_scheduler: optional scheduler factory.
+        **kwargs: ``optimizer`` (default Adam, lr 1e-3) and ``lr_scheduler`` of
+            :class:`~lightning_gm.models.base.GenerativeModel`.
     """
 
     family = "nade"
@@ -139,10 +137,9 @@ class NADE(AutoregressiveBinaryModel):
         seed: int = 0,
         init_std: float = 0.01,
         eval_chunk: int = 100,
-        optimizer: OptimizerCallable = _adam,
-        lr_scheduler: Optional[LRSchedulerCallable] = None,
+        **kwargs: Any,
     ) -> None:
-        super().__init__(data_shape, eval_chunk, optimizer, lr_scheduler)
+        super().__init__(data_shape=data_shape, eval_chunk=eval_chunk, **kwargs)
         self.save_hyperparameters(ignore=["optimizer", "lr_scheduler"])
         D = self.data_dim
         self.register_buffer("order", _ordering(ordering, D, seed))
@@ -192,8 +189,8 @@ class MADEDensity(AutoregressiveBinaryModel):
         val_num_masks: masks averaged for ``val/nll`` (1 is cheap; the test uses ``test_num_masks``).
         seed: mask ``k`` is drawn from seed ``seed + k``.
         eval_chunk: examples evaluated at once by ``log_prob``.
-        optimizer: optimiser factory (default Adam, lr 1e-3).
-        lr_scheduler: optional scheduler factory.
+        **kwargs: ``optimizer`` (default Adam, lr 1e-3) and ``lr_scheduler`` of
+            :class:`~lightning_gm.models.base.GenerativeModel`.
     """
 
     family = "made"
@@ -210,10 +207,9 @@ class MADEDensity(AutoregressiveBinaryModel):
         val_num_masks: int = 1,
         seed: int = 0,
         eval_chunk: int = 500,
-        optimizer: OptimizerCallable = _adam,
-        lr_scheduler: Optional[LRSchedulerCallable] = None,
+        **kwargs: Any,
     ) -> None:
-        super().__init__(data_shape, eval_chunk, optimizer, lr_scheduler)
+        super().__init__(data_shape=data_shape, eval_chunk=eval_chunk, **kwargs)
         self.save_hyperparameters(ignore=["optimizer", "lr_scheduler"])
         if num_masks < 1:
             raise ConfigError(f"model.init_args.num_masks must be >= 1, got {num_masks}")

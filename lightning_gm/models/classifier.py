@@ -34,7 +34,7 @@ from torch import Tensor
 
 from lightning_gm.data.files import resolve_data_root
 from lightning_gm.errors import ConfigError
-from lightning_gm.models.base import _adam
+from lightning_gm.models.base import adam
 from lightning_gm.nn.classifier import LeNet, save_feature_network
 
 __all__ = ["MNISTClassifier", "default_classifier_path", "CLASSIFIER_FILE", "TRAIN_COMMAND"]
@@ -79,7 +79,7 @@ class MNISTClassifier(pl.LightningModule):
         binarize_prob: float = 0.5,
         export: bool = True,
         export_path: Optional[str] = None,
-        optimizer: OptimizerCallable = _adam,
+        optimizer: OptimizerCallable = adam,
         lr_scheduler: Optional[LRSchedulerCallable] = None,
     ) -> None:
         super().__init__()

@@ -66,22 +66,14 @@ from torch import Tensor, nn
 
 from lightning_gm.errors import ConfigError
 from lightning_gm.estimators.ais import AISSchedule, AnnealingPath, base_rate_log_odds
-from lightning_gm.estimators.dbm import DBMAnnealingPath, dbm_log_partition_enumerate, dbm_reverse_start
+from lightning_gm.estimators.dbm import DBMAnnealingPath, dbm_exact_log_partition, dbm_reverse_start
 from lightning_gm.estimators.reverse import ReverseStart
 from lightning_gm.groups import fold_flat_hparams, record_groups
 from lightning_gm.models.base import GenerativeModel
 from lightning_gm.models.energy import FLAT_AIS_KEYS, PartitionMixin, batch_data, sgd_dbm
 from lightning_gm.nn.dbm import BinaryDBM
 
-__all__ = ["DBM", "dbm_exact_log_partition"]
-
-
-def dbm_exact_log_partition(dbm: BinaryDBM, max_units: int) -> Optional[float]:
-    """The exact :math:`\log Z` of ``dbm`` when the smaller of its odd/even layer sets has at most ``max_units``
-    units, else ``None``."""
-    if min(sum(dbm.sizes[1::2]), sum(dbm.sizes[0::2])) > max_units:
-        return None
-    return dbm_log_partition_enumerate(dbm, max_units=max_units)
+__all__ = ["DBM"]
 
 
 class DBM(PartitionMixin, GenerativeModel):

@@ -284,12 +284,14 @@ class DBN(ChainStream, PartitionMixin, GenerativeModel):
 
     # ------------------------------------------------------------------ checkpoints
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        super().on_save_checkpoint(checkpoint)
         if self._trainer is not None and self.trainer.world_size > 1:
             checkpoint["pcd_chains_per_rank"] = {
                 l: self.all_gather(self._chains(l)).detach().cpu() for l in range(self.num_layers)
             }
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        super().on_load_checkpoint(checkpoint)
         per_rank = checkpoint.get("pcd_chains_per_rank")
         if per_rank is not None and self._trainer is not None:
             rank, world = self.trainer.global_rank, self.trainer.world_size

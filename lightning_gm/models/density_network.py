@@ -34,14 +34,13 @@ References: MacKay (1995), Bayesian neural networks and density networks, NIM A 
 
 from __future__ import annotations
 
-from typing import Optional, Sequence
+from typing import Any, Optional, Sequence
 
 import torch
-from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from torch import Tensor
 
 from lightning_gm.estimators.importance import importance_weighted_log_prob, log_mean_exp
-from lightning_gm.models.base import GenerativeModel, _adam
+from lightning_gm.models.base import GenerativeModel
 from lightning_gm.nn.likelihoods import BernoulliLikelihood, Likelihood
 from lightning_gm.nn.mlp import MLP
 
@@ -69,8 +68,8 @@ class DensityNetwork(GenerativeModel):
         val_samples: prior samples for the validation estimate (``val/nll``, ``val/ess``).
         test_samples: prior samples for ``test/nll``.
         chunk_size: prior samples decoded and scored at once (bounds memory: ``chunk * B * D``).
-        optimizer: optimiser factory (default Adam, lr 1e-3).
-        lr_scheduler: optional scheduler factory.
+        **kwargs: ``optimizer`` (default Adam, lr 1e-3) and ``lr_scheduler`` of
+            :class:`~lightning_gm.models.base.GenerativeModel`.
     """
 
     family = "density_network"
@@ -89,10 +88,9 @@ class DensityNetwork(GenerativeModel):
         val_samples: int = 1000,
         test_samples: int = 5000,
         chunk_size: int = 100,
-        optimizer: OptimizerCallable = _adam,
-        lr_scheduler: Optional[LRSchedulerCallable] = None,
+        **kwargs: Any,
     ) -> None:
-        super().__init__(data_shape, optimizer, lr_scheduler)
+        super().__init__(data_shape=data_shape, **kwargs)
         self.save_hyperparameters(ignore=["likelihood", "optimizer", "lr_scheduler"])
         for key, value in (("num_samples", num_samples), ("val_samples", val_samples),
                            ("test_samples", test_samples), ("chunk_size", chunk_size)):

@@ -31,7 +31,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Any, Iterator, Mapping, Optional
+from typing import Any, Iterator, Optional
 
 import torch
 from torch import Tensor
@@ -45,6 +45,7 @@ __all__ = [
     "LogPartition",
     "PartitionMixin",
     "ChainStream",
+    "StandardizedVisibles",
     "FLAT_AIS_KEYS",
     "FLAT_CD_KEYS",
     "FLAT_PENALTY_KEYS",
@@ -122,6 +123,49 @@ class ChainStream:
                 self._generator.set_state(self._pending_generator_state)
                 self._pending_generator_state = None
         return self._generator
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Store every process's chain random stream as ``chain_rng_per_rank`` (collective under DDP: Lightning
+        calls this hook on every rank and writes rank 0's dictionary), so that a resumed fit and a loaded model
+        draw what the saved one would have drawn next."""
+        super().on_save_checkpoint(checkpoint)  # type: ignore[misc]
+        state = self.generator.get_state().to(torch.int64)
+        trainer = getattr(self, "_trainer", None)
+        if trainer is not None and trainer.world_size > 1:
+            state = self.all_gather(state)  # type: ignore[attr-defined]
+        else:
+            state = state.unsqueeze(0)
+        checkpoint["chain_rng_per_rank"] = state.cpu()
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Restore this process's stream from ``chain_rng_per_rank`` (when written by as many processes)."""
+        super().on_load_checkpoint(checkpoint)  # type: ignore[misc]
+        trainer = getattr(self, "_trainer", None)
+        rank, world = (trainer.global_rank, trainer.world_size) if trainer is not None else (0, 1)
+        states = checkpoint.get("chain_rng_per_rank")
+        if states is not None and states.shape[0] == world:
+            self._pending_generator_state = states[rank].to(torch.uint8).clone()
+            self._generator = None
+
+
+class StandardizedVisibles:
+    """Mixin of an RBM-family model on real-valued data standardised per unit inside the model (buffers
+    ``data_mean``, ``data_std`` set from the training data; ``standardize`` off: the identity):
+    :math:`v = (x - \mu) / \sigma`."""
+
+    standardize: bool
+    data_mean: Tensor
+    data_std: Tensor
+
+    def to_model_space(self, x: Tensor) -> Tensor:
+        """Data ``(B, *data_shape)`` -> standardised visibles ``(B, D)``."""
+        v = x.reshape(x.shape[0], -1).to(self.rbm.W.dtype)  # type: ignore[attr-defined]
+        return (v - self.data_mean) / self.data_std if self.standardize else v
+
+    def to_data_space(self, v: Tensor) -> Tensor:
+        """Visibles ``(B, D)`` -> data ``(B, *data_shape)`` (the standardisation undone)."""
+        x = v * self.data_std + self.data_mean if self.standardize else v
+        return x.reshape(v.shape[0], *self.data_shape)  # type: ignore[attr-defined]
 
 
 # ---------------------------------------------------------------------------------------- old checkpoints

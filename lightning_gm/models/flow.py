@@ -38,11 +38,10 @@ from typing import Any, Callable, Iterable, Literal, Optional, Sequence
 
 import torch
 import torch.distributed as dist
-from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from torch import Tensor
 
 from lightning_gm.errors import ConfigError
-from lightning_gm.models.base import GenerativeModel, _adam
+from lightning_gm.models.base import GenerativeModel
 from lightning_gm.nn.flows import (
     ActNorm,
     BatchNormFlow,
@@ -75,14 +74,14 @@ class Flow(GenerativeModel):
             ``PlanarStack``...; in Python also a built :class:`FlowLayer`). Default: ``RealNVP``.
         logit_alpha: if set, prepend ``LogitTransform(logit_alpha)`` for data in ``[0, 1]``
             (dequantised images); its log-det is part of ``log_prob``. ``None`` for real-valued data.
-        optimizer: optimiser factory (default Adam, lr 1e-3).
-        lr_scheduler: optional scheduler factory.
         lr_scheduler_interval: step the scheduler every ``"epoch"`` or every optimiser ``"step"`` (a per-step
             linear warm-up, as Glow's, needs ``"step"``).
         batch_norm_examples: training examples whose statistics the flow's
             :class:`~lightning_gm.nn.flows.BatchNormFlow` layers use in evaluation, recomputed under the current
             parameters before every validation (the MAF authors use the whole training set; 10,000 examples
             estimate each mean to 1% of its standard deviation). Unused by flows without batch norm.
+        **kwargs: ``optimizer`` (default Adam, lr 1e-3) and ``lr_scheduler`` of
+            :class:`~lightning_gm.models.base.GenerativeModel`.
     """
 
     family = "flow"
@@ -94,12 +93,11 @@ class Flow(GenerativeModel):
         data_shape: Sequence[int] = (2,),
         flow: Optional[FlowFactory] = None,
         logit_alpha: Optional[float] = None,
-        optimizer: OptimizerCallable = _adam,
-        lr_scheduler: Optional[LRSchedulerCallable] = None,
         lr_scheduler_interval: Literal["epoch", "step"] = "epoch",
         batch_norm_examples: int = 10000,
+        **kwargs: Any,
     ) -> None:
-        super().__init__(data_shape, optimizer, lr_scheduler)
+        super().__init__(data_shape=data_shape, **kwargs)
         self.save_hyperparameters(ignore=["flow", "optimizer", "lr_scheduler"])
         if lr_scheduler_interval not in ("epoch", "step"):
             raise ConfigError(f"model.init_args.lr_scheduler_interval must be 'epoch' or 'step', got "

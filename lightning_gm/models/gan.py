@@ -40,7 +40,7 @@ from lightning.pytorch.cli import OptimizerCallable
 from torch import Tensor
 
 from lightning_gm.errors import ConfigError
-from lightning_gm.models.base import _adam
+from lightning_gm.models.base import adam
 from lightning_gm.models.implicit import ImplicitGenerativeModel, NetFactory
 from lightning_gm.nn.generators import MLPDiscriminator
 
@@ -95,7 +95,7 @@ class GAN(ImplicitGenerativeModel):
         discriminator_hidden: Sequence[int] = (512, 256),
         generator_loss: GeneratorLoss = "non_saturating",
         d_steps: int = 1,
-        discriminator_optimizer: OptimizerCallable = _adam,
+        discriminator_optimizer: OptimizerCallable = adam,
         **kwargs: Any,
     ) -> None:
         if generator_loss not in ("minimax", "non_saturating"):

@@ -32,9 +32,8 @@ Generative Models; Goodfellow et al. (2014); Li, Swersky & Zemel (2015).
 
 from __future__ import annotations
 
-import contextlib
 import inspect
-from typing import Any, Callable, Iterator, Optional, Sequence
+from typing import Any, Callable, Optional, Sequence
 
 import torch
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
@@ -42,9 +41,10 @@ from torch import Tensor, nn
 
 from lightning_gm.errors import ConfigError
 from lightning_gm.estimators.decoder_ais import HMCAnnealing, decoder_ais_log_prob, decoder_bdmc, gaussian_observation
+from lightning_gm.estimators.hmc import frozen_parameters
 from lightning_gm.estimators.mmd import DEFAULT_BANDWIDTHS, mmd2
 from lightning_gm.groups import fold_flat_hparams, record_groups
-from lightning_gm.models.base import GenerativeModel, _adam
+from lightning_gm.models.base import GenerativeModel, adam
 from lightning_gm.nn.generators import MLPGenerator
 from lightning_gm.progress import trainer_progress
 
@@ -57,19 +57,6 @@ NetFactory = Callable[[int, int], nn.Module]
 FLAT_HMC_KEYS = {"ais_chains": ("ais", "chains"), "ais_steps": ("ais", "steps"),
                  "ais_leapfrog_steps": ("ais", "leapfrog_steps"), "ais_step_size": ("ais", "step_size"),
                  "ais_target_accept": ("ais", "target_accept"), "eval_seed": ("ais", "seed")}
-
-
-@contextlib.contextmanager
-def _frozen(module: nn.Module) -> Iterator[None]:
-    """Parameters of ``module`` without gradients inside the block (HMC differentiates w.r.t. ``z`` only)."""
-    flags = [p.requires_grad for p in module.parameters()]
-    try:
-        for p in module.parameters():
-            p.requires_grad_(False)
-        yield
-    finally:
-        for p, f in zip(module.parameters(), flags):
-            p.requires_grad_(f)
 
 
 class ImplicitGenerativeModel(GenerativeModel):
@@ -117,7 +104,7 @@ class ImplicitGenerativeModel(GenerativeModel):
         ais: HMCAnnealing = HMCAnnealing(),
         val_ais_examples: int = 0,
         bdmc_examples: int = 20,
-        optimizer: OptimizerCallable = _adam,
+        optimizer: OptimizerCallable = adam,
         lr_scheduler: Optional[LRSchedulerCallable] = None,
         **flat: Any,
     ) -> None:
@@ -188,7 +175,7 @@ class ImplicitGenerativeModel(GenerativeModel):
             bar = trainer_progress(self.trainer, f"decoder AIS, {x.shape[0]} examples x {self.ais.chains} chains")
         try:
             # Lightning evaluates under inference mode; HMC needs gradients with respect to z
-            with torch.inference_mode(False), torch.enable_grad(), _frozen(self.generator):
+            with torch.inference_mode(False), torch.enable_grad(), frozen_parameters(self.generator):
                 flat = x.flatten(1).detach().clone()
                 result = decoder_ais_log_prob(
                     gaussian_observation(self.generate, self.obs_sigma), flat, self.latent_dim, self.ais,
@@ -216,7 +203,7 @@ class ImplicitGenerativeModel(GenerativeModel):
         bar = trainer_progress(self.trainer, f"BDMC, {n} simulated examples x {self.ais.chains} chains") \
             if self._trainer is not None else None
         try:
-            with torch.inference_mode(False), torch.enable_grad(), _frozen(self.generator):
+            with torch.inference_mode(False), torch.enable_grad(), frozen_parameters(self.generator):
                 z = torch.randn(n, self.latent_dim, generator=gen, device=self.device, dtype=self.dtype)
                 with torch.no_grad():
                     x = self.generate(z)

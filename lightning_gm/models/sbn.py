@@ -33,14 +33,13 @@ from __future__ import annotations
 from typing import Any, Optional, Sequence
 
 import torch
-from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from torch import Tensor
 
 from lightning_gm.errors import ConfigError
 from lightning_gm.estimators.importance import importance_weighted_log_prob, log_mean_exp
 from lightning_gm.estimators.seeded import IWEvaluation, SeededNoise
 from lightning_gm.groups import FlatKeys, GroupedHyperparameters
-from lightning_gm.models.base import GenerativeModel, _adam
+from lightning_gm.models.base import GenerativeModel
 from lightning_gm.nn.sbn import Q_UPDATES, HelmholtzMachine
 
 __all__ = ["SigmoidBeliefNet", "TRAININGS"]
@@ -72,8 +71,8 @@ class SigmoidBeliefNet(GroupedHyperparameters, GenerativeModel):
             many hidden units (0 = never; the cost is :math:`2^{\sum_l H_l}` per example).
         sample_probabilities: :meth:`sample` returns the Bernoulli means :math:`\sigma(W_0 h_1 + b_0)` of the
             ancestrally sampled :math:`h_1` (smoother pictures) instead of binary :math:`x`.
-        optimizer: optimiser factory (default Adam, lr 1e-3).
-        lr_scheduler: optional scheduler factory.
+        **kwargs: ``optimizer`` (default Adam, lr 1e-3) and ``lr_scheduler`` of
+            :class:`~lightning_gm.models.base.GenerativeModel`.
 
     References: Hinton et al. (1995); Bornschein & Bengio (2015).
     """
@@ -95,10 +94,9 @@ class SigmoidBeliefNet(GroupedHyperparameters, GenerativeModel):
         evaluation: IWEvaluation = IWEvaluation(val_k=20),
         exact_max_units: int = 16,
         sample_probabilities: bool = True,
-        optimizer: OptimizerCallable = _adam,
-        lr_scheduler: Optional[LRSchedulerCallable] = None,
+        **kwargs: Any,
     ) -> None:
-        super().__init__(data_shape, optimizer, lr_scheduler)
+        super().__init__(data_shape=data_shape, **kwargs)
         self.save_hyperparameters(ignore=["optimizer", "lr_scheduler"])
         evaluation = IWEvaluation.coerce(evaluation)
         if evaluation.val_k < 1:

@@ -25,14 +25,14 @@ from torch import Tensor
 from lightning_gm.errors import ConfigError
 from lightning_gm.estimators.ais import AISSchedule, AnnealingPath
 from lightning_gm.estimators.rbm_variants import SpikeSlabAnnealingPath, ssrbm_log_partition_enumerate
-from lightning_gm.models.energy import sgd_real_rbm
-from lightning_gm.models.rbm import RBMModelBase
+from lightning_gm.models.energy import StandardizedVisibles, sgd_real_rbm
+from lightning_gm.models.rbm_base import RBMModelBase
 from lightning_gm.nn.ssrbm import SpikeSlabRBMNet
 
 __all__ = ["SpikeSlabRBM"]
 
 
-class SpikeSlabRBM(RBMModelBase):
+class SpikeSlabRBM(StandardizedVisibles, RBMModelBase):
     r"""Spike-and-slab RBM (family ``rbm``) for real-valued data, trained by CD-k or PCD.
 
     .. math::
@@ -141,14 +141,6 @@ class SpikeSlabRBM(RBMModelBase):
         return SpikeSlabRBMNet(self.data_dim, self.n_hidden, weight_std=weight_std, **self.init_args_net)  # type: ignore[arg-type]
 
     # ------------------------------------------------------------------ spaces and density
-    def to_model_space(self, x: Tensor) -> Tensor:
-        v = x.reshape(x.shape[0], -1).to(self.rbm.W.dtype)
-        return (v - self.data_mean) / self.data_std if self.standardize else v
-
-    def to_data_space(self, v: Tensor) -> Tensor:
-        x = v * self.data_std + self.data_mean if self.standardize else v
-        return x.reshape(v.shape[0], *self.data_shape)
-
     def log_prob_unnormalized(self, x: Tensor) -> Tensor:
         # change of variables x -> (x - m) / s: log|dv/dx| = -sum_d log s_d
         log_det = -self.data_std.log().sum() if self.standardize else 0.0

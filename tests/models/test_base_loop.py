@@ -1,5 +1,5 @@
-"""The base model's training loop: the manual loop (``manual_loop = True``) takes exactly the steps of
-Lightning's automatic loop (optimiser, schedulers, gradient clipping through the CLI), and the cheap
+"""The base model's training loop and the opt-in manual loop (``ManualLoop``): the manual loop takes exactly the
+steps of Lightning's automatic loop (optimiser, schedulers, gradient clipping as a model argument), and the cheap
 training logs give the true epoch means."""
 
 from __future__ import annotations
@@ -15,7 +15,9 @@ from torch import Tensor
 from torch.utils.data import DataLoader, TensorDataset
 
 from lightning_gm.nn.rbm import CD, Penalties
+from lightning_gm.errors import ConfigError
 from lightning_gm.models.base import GenerativeModel
+from lightning_gm.models.manual_loop import ManualLoop
 
 
 class _Quadratic(GenerativeModel):
@@ -36,8 +38,10 @@ class _Quadratic(GenerativeModel):
         return terms
 
 
-class _QuadraticManual(_Quadratic):
-    manual_loop = True
+class _QuadraticManual(ManualLoop, _Quadratic):
+    def __init__(self, gradient_clip_val: float | None = None, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.init_manual_loop(gradient_clip_val=gradient_clip_val)
 
 
 def _loader() -> DataLoader:
@@ -47,9 +51,7 @@ def _loader() -> DataLoader:
 
 
 def _fit(cls: type, sched: Any, clip: float | None, tmp_path: Path, name: str) -> tuple[_Quadratic, list[float]]:
-    model = cls(lr_scheduler=sched)
-    if clip and not model.automatic_optimization:
-        model.gradient_clip_val = clip  # what the CLI does with trainer.gradient_clip_val
+    model = cls(lr_scheduler=sched, **({"gradient_clip_val": clip} if cls is _QuadraticManual else {}))
     lrs: list[float] = []
 
     class LR(pl.Callback):
@@ -100,7 +102,9 @@ def test_epoch_means_and_step_logs(tmp_path: Path) -> None:
         assert float(r["train/loss_step"]) == pytest.approx(model.seen[int(r["step"])][0], rel=1e-5)
 
 
-def test_cli_hands_gradient_clipping_to_the_manual_loop_and_refuses_accumulation(run_cli, capsys) -> None:
+def test_cli_refuses_trainer_clipping_and_accumulation_for_the_manual_loop(run_cli, capsys) -> None:
+    """Clipping is the manual-loop model's argument: the trainer's setting is refused with the key to use instead."""
+    from lightning_gm.cli import GenerativeCLI
     from lightning_gm.models import VAE
 
     assert VAE.manual_loop
@@ -110,7 +114,14 @@ def test_cli_hands_gradient_clipping_to_the_manual_loop_and_refuses_accumulation
     assert run_cli(*common, "--trainer.accumulate_grad_batches=2") != 0
     err = capsys.readouterr().err
     assert "trainer.accumulate_grad_batches=2" in err and "manual optimisation" in err
-    assert run_cli(*common, "--trainer.gradient_clip_val=0.25", "--trainer.gradient_clip_algorithm=value") == 0
+    assert run_cli(*common, "--trainer.gradient_clip_val=0.25") != 0
+    err = capsys.readouterr().err
+    assert "trainer.gradient_clip_val=0.25" in err and "model.init_args.gradient_clip_val" in err
+    assert run_cli(*common, "--model.init_args.gradient_clip_val=0.25",
+                   "--model.init_args.gradient_clip_algorithm=value") == 0
+    cli = GenerativeCLI(args=common[1:] + ["--model.init_args.gradient_clip_val=0.25"], run=False)
+    assert cli.model.gradient_clip_val == 0.25 and cli.model.gradient_clip_algorithm == "norm"
+    assert cli.trainer.gradient_clip_val is None
 
 
 def _rbm_fit(load_batch: int, update_batch_size: int | None, persistent: bool) -> torch.Tensor:
@@ -136,12 +147,15 @@ def test_update_batch_size_makes_the_same_updates_as_loading_them_one_by_one(per
     assert not torch.allclose(_rbm_fit(32, None, persistent)[:10], one_by_one[:10])  # batch 32 is another run
 
 
-def test_update_batch_size_is_validated() -> None:
-    from lightning_gm.errors import ConfigError
+def test_manual_loop_arguments_are_validated() -> None:
     from lightning_gm.models import RBM
 
     with pytest.raises(ConfigError, match="model.init_args.update_batch_size must be >= 1"):
         RBM(data_shape=(4,), n_hidden=2, update_batch_size=0)
+    with pytest.raises(ConfigError, match="model.init_args.gradient_clip_val must be >= 0"):
+        RBM(data_shape=(4,), n_hidden=2, gradient_clip_val=-1.0)
+    with pytest.raises(ConfigError, match="model.init_args.gradient_clip_algorithm must be 'norm' or 'value'"):
+        RBM(data_shape=(4,), n_hidden=2, gradient_clip_algorithm="max")
 
 
 def _vae_fit(load_batch: int, update_batch_size: int | None) -> tuple[torch.Tensor, list[float]]:

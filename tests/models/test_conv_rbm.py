@@ -15,7 +15,7 @@ from lightning_gm.nn.rbm import CD
 from lightning_gm.data import DigitsDataModule
 from lightning_gm.errors import ConfigError
 from lightning_gm.estimators.conv_rbm import conv_rbm_log_partition_enumerate
-from lightning_gm.models.conv_rbm import ConvDBN, ConvRBM
+from lightning_gm.models import ConvDBN, ConvRBM
 
 
 def _trainer(tmp_path, epochs: int, **kw) -> pl.Trainer:

@@ -40,19 +40,11 @@ from lightning_gm.nn.flows.coupling import (
     resnet_conditioner,
     zero_init_last_layer,
 )
-from lightning_gm.nn.flows.elementwise import (
-    ActNorm,
-    BatchNormFlow,
-    ElementwiseAffine,
-    LogitTransform,
-    PlanarFlow,
-    RadialFlow,
-    SigmoidTransform,
-    set_batch_norm_statistics,
-)
+from lightning_gm.nn.flows.elementwise import ElementwiseAffine, LogitTransform, PlanarFlow, RadialFlow, SigmoidTransform
 from lightning_gm.nn.flows.glow import GlowStep, InvertibleConv1x1
 from lightning_gm.nn.flows.made import MADE, MaskedLinear
 from lightning_gm.nn.flows.multiscale import MultiScaleFlow, Squeeze, glow_multiscale, realnvp_multiscale
+from lightning_gm.nn.flows.normalization import ActNorm, BatchNormFlow, set_batch_norm_statistics
 from lightning_gm.nn.flows.permutation import ChannelShuffle, Permutation, RandomPermutation, ReversePermutation
 
 __all__ = [

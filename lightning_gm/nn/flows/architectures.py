@@ -34,7 +34,8 @@ from torch import Tensor, nn
 from lightning_gm.nn.flows.autoregressive import MaskedAutoregressiveFlow
 from lightning_gm.nn.flows.base import FlowLayer, FlowSequence
 from lightning_gm.nn.flows.coupling import AffineCoupling, alternating_mask, mlp_conditioner
-from lightning_gm.nn.flows.elementwise import ActNorm, BatchNormFlow, PlanarFlow, RadialFlow
+from lightning_gm.nn.flows.elementwise import PlanarFlow, RadialFlow
+from lightning_gm.nn.flows.normalization import ActNorm, BatchNormFlow
 from lightning_gm.nn.flows.multiscale import MultiScaleFlow, glow_multiscale, realnvp_multiscale
 from lightning_gm.nn.flows.permutation import RandomPermutation, ReversePermutation
 

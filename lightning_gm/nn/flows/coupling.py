@@ -34,7 +34,7 @@ import torch
 from torch import Tensor, nn
 
 from lightning_gm.nn.flows.base import FlowLayer, FlowSequence, affine_log_scale, sum_except_batch
-from lightning_gm.nn.flows.elementwise import ActNorm
+from lightning_gm.nn.flows.normalization import ActNorm
 
 __all__ = [
     "alternating_mask",
@@ -264,7 +264,7 @@ def realnvp_flow(
         num_layers: number of coupling layers (parity alternates).
         hidden_features: width of the default MLP conditioners.
         context_features: context size (0 = unconditional).
-        actnorm: insert an :class:`~lightning_gm.nn.flows.elementwise.ActNorm` before each coupling.
+        actnorm: insert an :class:`~lightning_gm.nn.flows.normalization.ActNorm` before each coupling.
         scale: scale map of the couplings.
         clamp: soft-clamp bound.
 

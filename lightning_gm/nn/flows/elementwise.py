@@ -1,4 +1,4 @@
-r"""Element-wise and low-rank flow layers: planar, radial, ActNorm, batch norm, affine, logit, sigmoid.
+"""Element-wise and low-rank flow layers: planar, radial, ActNorm, batch norm, affine, logit, sigmoid.
 
 All layers follow :class:`~lightning_gm.nn.flows.base.FlowLayer`'s convention:
 ``forward`` = data -> noise returning ``log|det dz/dx|`` of shape ``(B,)``,
@@ -17,7 +17,7 @@ References:
 from __future__ import annotations
 
 import math
-from typing import Iterable, Optional, Sequence, Tuple, Union
+from typing import Optional, Sequence, Tuple, Union
 
 import torch
 import torch.nn.functional as F
@@ -25,16 +25,7 @@ from torch import Tensor, nn
 
 from lightning_gm.nn.flows.base import FlowLayer, sum_except_batch
 
-__all__ = [
-    "PlanarFlow",
-    "RadialFlow",
-    "ActNorm",
-    "BatchNormFlow",
-    "set_batch_norm_statistics",
-    "ElementwiseAffine",
-    "LogitTransform",
-    "SigmoidTransform",
-]
+__all__ = ["PlanarFlow", "RadialFlow", "ElementwiseAffine", "LogitTransform", "SigmoidTransform"]
 
 
 class PlanarFlow(FlowLayer):
@@ -183,193 +174,6 @@ class RadialFlow(FlowLayer):
         r = torch.where(bq > 0, r_pos, r_neg)
         x = self.x0 + diff / (1.0 + beta / (alpha + r)).unsqueeze(-1)
         return x, -self._ladj(r, alpha, beta)
-
-
-def _channel_view(t: Tensor, ndim: int) -> Tensor:
-    """Reshape a ``(C,)`` tensor to ``(1, C, 1, ..., 1)`` for an input with ``ndim`` dims."""
-    return t.view(1, -1, *([1] * (ndim - 2)))
-
-
-class ActNorm(FlowLayer):
-    r"""Activation normalisation with data-dependent initialisation (Glow).
-
-    Per-channel affine map on ``(B, C)`` or ``(B, C, *spatial)`` (channels on dim 1):
-
-    .. math::
-
-        z = (x - \mu) \odot e^{-\log\sigma}, \qquad
-        \log\left|\det \frac{\partial z}{\partial x}\right| = -\Big(\prod \text{spatial}\Big)\sum_{c=1}^C \log\sigma_c .
-
-    On the first call of ``forward`` in training mode while the ``initialized`` buffer
-    is ``False``, :math:`\mu` and :math:`\log\sigma` are set to the per-channel mean and
-    log standard deviation (biased, plus ``eps``) of that batch, so the output of the
-    initialisation batch has zero mean and unit variance per channel. ``initialized`` is
-    a buffer, so it is saved in / restored from ``state_dict``. ``inverse`` and eval-mode
-    calls never initialise (the layer is the identity until initialised).
-
-    Args:
-        num_features: number of channels :math:`C`.
-        eps: added to the standard deviation at initialisation.
-
-    References:
-        Kingma & Dhariwal, "Glow: Generative Flow with Invertible 1x1 Convolutions", NeurIPS 2018.
-    """
-
-    initialized: Tensor
-
-    def __init__(self, num_features: int, eps: float = 1e-6) -> None:
-        super().__init__()
-        self.num_features = num_features
-        self.eps = eps
-        self.loc = nn.Parameter(torch.zeros(num_features))
-        self.log_scale = nn.Parameter(torch.zeros(num_features))
-        self.register_buffer("initialized", torch.tensor(False))
-
-    @torch.no_grad()
-    def initialize(self, x: Tensor) -> None:
-        """Data-dependent initialisation from a batch ``x`` of shape ``(B, C, *spatial)``."""
-        dims = [d for d in range(x.dim()) if d != 1]
-        mean = x.mean(dim=dims)
-        std = x.std(dim=dims, unbiased=False)
-        self.loc.copy_(mean)
-        self.log_scale.copy_(torch.log(std + self.eps))
-        self.initialized.fill_(True)
-
-    def _ladj(self, x: Tensor) -> Tensor:
-        spatial = int(math.prod(x.shape[2:]))
-        return (-self.log_scale.sum() * spatial).expand(x.shape[0])
-
-    def forward(self, x: Tensor, context: Optional[Tensor] = None) -> Tuple[Tensor, Tensor]:
-        if self.training and not bool(self.initialized):
-            self.initialize(x.detach())
-        loc = _channel_view(self.loc, x.dim())
-        log_scale = _channel_view(self.log_scale, x.dim())
-        z = (x - loc) * torch.exp(-log_scale)
-        return z, self._ladj(x)
-
-    def inverse(self, z: Tensor, context: Optional[Tensor] = None) -> Tuple[Tensor, Tensor]:
-        loc = _channel_view(self.loc, z.dim())
-        log_scale = _channel_view(self.log_scale, z.dim())
-        x = z * torch.exp(log_scale) + loc
-        return x, -self._ladj(z)
-
-
-class BatchNormFlow(FlowLayer):
-    r"""Batch normalisation as an invertible layer (RealNVP, MAF), per channel on ``(B, C)`` or ``(B, C, *spatial)``.
-
-    .. math::
-
-        z = e^{\log\gamma} \odot \frac{x - m}{\sqrt{v}} + \beta, \qquad
-        \log\left|\det \frac{\partial z}{\partial x}\right| =
-        \Big(\prod \text{spatial}\Big) \sum_{c=1}^C \Big[\log\gamma_c - \tfrac12 \log v_c\Big],
-
-    with :math:`\log\gamma, \beta` learned (initially 0: the layer starts as plain standardisation). In
-    training mode :math:`m, v` are the batch's per-channel mean and biased variance plus ``eps`` (gradients flow
-    through them, as in Dinh et al. and Papamakarios et al.). In evaluation mode (and in ``inverse``) they are
-    the mean and variance of the data set last passed through :func:`set_batch_norm_statistics` (the MAF
-    authors' ``set_batch_norm_stats``: the statistics of the training set under the current parameters,
-    recomputed before every validation), :math:`m = 0, v = 1` (their initial values) before that. The
-    statistics are float64 buffers, saved in checkpoints.
-
-    Args:
-        num_features: number of channels :math:`C`.
-        eps: added to the variance (``1e-5`` in the MAF code, ``1e-4`` in RealNVP's).
-
-    References:
-        Dinh, Sohl-Dickstein & Bengio, "Density estimation using Real NVP", ICLR 2017 (Sec. 3.7).
-        Papamakarios, Pavlakou & Murray, "Masked Autoregressive Flow for Density Estimation", NeurIPS 2017 (Sec. 3.4).
-        Ioffe & Szegedy, "Batch Normalization", ICML 2015.
-    """
-
-    stat_sum: Tensor
-    stat_sum_sq: Tensor
-    stat_count: Tensor
-
-    def __init__(self, num_features: int, eps: float = 1e-5) -> None:
-        super().__init__()
-        self.num_features = num_features
-        self.eps = eps
-        self.log_gamma = nn.Parameter(torch.zeros(num_features))
-        self.beta = nn.Parameter(torch.zeros(num_features))
-        self.register_buffer("stat_sum", torch.zeros(num_features, dtype=torch.float64))
-        self.register_buffer("stat_sum_sq", torch.zeros(num_features, dtype=torch.float64))
-        self.register_buffer("stat_count", torch.zeros((), dtype=torch.float64))
-        #: accumulate the values seen in training mode into the statistics (set by set_batch_norm_statistics)
-        self.collecting = False
-
-    def reset_statistics(self) -> None:
-        """Forget the statistics (evaluation then uses :math:`m = 0, v = 1` until new ones are gathered)."""
-        self.stat_sum.zero_()
-        self.stat_sum_sq.zero_()
-        self.stat_count.zero_()
-
-    def statistics(self) -> Tuple[Tensor, Tensor]:
-        """The evaluation-mode ``(mean, variance + eps)``, each ``(C,)``, in the dtype of the parameters."""
-        if float(self.stat_count) == 0:
-            mean, var = torch.zeros_like(self.stat_sum), torch.ones_like(self.stat_sum)
-        else:
-            mean = self.stat_sum / self.stat_count
-            var = (self.stat_sum_sq / self.stat_count - mean * mean).clamp_min(0.0)
-        return mean.to(self.beta.dtype), (var + self.eps).to(self.beta.dtype)
-
-    def _moments(self, x: Tensor) -> Tuple[Tensor, Tensor]:
-        if not self.training:
-            return self.statistics()
-        dims = [d for d in range(x.dim()) if d != 1]
-        mean = x.mean(dim=dims)
-        var = (x - _channel_view(mean, x.dim())).pow(2).mean(dim=dims) + self.eps
-        if self.collecting:
-            with torch.no_grad():
-                flat = x.detach().transpose(0, 1).reshape(self.num_features, -1).double()
-                self.stat_sum.add_(flat.sum(1))
-                self.stat_sum_sq.add_(flat.pow(2).sum(1))
-                self.stat_count.add_(flat.shape[1])
-        return mean, var
-
-    def _ladj(self, var: Tensor, x: Tensor) -> Tensor:
-        spatial = int(math.prod(x.shape[2:]))
-        return ((self.log_gamma - 0.5 * torch.log(var)).sum() * spatial).expand(x.shape[0])
-
-    def forward(self, x: Tensor, context: Optional[Tensor] = None) -> Tuple[Tensor, Tensor]:
-        mean, var = self._moments(x)
-        scale = _channel_view(torch.exp(self.log_gamma - 0.5 * torch.log(var)), x.dim())
-        z = (x - _channel_view(mean, x.dim())) * scale + _channel_view(self.beta, x.dim())
-        return z, self._ladj(var, x)
-
-    def inverse(self, z: Tensor, context: Optional[Tensor] = None) -> Tuple[Tensor, Tensor]:
-        mean, var = self.statistics()
-        scale = _channel_view(torch.exp(0.5 * torch.log(var) - self.log_gamma), z.dim())
-        x = (z - _channel_view(self.beta, z.dim())) * scale + _channel_view(mean, z.dim())
-        return x, -self._ladj(var, z)
-
-
-@torch.no_grad()
-def set_batch_norm_statistics(flow: nn.Module, batches: Iterable[Tensor],
-                              context: Optional[Iterable[Optional[Tensor]]] = None) -> int:
-    r"""Set the evaluation statistics of every :class:`BatchNormFlow` in ``flow`` from a data set.
-
-    The data are passed through ``flow`` with only its batch-norm layers in training mode (every other module
-    keeps its mode), so each layer normalises with its batch's moments, as in training, and accumulates the
-    mean and variance of all the values it sees: with the training set this is the MAF authors'
-    ``set_batch_norm_stats``. The modes are restored afterwards. Returns the number of examples passed.
-    """
-    layers = [m for m in flow.modules() if isinstance(m, BatchNormFlow)]
-    modes = [(m, m.training) for m in layers]
-    seen = 0
-    try:
-        for m in layers:
-            m.reset_statistics()
-            m.collecting = True
-            m.train()
-        contexts = iter(context) if context is not None else None
-        for x in batches:
-            flow(x, next(contexts) if contexts is not None else None)
-            seen += x.shape[0]
-    finally:
-        for m, mode in modes:
-            m.collecting = False
-            m.train(mode)
-    return seen
 
 
 class ElementwiseAffine(FlowLayer):

@@ -28,7 +28,7 @@ from torch import Tensor, nn
 
 from lightning_gm.nn.flows.base import FlowLayer, FlowSequence
 from lightning_gm.nn.flows.coupling import AffineCoupling, channel_mask
-from lightning_gm.nn.flows.elementwise import ActNorm
+from lightning_gm.nn.flows.normalization import ActNorm
 
 __all__ = ["InvertibleConv1x1", "GlowStep"]
 

@@ -33,7 +33,8 @@ from torch import Tensor, nn
 
 from lightning_gm.nn.flows.base import FlowLayer, FlowSequence
 from lightning_gm.nn.flows.coupling import AffineCoupling, channel_mask, checkerboard_mask, resnet_conditioner
-from lightning_gm.nn.flows.elementwise import BatchNormFlow, ElementwiseAffine
+from lightning_gm.nn.flows.elementwise import ElementwiseAffine
+from lightning_gm.nn.flows.normalization import BatchNormFlow
 from lightning_gm.nn.flows.glow import GlowStep
 
 __all__ = ["Squeeze", "MultiScaleFlow", "glow_multiscale", "realnvp_multiscale"]
