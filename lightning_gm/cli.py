@@ -34,12 +34,13 @@ from lightning.pytorch.callbacks import ModelCheckpoint, ModelSummary, ProgressB
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from lightning.pytorch.loggers import WandbLogger
 
-from lightning_gm import find_checkpoint, imported_class, signals
+from lightning_gm import signals
 from lightning_gm.callbacks import DivergenceGuard, RNGStateCheckpoint, RunSummary
 from lightning_gm.callbacks.checkpoint import LastCheckpoint, best_checkpoint
 from lightning_gm.callbacks.console import EpochProgressBar, OneLineSummary
 from lightning_gm.callbacks.pruning import PRUNED_EXIT_CODE, TRIAL_ENV, OptunaPruning
 from lightning_gm.callbacks.summary import format_test_table, read_summary, write_json_atomic
+from lightning_gm.cli_checkpoint import CheckpointArguments, is_rank_zero
 from lightning_gm.command import main
 from lightning_gm.data.modules import GenerativeDataModule
 from lightning_gm.errors import ConfigError, LightningGMError
@@ -80,37 +81,7 @@ def _relative(path: str) -> str:
         return str(path)
 
 
-def _is_rank_zero() -> bool:
-    return os.environ.get("LOCAL_RANK", "0") == "0" and os.environ.get("NODE_RANK", "0") == "0"
-
-
-def _config_sets_model(path: Path, seen: Optional[set[Path]] = None) -> bool:
-    """Whether the config file ``path`` (or a file it includes with ``config:``) gives the model."""
-    import yaml
-
-    seen = seen if seen is not None else set()
-    path = path.resolve()
-    if path in seen:
-        return False
-    seen.add(path)
-    try:
-        data = yaml.safe_load(path.read_text())
-    except (OSError, yaml.YAMLError):
-        return False
-    if not isinstance(data, dict):
-        return False
-    sections = [data, *(data[k] for k in ("fit", "validate", "test", "predict") if isinstance(data.get(k), dict))]
-    for section in sections:
-        if any(k == "model" or str(k).startswith("model.") for k in section):
-            return True
-        includes = section.get("config")
-        for include in includes if isinstance(includes, list) else [includes] if includes else []:
-            if _config_sets_model(path.parent / str(include), seen):
-                return True
-    return False
-
-
-class GenerativeCLI(LightningCLI):
+class GenerativeCLI(CheckpointArguments, LightningCLI):
     """LightningCLI in ``omegaconf+`` mode, subclass mode for ``model`` and ``data``, with run folders.
 
     How configs compose (all of it jsonargparse's own parsing, see the README, "Configs"):
@@ -195,67 +166,6 @@ class GenerativeCLI(LightningCLI):
                 "with a manual optimisation step, which does not accumulate gradients; raise data.init_args.batch_size "
                 "instead")
 
-    def _parse_ckpt_path(self) -> None:
-        """Lightning lets a checkpoint's saved hyperparameters override the command line; with a ``--config`` that
-        gives the model (e.g. the run's resolved config.yaml) the config and its overrides win, so ``test --config
-        run/config.yaml --ckpt_path ... --model.init_args.evaluation.test_k=1000`` means it. A ``--config`` that does
-        not give the model (say, only a data block) does not stop the checkpoint from rebuilding it: the model is then
-        the checkpoint's, not the class defaults. Checkpoints written before a family's parameter groups have their
-        flat hyperparameters folded into the groups first (the model class's ``flat_keys``)."""
-        # omegaconf+ drops the parsed `config` key when it resolves an interpolation: the command line says it too
-        sub = self.config.get("subcommand")
-        if not sub:
-            return
-        files = [str(f) for f in self.config[sub].get("config") or []] or GenerativeArgumentParser.config_files
-        if any(_config_sets_model(Path(f)) for f in files):
-            return
-        self._refuse_unrecorded_checkpoint()
-        ckpt_path = self.config[sub].get("ckpt_path")
-        if not ckpt_path or not Path(ckpt_path).is_file():
-            return
-        from lightning_gm.models.checkpointing import read_hparams
-
-        hparams = dict(read_hparams(ckpt_path, weights_only=True))
-        hparams.pop("_instantiator", None)
-        if "_class_path" not in hparams:
-            return super()._parse_ckpt_path()
-        class_path = hparams.pop("_class_path")
-        cls = imported_class(class_path)
-        flat_keys = getattr(cls, "flat_keys", None)
-        if flat_keys:
-            from lightning_gm.groups import upgrade_hparams
-
-            hparams = upgrade_hparams(hparams, flat_keys, getattr(cls, "introduced", None))
-        try:
-            self.config = self.parser.parse_object({sub: {"model": {"class_path": class_path, "dict_kwargs": hparams}}},
-                                                   self.config)
-        except SystemExit:
-            sys.stderr.write(f"lightning_gm: error: the hyperparameters saved in {ckpt_path} do not build a "
-                             f"{cls.__name__} of this version; give the run's configuration: --config <run>/config.yaml\n")
-            raise
-
-    def _refuse_unrecorded_checkpoint(self) -> None:
-        """Without a ``--config`` the model is rebuilt from the checkpoint's hyperparameters alone: refuse a
-        checkpoint that does not record an injected module (it would come back with the default one)."""
-        ckpt_path = self.config[self.config.subcommand].get("ckpt_path") if self.config.get("subcommand") else None
-        if not ckpt_path or not Path(ckpt_path).is_file():
-            return
-        from lightning_gm.models.base import GenerativeModel
-        from lightning_gm.models.checkpointing import read_hparams
-
-        hparams = read_hparams(ckpt_path, weights_only=True)
-        model_cfg = self.config[self.config.subcommand].get("model")
-        class_path = hparams.get("_class_path") or (model_cfg.get("class_path") if model_cfg else None)
-        cls = imported_class(class_path)
-        if not (isinstance(cls, type) and issubclass(cls, GenerativeModel)):
-            return
-        missing = cls.unrecorded_init_args(hparams)
-        if missing:
-            raise ConfigError(
-                f"checkpoint {str(ckpt_path)!r} does not record the {cls.__name__} argument(s) "
-                f"{', '.join(missing)}; give the run's configuration: --config <run folder>/config.yaml "
-                f"--ckpt_path {ckpt_path}")
-
     # --- the run folder ------------------------------------------------------------------------
     def _section(self) -> Namespace:
         return self.config[self.subcommand] if self.subcommand else self.config
@@ -288,32 +198,6 @@ class GenerativeCLI(LightningCLI):
         wandb = self.run_dir / "wandb"
         return {p.name for p in self.run_dir.iterdir()} | (
             {f"wandb/{p.name}" for p in wandb.iterdir()} if wandb.is_dir() else set())
-
-    def _resolve_checkpoint(self, cfg: Namespace) -> None:
-        """``--ckpt_path last`` / ``best`` name the run folder's checkpoints; ``test`` / ``validate`` / ``predict``
-        without one use the run's best checkpoint (not the untrained model); ``fit`` without one refuses a folder
-        that already holds a trained run (it would be overwritten)."""
-        assert self.run_dir is not None
-        folder = self.run_dir / "checkpoints"
-        ckpt = cfg.get("ckpt_path")
-        resume = f"lightning_gm fit --config {self.run_dir / 'config.yaml'} --ckpt_path last"
-        if ckpt == "last":
-            last = folder / "last.ckpt"
-            if not last.is_file():
-                raise ConfigError(
-                    f"--ckpt_path last: {last} does not exist, so there is nothing to resume in {self.run_dir} "
-                    "(the run stopped before its first step, or this is not its folder: resume a run with its own "
-                    "configuration, --config runs/<experiment>/<run>/config.yaml --ckpt_path last)")
-            cfg.ckpt_path = str(last)
-        elif ckpt == "best" or (ckpt is None and self.subcommand != "fit" and folder.is_dir()):
-            try:
-                cfg.ckpt_path = str(find_checkpoint(folder))
-            except LightningGMError as exc:
-                raise ConfigError(f"--ckpt_path {ckpt or '(none)'}: {exc}") from None
-        elif ckpt is None and self.subcommand == "fit" and _is_rank_zero() and any(folder.glob("*.ckpt")):
-            raise ConfigError(
-                f"{self.run_dir} already holds a trained run: resume it with `{resume}`, or start a new run "
-                "with another --run_name (or remove the folder)")
 
     @staticmethod
     def _fresh_run_name(parent: Path) -> str:
@@ -389,12 +273,12 @@ class GenerativeCLI(LightningCLI):
     def _preflight(self, stage: str) -> None:
         """Read the data before any logger, W&B run or file is created: a missing or broken data file is then
         a failed start that leaves nothing behind."""
-        if _is_rank_zero() and self.datamodule is not None:
+        if is_rank_zero() and self.datamodule is not None:
             self.datamodule.prepare_data()
             self.datamodule.setup(stage)
 
     def _announce(self, what: str) -> None:
-        if _is_rank_zero():
+        if is_rank_zero():
             print(f"lightning_gm {self.subcommand}: {what}", flush=True)
 
     def before_fit(self) -> None:
@@ -469,7 +353,7 @@ class GenerativeCLI(LightningCLI):
                 if unloadable is not None:
                     raise unloadable from exc
             raise exc
-        if not _is_rank_zero():
+        if not is_rank_zero():
             return signals.exit_code(sig)
         if not started:
             print(f"lightning_gm {self.subcommand}: stopped by {sig} before the run started; nothing was written",
@@ -477,22 +361,6 @@ class GenerativeCLI(LightningCLI):
             return signals.exit_code(sig)
         print(f"lightning_gm {self.subcommand}: {self._stop_message(sig)}", file=sys.stderr, flush=True)
         return signals.exit_code(sig)
-
-    def _unloadable_checkpoint(self, exc: BaseException) -> Optional[ConfigError]:
-        """A checkpoint that Lightning could not load into this model, as one line naming it (the weights of another
-        configuration: the first mismatch; a file torch cannot read: its first line, without torch's advice)."""
-        if getattr(self, "subcommand", None) is None or getattr(self, "config", None) is None:
-            return None
-        ckpt = self._section().get("ckpt_path")
-        text = str(exc)
-        if not ckpt or not (text.startswith("Error(s) in loading state_dict") or "Weights only load failed" in text
-                            or type(exc).__name__ in ("UnpicklingError", "EOFError")):
-            return None
-        detail = next((ln.strip() for ln in text.splitlines()[1:] if ln.strip()), "") \
-            if text.startswith("Error(s)") else text.splitlines()[0].split(". ")[0] if text else type(exc).__name__
-        hint = " (trained with another configuration? give its run's: --config <run>/config.yaml)" \
-            if text.startswith("Error(s)") else ""
-        return ConfigError(f"checkpoint {ckpt} does not load into this {type(self.model).__name__}: {detail}{hint}")
 
     def _stop_message(self, sig: str) -> str:
         assert self.run_dir is not None
@@ -513,7 +381,7 @@ class GenerativeCLI(LightningCLI):
     def _remove_failed_start(self) -> None:
         """Remove what this command created before its loop started: the whole run folder if it is new, else
         the entries it added (its config file, its W&B files)."""
-        if self.run_dir is None or not self.run_dir.exists() or not _is_rank_zero():
+        if self.run_dir is None or not self.run_dir.exists() or not is_rank_zero():
             return
         if self.created_run_dir:
             shutil.rmtree(self.run_dir, ignore_errors=True)

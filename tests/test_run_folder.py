@@ -239,7 +239,9 @@ def test_ctrl_c_in_the_first_epoch_leaves_a_checkpoint_to_resume(tmp_path):
     the epoch."""
     env = _env(WANDB_MODE="disabled")
     run = tmp_path / "runs/vae_digits/c"
-    args = ["--data.init_args.batch_size=2", "--trainer.enable_progress_bar=false", "--test_after_fit=false"]
+    # wider layers make the 599 steps of the first epoch last several seconds even on an idle machine
+    args = ["--data.init_args.batch_size=2", "--model.init_args.hidden=[1024, 1024]",
+            "--trainer.enable_progress_bar=false", "--test_after_fit=false"]
     proc = subprocess.Popen(_command("fit", "--config", DIGITS, "--run_name=c", "--trainer.max_epochs=3", *args),
                             cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     _wait_for(lambda: _summary(run)["status"] == "running")
