@@ -14,32 +14,17 @@ import argparse
 import math
 import statistics
 
+import sys
+from pathlib import Path
+
 import torch
 
 from lightning_gm.estimators.ais import ais_log_partition, base_rate_log_odds
 from lightning_gm.estimators.partition import log_partition_enumerate
 from lightning_gm.estimators.rbm_ais import RBMAnnealingPath
-from lightning_gm.nn.rbm import BernoulliRBM
 
-
-def digits_rbm() -> tuple[BernoulliRBM, torch.Tensor]:
-    from sklearn.datasets import load_digits
-
-    x = torch.tensor(load_digits().data / 16.0 > 0.5, dtype=torch.float32)
-    torch.manual_seed(0)
-    g = torch.Generator().manual_seed(0)
-    rbm = BernoulliRBM(64, 20)
-    rbm.init_visible_bias_from_data(x)
-    opt = torch.optim.SGD(rbm.parameters(), lr=0.1, momentum=0.5)
-    chains = torch.bernoulli(torch.full((100, 64), 0.5), generator=g)
-    for _ in range(600):
-        batch = x[torch.randint(0, len(x), (100,), generator=g)]
-        chains = rbm.gibbs_vhv(chains, 1, generator=g).v
-        opt.zero_grad()
-        rbm.cd_loss(batch, chains).backward()
-        opt.step()
-    rbm.requires_grad_(False)
-    return rbm, x
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository: the tests' trained model
+from tests.estimators.conftest import train_digits_rbm  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -49,7 +34,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--steps", type=int, nargs="+", default=[3, 5, 10, 30, 100, 1000, 3000])
     args = p.parse_args(argv)
     torch.set_num_threads(1)
-    rbm, x = digits_rbm()
+    rbm, x = train_digits_rbm()
     exact = log_partition_enumerate(rbm)
     path = RBMAnnealingPath(rbm, base_rate_log_odds(x))
     print(f"exact log Z = {exact:.4f}; {args.runs} runs, {args.seeds} seeds per schedule\n")

@@ -88,7 +88,7 @@ class CheckpointArguments:
         cls = imported_class(class_path)
         flat_keys = getattr(cls, "flat_keys", None)
         if flat_keys:
-            from lightning_gm.groups import upgrade_hparams
+            from lightning_gm.models.migration import upgrade_hparams
 
             hparams = upgrade_hparams(hparams, flat_keys, getattr(cls, "introduced", None))
         try:

@@ -10,27 +10,16 @@ declaring the argument again with another instance (``cd: CD = CD(persistent=Fal
 Checkpoints store a group as a plain dictionary (so they load with ``weights_only=True``) and
 :meth:`ParameterGroup.coerce` turns it back into the group.
 
-Checkpoints written before a family's knobs became groups (flat ``k=``, ``ais_runs=``, ``beta=``, ``test_k=``)
-still load, by one of two routes kept here side by side: a family whose ``__init__`` still accepts the old names
-as ``**flat`` folds them in with :func:`fold_flat_hparams` and stores the groups with :func:`record_groups` (the
-energy families); a family that dropped them lists them in a :data:`FlatKeys` table and mixes in
-:class:`GroupedHyperparameters`, whose ``load_from_checkpoint`` rewrites the checkpoint's hyperparameters in memory
-first (the VAE family, the SBN).
+How checkpoints written before a family's groups still load is the models' business:
+:mod:`lightning_gm.models.migration` (this module, imported by ``nn/`` and ``estimators/``, stays plain data).
 """
 
 from __future__ import annotations
 
-import copy
 import dataclasses
-import inspect
-import io
-from pathlib import Path
-from typing import IO, Any, ClassVar, Mapping, Optional, TypeVar, Union
+from typing import Any, ClassVar, Mapping, TypeVar
 
-import torch
-
-__all__ = ["ParameterGroup", "FlatKeys", "GroupedHyperparameters", "fold_flat_hparams", "record_groups",
-           "upgrade_hparams", "upgraded_checkpoint", "groups_as_dicts"]
+__all__ = ["ParameterGroup"]
 
 G = TypeVar("G", bound="ParameterGroup")
 
@@ -75,141 +64,3 @@ class ParameterGroup:
     def replace(self: G, **changes: Any) -> G:
         """A copy with some fields changed (checked again)."""
         return dataclasses.replace(self, **changes)  # type: ignore[type-var]
-
-
-# ---------------------------------------------------------------------------------------- old checkpoints
-def fold_flat_hparams(owner: str, flat: Mapping[str, Any], groups: dict[str, ParameterGroup],
-                      keys: Mapping[str, tuple[str, str]]) -> dict[str, ParameterGroup]:
-    """Fold the flat hyperparameters of an old checkpoint (``ais_runs=...``, ``k=...``) into the groups.
-
-    Args:
-        owner: the class name, for the error message.
-        flat: the old keyword arguments (``**kwargs`` the new signature does not know).
-        groups: the groups as given, by argument name.
-        keys: old key -> ``(group argument, field)``.
-
-    Returns:
-        The groups with the old values in place (an old value wins over a group's default).
-
-    Raises:
-        TypeError: for a key that is neither a parameter nor an old flat key, as Python would.
-    """
-    unknown = sorted(set(flat) - set(keys))
-    if unknown:
-        raise TypeError(f"{owner}.__init__() got unexpected keyword argument(s) {', '.join(map(repr, unknown))}")
-    out = dict(groups)
-    for old, value in flat.items():
-        group, name = keys[old]
-        out[group] = out[group].replace(**{name: value})
-    return out
-
-
-def record_groups(module: Any, groups: Mapping[str, ParameterGroup], flat: Mapping[str, Any]) -> None:
-    """After ``save_hyperparameters``: store the groups (as plain dictionaries) instead of the old flat keys, so a
-    checkpoint written from an old one is in the new format."""
-    hparams = module._hparams
-    for key in flat:
-        hparams.pop(key, None)
-    for name, group in groups.items():
-        hparams[name] = group.as_dict()
-    module._hparams_initial = copy.deepcopy(hparams)
-
-
-#: ``old flat name -> (group, field)``, or ``None`` for a name that no longer means anything (dropped)
-FlatKeys = dict[str, Optional[tuple[str, str]]]
-
-
-def _needs_upgrade(hparams: dict[str, Any], keys: FlatKeys, introduced: dict[str, Any]) -> bool:
-    return any(k in hparams for k in keys) or any(k not in hparams for k in introduced)
-
-
-def upgrade_hparams(hparams: dict[str, Any], keys: FlatKeys, introduced: Optional[dict[str, Any]] = None
-                    ) -> dict[str, Any]:
-    """``hparams`` with every flat key of ``keys`` moved into its group (fields already in a group win), and every
-    argument of ``introduced`` that it lacks set to the value that reproduces the model it was written by."""
-    introduced = introduced or {}
-    if not _needs_upgrade(hparams, keys, introduced):
-        return hparams
-    out = {**{k: v for k, v in introduced.items() if k not in hparams}, **hparams}
-    groups: dict[str, dict[str, Any]] = {}
-    for old, target in keys.items():
-        if old not in out:
-            continue
-        value = out.pop(old)
-        if target is not None:
-            groups.setdefault(target[0], {})[target[1]] = value
-    for name, fields in groups.items():
-        existing = out.get(name) or {}
-        if dataclasses.is_dataclass(existing):
-            existing = dataclasses.asdict(existing)
-        out[name] = {**fields, **dict(existing)}
-    return out
-
-
-def upgraded_checkpoint(checkpoint_path: Union[str, Path, IO], keys: FlatKeys,
-                        weights_only: Optional[bool] = None, introduced: Optional[dict[str, Any]] = None
-                        ) -> Union[str, Path, IO]:
-    """``checkpoint_path`` itself when its hyperparameters need no upgrade, else an in-memory copy whose
-    ``hyper_parameters`` are upgraded by :func:`upgrade_hparams` (read with ``weights_only`` as Lightning would:
-    ``None`` is torch's default, ``True``)."""
-    safe = True if weights_only is None else bool(weights_only)
-    if isinstance(checkpoint_path, (str, Path)):
-        if str(checkpoint_path).startswith(("http://", "https://")) or not Path(checkpoint_path).is_file():
-            return checkpoint_path  # Lightning reports it
-        ckpt = torch.load(checkpoint_path, map_location="cpu", weights_only=safe)
-    else:
-        data = checkpoint_path.read()
-        ckpt = torch.load(io.BytesIO(data), map_location="cpu", weights_only=safe)
-        checkpoint_path = io.BytesIO(data)
-    hparams = ckpt.get("hyper_parameters") or {}
-    if not _needs_upgrade(hparams, keys, introduced or {}):
-        return checkpoint_path
-    ckpt["hyper_parameters"] = upgrade_hparams(hparams, keys, introduced)
-    buffer = io.BytesIO()
-    torch.save(ckpt, buffer)
-    buffer.seek(0)
-    return buffer
-
-
-def groups_as_dicts(hparams: Any, names: tuple[str, ...]) -> None:
-    """Replace the dataclass groups ``names`` in a hyperparameter mapping by plain dicts, in place."""
-    for name in names:
-        if name in hparams and dataclasses.is_dataclass(hparams[name]):
-            hparams[name] = dataclasses.asdict(hparams[name])
-
-
-class GroupedHyperparameters:
-    """Mixin (before :class:`~lightning_gm.models.base.GenerativeModel` in the bases) for a family whose knobs
-    are parameter groups: its checkpoints store the groups as mappings, and checkpoints written before the
-    groups (flat hyperparameters, listed in :attr:`flat_keys`) still load.
-
-    Attributes:
-        groups: the ``__init__`` arguments that are parameter groups (frozen dataclasses).
-        flat_keys: the old flat names and the ``(group, field)`` each moved to.
-        introduced: arguments added since checkpoints were first written, with the value that reproduces the
-            older model (e.g. ``init="torch"``): a checkpoint that lacks one gets that value, not the new default.
-    """
-
-    groups: ClassVar[tuple[str, ...]] = ()
-    flat_keys: ClassVar[FlatKeys] = {}
-    introduced: ClassVar[dict[str, Any]] = {}  # as GenerativeModel.introduced
-
-    @classmethod
-    def load_from_checkpoint(cls, checkpoint_path: Any, *args: Any, **kwargs: Any):  # type: ignore[no-untyped-def]
-        """The base's ``load_from_checkpoint``, flat hyperparameters folded into their groups first."""
-        # (arguments introduced since are the base's: GenerativeModel.load_from_checkpoint fills them in)
-        upgraded = upgraded_checkpoint(checkpoint_path, cls.flat_keys, kwargs.get("weights_only"))
-        return super().load_from_checkpoint(upgraded, *args, **kwargs)  # type: ignore[misc]
-
-    @classmethod
-    def unrecorded_init_args(cls, hparams: dict[str, Any]) -> list[str]:
-        upgraded = upgrade_hparams(hparams, cls.flat_keys, cls.introduced)
-        return super().unrecorded_init_args(upgraded)  # type: ignore[misc]
-
-    def save_hyperparameters(self, *args: Any, **kwargs: Any) -> None:
-        """The base's ``save_hyperparameters``, with the groups stored as plain mappings (a checkpoint then loads
-        without unpickling classes, as ``weights_only`` loading requires)."""
-        kwargs.setdefault("frame", inspect.currentframe().f_back)  # type: ignore[union-attr]
-        super().save_hyperparameters(*args, **kwargs)  # type: ignore[misc]
-        groups_as_dicts(self._hparams, self.groups)  # type: ignore[attr-defined]
-        groups_as_dicts(self._hparams_initial, self.groups)  # type: ignore[attr-defined]

@@ -25,10 +25,10 @@ from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor, nn
 
 from lightning_gm.errors import ConfigError
-from lightning_gm.groups import fold_flat_hparams, record_groups
 from lightning_gm.models.base import GenerativeModel
 from lightning_gm.models.conv_rbm import ConvCD, check_positive, image_shape, scale_rows
 from lightning_gm.models.energy import FLAT_CD_KEYS, batch_data, seeded_rng, sgd_conv_rbm
+from lightning_gm.models.migration import fold_flat_hparams, record_groups
 from lightning_gm.nn.conv_rbm import ConvolutionalRBM, VisibleType
 from lightning_gm.nn.rbm import CD
 

@@ -42,7 +42,6 @@ from torch import Tensor
 from lightning_gm.errors import ConfigError
 from lightning_gm.estimators.ais import AISSchedule, AnnealingPath, base_rate_log_odds
 from lightning_gm.estimators.conv_rbm import ConvRBMAnnealingPath, conv_rbm_log_partition_enumerate
-from lightning_gm.groups import fold_flat_hparams, record_groups
 from lightning_gm.models.base import GenerativeModel
 from lightning_gm.models.energy import (
     FLAT_AIS_KEYS,
@@ -53,6 +52,7 @@ from lightning_gm.models.energy import (
     seeded_rng,
     sgd_conv_rbm,
 )
+from lightning_gm.models.migration import fold_flat_hparams, record_groups
 from lightning_gm.nn.conv_rbm import ConvolutionalRBM, VisibleType
 from lightning_gm.nn.rbm import CD
 

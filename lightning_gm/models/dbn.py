@@ -55,7 +55,6 @@ from lightning_gm.estimators.ais import AISSchedule, AnnealingPath, base_rate_lo
 from lightning_gm.estimators.partition import log_partition_enumerate
 from lightning_gm.estimators.rbm_ais import RBMAnnealingPath
 from lightning_gm.estimators.reverse import ReverseStart
-from lightning_gm.groups import fold_flat_hparams, record_groups
 from lightning_gm.models.base import GenerativeModel
 from lightning_gm.models.energy import (
     FLAT_AIS_KEYS,
@@ -66,6 +65,7 @@ from lightning_gm.models.energy import (
     seeded_rng,
     sgd_binary_rbm,
 )
+from lightning_gm.models.migration import fold_flat_hparams, record_groups
 from lightning_gm.models.rbm import cd_step
 from lightning_gm.nn.rbm import CD, BernoulliRBM, bernoulli
 

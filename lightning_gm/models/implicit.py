@@ -43,8 +43,8 @@ from lightning_gm.errors import ConfigError
 from lightning_gm.estimators.decoder_ais import HMCAnnealing, decoder_ais_log_prob, decoder_bdmc, gaussian_observation
 from lightning_gm.estimators.hmc import frozen_parameters
 from lightning_gm.estimators.mmd import DEFAULT_BANDWIDTHS, mmd2
-from lightning_gm.groups import fold_flat_hparams, record_groups
 from lightning_gm.models.base import GenerativeModel, adam
+from lightning_gm.models.migration import fold_flat_hparams, record_groups
 from lightning_gm.nn.generators import MLPGenerator
 from lightning_gm.progress import trainer_progress
 

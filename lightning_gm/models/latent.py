@@ -27,10 +27,11 @@ from torch import Tensor, nn
 from lightning_gm.errors import ConfigError
 from lightning_gm.estimators.importance import importance_weighted_log_prob, log_mean_exp
 from lightning_gm.estimators.seeded import IWEvaluation, SeededNoise
-from lightning_gm.groups import FlatKeys, GroupedHyperparameters, ParameterGroup
+from lightning_gm.groups import ParameterGroup
 from lightning_gm.models.base import GenerativeModel, adam
 from lightning_gm.models.checkpointing import UNSAVED_KEY
 from lightning_gm.models.manual_loop import ClipAlgorithm, ManualLoop
+from lightning_gm.models.migration import FlatKeys, GroupedHyperparameters
 from lightning_gm.nn.likelihoods import BernoulliLikelihood, Likelihood
 from lightning_gm.nn.posterior import PosteriorFlow
 from lightning_gm.nn.priors import Prior

@@ -46,9 +46,9 @@ from lightning_gm.errors import ConfigError
 from lightning_gm.estimators.ais import AISSchedule, AnnealingPath, base_rate_log_odds
 from lightning_gm.estimators.dbm import DBMAnnealingPath, dbm_exact_log_partition, dbm_reverse_start
 from lightning_gm.estimators.reverse import ReverseStart
-from lightning_gm.groups import fold_flat_hparams, record_groups
 from lightning_gm.models.base import GenerativeModel
 from lightning_gm.models.energy import FLAT_AIS_KEYS, PartitionMixin
+from lightning_gm.models.migration import fold_flat_hparams, record_groups
 from lightning_gm.nn.dbm import BinaryDBM
 from lightning_gm.nn.mpdbm import MaskedMeanField, label_logits, layer_conditional, masked_mean_field, multi_prediction_loss, sample_missing
 

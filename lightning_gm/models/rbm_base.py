@@ -66,7 +66,6 @@ from lightning_gm.errors import ConfigError
 from lightning_gm.estimators.ais import AISSchedule, AnnealingPath
 from lightning_gm.estimators.partition import log_partition_enumerate
 from lightning_gm.estimators.rbm_ais import RBMAnnealingPath
-from lightning_gm.groups import fold_flat_hparams, record_groups
 from lightning_gm.models.base import GenerativeModel
 from lightning_gm.models.energy import (
     FLAT_AIS_KEYS,
@@ -79,6 +78,7 @@ from lightning_gm.models.energy import (
     sgd_binary_rbm,
 )
 from lightning_gm.models.manual_loop import ClipAlgorithm, ManualLoop
+from lightning_gm.models.migration import fold_flat_hparams, record_groups
 from lightning_gm.nn.rbm import CD, BernoulliRBM, Penalties, RBMBase, with_gradients
 
 __all__ = ["RBMModelBase", "cd_step", "sparsity_penalty"]

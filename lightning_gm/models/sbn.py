@@ -38,8 +38,8 @@ from torch import Tensor
 from lightning_gm.errors import ConfigError
 from lightning_gm.estimators.importance import importance_weighted_log_prob, log_mean_exp
 from lightning_gm.estimators.seeded import IWEvaluation, SeededNoise
-from lightning_gm.groups import FlatKeys, GroupedHyperparameters
 from lightning_gm.models.base import GenerativeModel
+from lightning_gm.models.migration import FlatKeys, GroupedHyperparameters
 from lightning_gm.nn.sbn import Q_UPDATES, HelmholtzMachine
 
 __all__ = ["SigmoidBeliefNet", "TRAININGS"]

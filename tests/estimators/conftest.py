@@ -10,10 +10,9 @@ from lightning_gm.estimators.partition import log_partition_enumerate
 from lightning_gm.nn.rbm import BernoulliRBM
 
 
-@pytest.fixture(scope="session")
-def digits_rbm() -> dict:
-    """A 64x20 RBM trained with 600 PCD-1 steps on binarised 8x8 digits: ``rbm``, the data ``x``, its exact
-    ``log_z`` (2^20 hidden configurations) and the data's base-rate log-odds ``base``."""
+def train_digits_rbm() -> tuple[BernoulliRBM, torch.Tensor]:
+    """A 64x20 RBM trained with 600 PCD-1 steps on binarised 8x8 digits, and the data: the enumerable model of the
+    AIS tests and of ``bench/ais_interval_coverage.py``."""
     from sklearn.datasets import load_digits
 
     x = torch.tensor(load_digits().data / 16.0 > 0.5, dtype=torch.float32)
@@ -30,4 +29,12 @@ def digits_rbm() -> dict:
         rbm.cd_loss(batch, chains).backward()
         opt.step()
     rbm.requires_grad_(False)
+    return rbm, x
+
+
+@pytest.fixture(scope="session")
+def digits_rbm() -> dict:
+    """:func:`train_digits_rbm`'s ``rbm`` and data ``x``, its exact ``log_z`` (2^20 hidden configurations) and the
+    data's base-rate log-odds ``base``."""
+    rbm, x = train_digits_rbm()
     return {"rbm": rbm, "x": x, "log_z": log_partition_enumerate(rbm), "base": base_rate_log_odds(x)}
