@@ -4,8 +4,9 @@ into, and one line when it does not load (a mixin of :class:`~lightning_gm.cli.G
 * ``--ckpt_path last`` / ``best`` name the run folder's checkpoints; ``test`` / ``validate`` / ``predict`` without
   one use the run's best; ``fit`` without one refuses a folder that holds a trained run.
 * Lightning lets a checkpoint's saved hyperparameters rebuild the model; a ``--config`` that gives the model wins
-  over them (the run's own config and its overrides), one that does not (say, a data block) does not, and the
-  hyperparameters of checkpoints written before a family's parameter groups are folded into the groups first.
+  over them (the run's own config and its overrides), one that does not (say, a data block) does not, the
+  command line's own ``--model.<key>`` options always do, and the hyperparameters of checkpoints written before a
+  family's parameter groups are folded into the groups first.
 * A checkpoint that does not record an injected module, or that Lightning cannot load, is one line naming it.
 """
 
@@ -56,6 +57,17 @@ def _config_sets_model(path: Path, seen: Optional[set[Path]] = None) -> bool:
     return False
 
 
+def model_options(argv: list[str]) -> list[str]:
+    """The ``--model.<key>`` options of a command line, each with its value (``--model.k=v`` or ``--model.k v``)."""
+    out: list[str] = []
+    for i, arg in enumerate(argv):
+        if arg.startswith("--model."):
+            out.append(arg)
+            if "=" not in arg and i + 1 < len(argv) and not argv[i + 1].startswith("--"):
+                out.append(argv[i + 1])
+    return out
+
+
 class CheckpointArguments:
     """The checkpoint half of :class:`~lightning_gm.cli.GenerativeCLI` (it provides ``config``, ``parser``,
     ``subcommand``, ``run_dir``, ``model`` and ``_section()``)."""
@@ -83,7 +95,8 @@ class CheckpointArguments:
         hparams = dict(read_hparams(ckpt_path, weights_only=True))
         hparams.pop("_instantiator", None)
         if "_class_path" not in hparams:
-            return super()._parse_ckpt_path()
+            super()._parse_ckpt_path()  # type: ignore[misc]
+            return self._apply_model_options(sub)
         class_path = hparams.pop("_class_path")
         cls = imported_class(class_path)
         flat_keys = getattr(cls, "flat_keys", None)
@@ -98,6 +111,14 @@ class CheckpointArguments:
             sys.stderr.write(f"lightning_gm: error: the hyperparameters saved in {ckpt_path} do not build a "
                              f"{cls.__name__} of this version; give the run's configuration: --config <run>/config.yaml\n")
             raise
+        self._apply_model_options(sub)
+
+    def _apply_model_options(self, sub: str) -> None:
+        """The command line's own ``--model.<key>`` options win over the checkpoint's values: ``test --model=VAE
+        --ckpt_path ... --model.init_args.evaluation.test_k=1000`` tests with 1,000 samples."""
+        overrides = model_options(GenerativeArgumentParser.command_line)
+        if overrides:
+            self.config[sub] = self._parser(sub).parse_args(overrides, namespace=self.config[sub].clone())
 
     def _refuse_unrecorded_checkpoint(self) -> None:
         """Without a ``--config`` the model is rebuilt from the checkpoint's hyperparameters alone: refuse a

@@ -4,7 +4,10 @@
   line naming the key, the config file that holds it (when it is not on the command line) and a likely spelling;
 * :class:`SaveResolvedConfig`: the resolved configuration written into the run folder when a command's loop starts
   (``config.yaml`` for ``fit``, ``<command>-<time>.yaml`` for the others) and logged once as the W&B config;
-* :func:`count_before_fraction`: ``--trainer.limit_test_batches=1`` read as one batch, not 100%.
+* :func:`count_before_fraction`: ``--trainer.limit_test_batches=1`` read as one batch, not 100%;
+* :func:`upgraded_config_text`: a config file written before a family's parameter groups (an old run folder's
+  ``config.yaml`` with flat ``k``, ``num_chains``, ``ais_runs``, ...) read with those keys moved into the groups, as
+  its old checkpoints are.
 """
 
 from __future__ import annotations
@@ -21,7 +24,8 @@ import yaml
 from lightning.pytorch.cli import LightningArgumentParser, SaveConfigCallback
 from lightning.pytorch.loggers import CSVLogger as LightningCSVLogger
 
-__all__ = ["GenerativeArgumentParser", "SaveResolvedConfig", "condense_error", "count_before_fraction"]
+__all__ = ["GenerativeArgumentParser", "SaveResolvedConfig", "condense_error", "count_before_fraction",
+           "upgraded_config_text"]
 
 _NOISE = re.compile(
     r"^\s*(- )?(Does not validate against any of the Union subtypes|Subtypes: \[.*\]|Errors:"
@@ -47,6 +51,40 @@ def _flat_keys(data: Any, prefix: str = "") -> set[str]:
     return out
 
 
+def upgraded_config_text(content: str, path: Any = "") -> str:
+    """``content`` (a config file's text) with the flat model keys of an old run's configuration moved into their
+    parameter groups (the model class's ``flat_keys``; arguments it lacks get their ``introduced`` values, those that
+    reproduce the model it describes), and one line on stderr saying so; unchanged when there is nothing to move
+    (or the text is not YAML: the parser reports that)."""
+    from lightning_gm import imported_class
+
+    try:
+        data = yaml.safe_load(content)
+    except yaml.YAMLError:
+        return content
+    if not isinstance(data, dict):
+        return content
+    moved: list[str] = []
+    for section in [data, *(v for k, v in data.items() if k in ("fit", "validate", "test", "predict"))]:
+        model = section.get("model") if isinstance(section, dict) else None
+        init_args = model.get("init_args") if isinstance(model, dict) else None
+        keys = getattr(imported_class(model.get("class_path")), "flat_keys", None) if init_args else None
+        old = [k for k in init_args if k in keys] if isinstance(init_args, dict) and keys else []
+        if not old:
+            continue
+        from lightning_gm.models.migration import upgrade_hparams
+
+        cls = imported_class(model["class_path"])
+        model["init_args"] = upgrade_hparams(init_args, keys, getattr(cls, "introduced", None))
+        moved += [f"{k} as {'.'.join(keys[k])}" if keys[k] else f"{k} (no longer used)" for k in old]
+    if not moved:
+        return content
+    path = os.path.abspath(path) if path else ""  # jsonargparse reads a file from inside its folder
+    sys.stderr.write(f"lightning_gm: {path or 'the config'} was written before the parameter groups: read "
+                     f"{', '.join(moved)}\n")
+    return yaml.safe_dump(data, sort_keys=False)
+
+
 class GenerativeArgumentParser(LightningArgumentParser):
     """The CLI's parser: no abbreviated options (``--trainer.max_epoch`` is an error, not ``max_epochs``),
     and every error one line naming the key and, when it comes from a config file, the file."""
@@ -58,6 +96,10 @@ class GenerativeArgumentParser(LightningArgumentParser):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         kwargs.setdefault("allow_abbrev", False)
         super().__init__(*args, **kwargs)
+
+    def _load_config_parser_mode(self, content: str, path: Any = "", *args: Any, **kwargs: Any) -> Any:
+        """jsonargparse's reading of one config file, after :func:`upgraded_config_text`."""
+        return super()._load_config_parser_mode(upgraded_config_text(content, path), path, *args, **kwargs)
 
     def error(self, message: str, ex: Optional[Exception] = None) -> NoReturn:  # type: ignore[override]
         if not self.exit_on_error or os.environ.get("JSONARGPARSE_DEBUG"):

@@ -148,3 +148,30 @@ def test_a_composed_config_fits_and_its_run_config_fits_again(run_cli, tmp_path,
     assert again["model"] == saved["model"] and again["data"] == saved["data"]
     assert run_cli("fit", "--config", str(run / "config.yaml"), "--run_name=r2") == 0
     assert (tmp_path / "runs" / config[:-5] / "r2" / "checkpoints" / "last.ckpt").is_file()
+
+
+def test_an_old_run_config_with_flat_keys_is_read_into_the_groups(parser, tmp_path, capsys):
+    """A run folder's config.yaml written before the parameter groups (flat ``train_k``, ``test_k``, ``eval_seed``,
+    ``chunk_size``) still re-tests its run: the keys are read into their groups, with one line saying which."""
+    new = resolve(parser, "iwae.yaml")
+    old = {k: v for k, v in new.items() if k not in ("config", "__path__")}
+    init = dict(old["model"]["init_args"])
+    objective, evaluation = init.pop("objective"), init.pop("evaluation")
+    init.update(train_k=objective["train_k"], beta=objective["beta"], test_k=123, val_k=evaluation["val_k"],
+                eval_seed=7, chunk_size=500)
+    old["model"] = {**old["model"], "init_args": init}
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump(old, sort_keys=False))
+    capsys.readouterr()
+    again = resolve(parser, str(path))
+    err = capsys.readouterr().err
+    assert f"{path} was written before the parameter groups" in err
+    assert "test_k as evaluation.test_k" in err and "eval_seed as evaluation.seed" in err and "chunk_size (no" in err
+    assert again["model"]["init_args"]["evaluation"] == {**evaluation, "test_k": 123, "seed": 7}
+    assert again["model"]["init_args"]["objective"]["train_k"] == 50
+    assert again["model"] == {**new["model"], "init_args": {**new["model"]["init_args"],
+                                                           "evaluation": {**evaluation, "test_k": 123, "seed": 7}}}
+    # a current config says nothing and is read as written
+    capsys.readouterr()
+    resolve(parser, "iwae.yaml")
+    assert "parameter groups" not in capsys.readouterr().err

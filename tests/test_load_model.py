@@ -249,3 +249,26 @@ def test_a_data_only_config_does_not_replace_the_checkpoint_model(run_cli, tmp_p
     summary = json.loads((tmp_path / "runs/old/r/summary.json").read_text())
     assert summary["estimator"] == "iwae-7"  # the checkpoint's test_k, not the default 5000
     assert summary["num_parameters"] == sum(p.numel() for p in model.parameters())  # 64-7-3, not 784-200-200-50
+
+
+def test_command_line_model_options_win_over_the_checkpoint(run_cli, tmp_path):
+    """``lightning_gm test --model=VAE --ckpt_path x.ckpt --model.init_args.evaluation.test_k 3``: the checkpoint
+    rebuilds the model, and the model options written on the command line (either spelling) change it."""
+    torch.manual_seed(0)
+    model = VAE(data_shape=(64,), latent_dim=3, hidden=[7], evaluation={"test_k": 7})
+    path = _save(model, tmp_path / "m.ckpt")
+    ckpt = torch.load(path, weights_only=False)
+    ckpt["hyper_parameters"]["_class_path"] = "lightning_gm.models.VAE"  # as the command saves it
+    torch.save(ckpt, path)
+    common = ["--model=lightning_gm.models.VAE", f"--ckpt_path={path}", "--data=lightning_gm.data.DigitsDataModule",
+              "--data.init_args.binarize=static", "--trainer.logger=false", "--trainer.enable_progress_bar=false",
+              "--experiment=e"]
+    assert run_cli("test", *common, "--run_name=kept") == 0
+    assert run_cli("test", *common, "--model.init_args.evaluation.test_k", "3", "--run_name=set") == 0
+    assert run_cli("test", *common, "--model.init_args.evaluation.test_k=2", "--model.init_args.evaluation.seed=5",
+                   "--run_name=set2") == 0
+    label = {r: json.loads((tmp_path / f"runs/e/{r}/summary.json").read_text())["estimator"]
+             for r in ("kept", "set", "set2")}
+    assert label == {"kept": "iwae-7", "set": "iwae-3", "set2": "iwae-2"}
+    summary = json.loads((tmp_path / "runs/e/set/summary.json").read_text())
+    assert summary["num_parameters"] == sum(p.numel() for p in model.parameters())  # still the checkpoint's 64-7-3
