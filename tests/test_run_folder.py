@@ -87,6 +87,17 @@ def test_last_checkpoint_is_the_last_state_after_a_worse_epoch(tmp_path, monkeyp
     assert sorted(p.name for p in folder.iterdir()) == ["best-epoch=003.ckpt", "last.ckpt"]
 
 
+def test_last_checkpoint_is_written_in_epochs_without_validation(tmp_path, monkeypatch):
+    """``check_val_every_n_epoch: 5`` (conf/flow_toy.yaml) with a 2-epoch run: no validation ever runs, and
+    ``last.ckpt`` still holds the second epoch (Lightning's default would have waited for epoch 5: nothing saved)."""
+    monkeypatch.chdir(tmp_path)
+    assert _cli("fit", "--config", str(ROOT / "conf" / "flow_toy.yaml"), "--trainer.max_epochs=2",
+                "--trainer.limit_train_batches=3", "--trainer.callbacks=[]", "--run_name=r", "--test_after_fit=false",
+                *QUIET) == 0
+    last = torch.load(tmp_path / "runs/flow_toy/r/checkpoints/last.ckpt", weights_only=True)
+    assert (last["epoch"], last["global_step"]) == (1, 6)
+
+
 def test_fit_into_a_trained_run_folder_is_refused(tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
     common = ["--config", DIGITS, "--run_name=r", "--trainer.max_epochs=1", "--test_after_fit=false", *QUIET]

@@ -4,13 +4,15 @@ Lightning's ``ModelCheckpoint(save_top_k=1, save_last=True)`` rewrites ``last.ck
 top-k checkpoint, i.e. in epochs where the monitored metric improved: after a worse epoch ``last.ckpt`` is an
 older state, ``--ckpt_path last`` repeats epochs and a test of "last" scores an older model. So the run keeps
 two callbacks: :func:`best_checkpoint` (Lightning's, top-1 by the monitor) and :class:`LastCheckpoint`, which
-writes ``last.ckpt`` at the end of every epoch and, through Lightning's ``save_on_exception``, when the run is
+writes ``last.ckpt`` at the end of every epoch (with or without a validation in it, with or without an optimiser
+step in it) and, through Lightning's ``save_on_exception``, when the run is
 stopped by SIGINT or SIGTERM (also mid-epoch). An error (a NaN loss, a crash) writes nothing, so the last
 checkpoint stays the last good state.
 """
 
 from __future__ import annotations
 
+import os
 from typing import Any, Optional
 
 import lightning.pytorch as pl
@@ -39,8 +41,22 @@ class LastCheckpoint(ModelCheckpoint):
     """
 
     def __init__(self, dirpath: str) -> None:
+        # at the end of every training epoch (Lightning's hook runs after the epoch's validation), also in epochs
+        # without one (``check_val_every_n_epoch`` > 1), where Lightning's default would wait for the next validation
         super().__init__(dirpath=dirpath, filename=self.CHECKPOINT_NAME_LAST, monitor=None, save_top_k=1,
-                         save_last=False, save_on_exception=True, enable_version_counter=False)
+                         save_last=False, save_on_exception=True, enable_version_counter=False,
+                         save_on_train_epoch_end=True)
+
+    def on_train_epoch_end(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule") -> None:
+        """Lightning saves nothing while the global step is 0 ("no steps were taken"); a family that learns
+        without optimiser steps (the Hopfield network stores its patterns by a Hebbian rule) stays there, so its
+        epochs are saved here, through the trainer's public ``save_checkpoint``."""
+        super().on_train_epoch_end(trainer, pl_module)
+        if trainer.global_step == 0 and trainer.state.fn == "fit" and not trainer.sanity_checking \
+                and not trainer.fast_dev_run and self.dirpath:
+            path = os.path.join(self.dirpath, self.CHECKPOINT_NAME_LAST + self.FILE_EXTENSION)
+            trainer.save_checkpoint(path, self.save_weights_only)
+            self.best_model_path = path
 
     @property
     def state_key(self) -> str:

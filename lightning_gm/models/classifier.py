@@ -26,7 +26,6 @@ import math
 from pathlib import Path
 from typing import Any, ClassVar, Optional, Sequence
 
-import lightning.pytorch as pl
 import torch
 import torch.nn.functional as F
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
@@ -35,6 +34,7 @@ from torch import Tensor
 from lightning_gm.data.files import resolve_data_root
 from lightning_gm.errors import ConfigError
 from lightning_gm.models.base import adam
+from lightning_gm.models.checkpointing import RecordedHyperparameters
 from lightning_gm.nn.classifier import LeNet, save_feature_network
 
 __all__ = ["MNISTClassifier", "default_classifier_path", "CLASSIFIER_FILE", "TRAIN_COMMAND"]
@@ -50,7 +50,7 @@ def default_classifier_path() -> Path:
     return resolve_data_root() / "classifiers" / CLASSIFIER_FILE
 
 
-class MNISTClassifier(pl.LightningModule):
+class MNISTClassifier(RecordedHyperparameters):
     """LeNet-style digit classifier (:class:`~lightning_gm.nn.classifier.LeNet`); a feature network, not a
     generative model (it has no ``log_prob``/``sample``; the CLI trains it like any model).
 
@@ -83,6 +83,7 @@ class MNISTClassifier(pl.LightningModule):
         lr_scheduler: Optional[LRSchedulerCallable] = None,
     ) -> None:
         super().__init__()
+        self.save_hyperparameters(ignore=["optimizer", "lr_scheduler"])  # load_model(run) rebuilds it
         self.data_shape = tuple(int(s) for s in data_shape)
         if math.prod(self.data_shape) != 784:
             raise ConfigError(f"model.init_args.data_shape must describe 28x28 images (784 values), got "

@@ -92,3 +92,11 @@ def test_cli_store_digits_and_pictures(run_cli, tmp_path) -> None:
     assert 0.0 <= summary["test"]["test/retrieval_rate"] <= 1.0
     for name in ("retrieval_test.png", "energy_test.png", "samples_test.png"):
         assert (run / "samples" / name).exists()
+    # the stored patterns are the run's state: last.ckpt holds them although no optimiser step was taken
+    import lightning_gm
+
+    ckpt = torch.load(run / "checkpoints" / "last.ckpt", weights_only=False)
+    assert ckpt["global_step"] == 0 and ckpt["epoch"] == 0
+    loaded = lightning_gm.load_model(run)
+    assert loaded.patterns.abs().sum() > 0
+    assert all(torch.equal(v, ckpt["state_dict"][k]) for k, v in loaded.state_dict().items())
