@@ -37,7 +37,7 @@ from lightning.pytorch.loggers import WandbLogger
 from lightning_gm import signals
 from lightning_gm.callbacks import DivergenceGuard, RNGStateCheckpoint, RunSummary
 from lightning_gm.callbacks.checkpoint import LastCheckpoint, best_checkpoint
-from lightning_gm.callbacks.console import EpochProgressBar, OneLineSummary
+from lightning_gm.callbacks.console import OneLineSummary, progress_callback
 from lightning_gm.callbacks.pruning import PRUNED_EXIT_CODE, TRIAL_ENV, OptunaPruning
 from lightning_gm.callbacks.summary import format_test_table, read_summary, write_json_atomic
 from lightning_gm.cli_checkpoint import CheckpointArguments, is_rank_zero
@@ -261,7 +261,7 @@ class GenerativeCLI(CheckpointArguments, LightningCLI):
                          LastCheckpoint(folder)]
         if trainer_config.get("enable_progress_bar") is not False and not any(
                 isinstance(c, ProgressBar) for c in configured):
-            platform.append(EpochProgressBar())
+            platform.append(progress_callback())
         if trainer_config.get("enable_model_summary") is not False and not any(
                 isinstance(c, ModelSummary) for c in configured):
             platform.append(OneLineSummary())

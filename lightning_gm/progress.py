@@ -14,6 +14,8 @@ An estimator that runs for long must therefore call its hook every few hundred m
 
 from __future__ import annotations
 
+import sys
+
 from typing import Any, Callable, Optional
 
 __all__ = ["ProgressBar", "trainer_progress"]
@@ -47,7 +49,10 @@ class ProgressBar:
         if self.bar is None:
             from tqdm.auto import tqdm
 
-            self.bar = tqdm(total=total, desc=self.desc, unit=self.unit, leave=False, dynamic_ncols=True)
+            # in a log file (no terminal) every redraw stays: one every 30 s instead of ten a second
+            interval = 0.1 if sys.stderr.isatty() else 30.0
+            self.bar = tqdm(total=total, desc=self.desc, unit=self.unit, leave=False, dynamic_ncols=True,
+                            mininterval=interval)
         elif total is not None and self.bar.total != total:
             self.bar.total = total
         self.bar.update(step - self.seen)

@@ -159,6 +159,10 @@ def test_console_of_a_fresh_fit(tmp_path):
     assert "VAE (18,256 parameters), on digits (1,197/300/300 train/val/test), on cpu, best checkpoint by val/elbo" \
         in console
     assert "Epoch 1/2" in console and "Epoch 2/2" in console and "val/elbo=" in console
+    # not a terminal (a log file): one line per epoch with the model's metric and the epoch's time, no bar redraws
+    epochs = [ln for ln in out.stdout.splitlines() if ln.startswith("Epoch ")]
+    assert [ln.split(":")[0] for ln in epochs] == ["Epoch 1/2", "Epoch 2/2"], epochs
+    assert all("val/elbo=-" in ln and ln.endswith(" s)") for ln in epochs) and "\r" not in out.stdout
     table = out.stdout.split("Test of runs/vae_digits/c (runs/vae_digits/c/checkpoints/best-epoch=001.ckpt):\n")[1]
     rows = [ln.split(None, 1) for ln in table.strip().splitlines()]
     assert rows[0] == ["estimator", "iwae-50"] and rows[1][0] == "test/nll" and rows[1][1].endswith(" nats")
@@ -171,3 +175,17 @@ def test_console_of_a_fresh_fit(tmp_path):
     assert len(lines) <= 20, lines
     summary = json.loads((tmp_path / "runs/vae_digits/c/summary.json").read_text())
     assert summary["status"] == "tested"
+
+
+def test_the_progress_display_is_a_bar_on_a_terminal_and_lines_elsewhere():
+    from lightning_gm.callbacks.console import EpochLines, EpochProgressBar, progress_callback
+
+    class Stream:
+        def __init__(self, tty: bool) -> None:
+            self.tty = tty
+
+        def isatty(self) -> bool:
+            return self.tty
+
+    assert isinstance(progress_callback(Stream(True)), EpochProgressBar)
+    assert isinstance(progress_callback(Stream(False)), EpochLines)

@@ -9,12 +9,14 @@ flagged ``prog_bar``; a person wants to know how far the run is and how good the
 from __future__ import annotations
 
 import math
-from typing import Any, Union
+import sys
+import time
+from typing import Any, Optional, Union
 
 import lightning.pytorch as pl
-from lightning.pytorch.callbacks import ModelSummary, TQDMProgressBar
+from lightning.pytorch.callbacks import ModelSummary, ProgressBar, TQDMProgressBar
 
-__all__ = ["EpochProgressBar", "OneLineSummary", "epoch_label", "count"]
+__all__ = ["EpochLines", "EpochProgressBar", "OneLineSummary", "count", "epoch_label", "progress_callback"]
 
 
 def epoch_label(trainer: "pl.Trainer") -> str:
@@ -32,6 +34,19 @@ def count(n: Union[int, float]) -> str:
     return f"{int(n):,}"
 
 
+def shown_metrics(items: dict[str, Any], trainer: "pl.Trainer", pl_module: "pl.LightningModule") -> dict[str, Any]:
+    """A progress display's metrics: those logged with ``prog_bar=True`` and the model's ``monitor`` (e.g.
+    ``val/elbo``), without Lightning's ``v_num``."""
+    items.pop("v_num", None)
+    monitor = getattr(pl_module, "monitor", None)
+    value = trainer.callback_metrics.get(monitor) if isinstance(monitor, str) else None
+    if value is not None and getattr(value, "numel", lambda: 1)() == 1 and monitor not in items:
+        value = float(value)
+        if math.isfinite(value):
+            items[monitor] = value
+    return items
+
+
 class EpochProgressBar(TQDMProgressBar):
     """Lightning's tqdm bar titled ``Epoch i/N``, showing the model's ``monitor`` (e.g. ``val/elbo``) beside
     the metrics it logs with ``prog_bar=True``, and no ``v_num``."""
@@ -41,15 +56,49 @@ class EpochProgressBar(TQDMProgressBar):
         self.train_progress_bar.set_description(epoch_label(trainer))
 
     def get_metrics(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule") -> dict[str, Union[int, str, float, dict[str, float]]]:
-        items = super().get_metrics(trainer, pl_module)
-        items.pop("v_num", None)
-        monitor = getattr(pl_module, "monitor", None)
-        value = trainer.callback_metrics.get(monitor) if isinstance(monitor, str) else None
-        if value is not None and getattr(value, "numel", lambda: 1)() == 1 and monitor not in items:
-            value = float(value)
-            if math.isfinite(value):
-                items[monitor] = value
-        return items
+        return shown_metrics(super().get_metrics(trainer, pl_module), trainer, pl_module)
+
+
+class EpochLines(ProgressBar):
+    """The progress of a run whose output is not a terminal (a log file, a batch job): one line per training
+    epoch, ``Epoch 3/30: val/elbo=-101.2, train/loss=102.5 (41.3 s)``, where a bar would be redrawn at every batch
+    (in a file every redraw stays: megabytes over a long run)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._enabled = True
+        self._started: Optional[float] = None
+
+    def disable(self) -> None:
+        self._enabled = False
+
+    def enable(self) -> None:
+        self._enabled = True
+
+    @property
+    def is_enabled(self) -> bool:
+        return self._enabled
+
+    def get_metrics(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule") -> dict[str, Union[int, str, float, dict[str, float]]]:
+        return shown_metrics(super().get_metrics(trainer, pl_module), trainer, pl_module)
+
+    def on_train_epoch_start(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule") -> None:
+        self._started = time.monotonic()
+
+    def on_train_epoch_end(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule") -> None:
+        """After the epoch's validation (Lightning runs it before this hook), so its metric is the epoch's."""
+        if not self._enabled or self._started is None:
+            return
+        values = ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
+                           for k, v in self.get_metrics(trainer, pl_module).items())
+        print(f"{epoch_label(trainer)}: {values or 'done'} ({time.monotonic() - self._started:.1f} s)", flush=True)
+
+
+def progress_callback(stream: Any = None) -> ProgressBar:
+    """The run's progress display: the ``Epoch i/N`` bar on a terminal, a line per epoch otherwise."""
+    stream = sys.stdout if stream is None else stream
+    isatty = getattr(stream, "isatty", None)
+    return EpochProgressBar() if callable(isatty) and isatty() else EpochLines()
 
 
 class OneLineSummary(ModelSummary):
