@@ -54,6 +54,23 @@ def has_mnist() -> bool:
 needs_mnist = pytest.mark.skipif(not has_mnist(), reason="MNIST files not found under $LIGHTNING_GM_DATA")
 
 
+def write_fit_config(path: Path, model: dict, data: dict, max_epochs: int = 1) -> Path:
+    """Write a ``lightning_gm fit`` config for a seconds-long command test to ``path`` (its stem names the
+    experiment): the given ``model`` and ``data`` blocks (``class_path`` + ``init_args``), ``max_epochs``, a CSV
+    logger in ``runs/``, the sample pictures, no progress bar or model summary."""
+    import yaml
+
+    trainer = {
+        "max_epochs": max_epochs,
+        "logger": [{"class_path": "lightning.pytorch.loggers.CSVLogger", "init_args": {"save_dir": "runs"}}],
+        "callbacks": [{"class_path": "lightning_gm.callbacks.SamplePictures"}],
+        "enable_progress_bar": False,
+        "enable_model_summary": False,
+    }
+    path.write_text(yaml.safe_dump({"trainer": trainer, "model": model, "data": data}, sort_keys=False))
+    return path
+
+
 @pytest.fixture
 def run_cli(tmp_path, monkeypatch):
     """Run ``lightning_gm <args>`` in-process inside ``tmp_path``; returns (exit code, run folder finder)."""
