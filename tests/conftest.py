@@ -27,6 +27,17 @@ torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
 import lightning.pytorch  # noqa: E402, F401
 
 
+def pytest_collection_modifyitems(config, items):
+    """Under pytest-xdist (``pytest -n 2 --dist loadgroup``, not the default), the tests that start processes of
+    their own (marked ``multiprocess``: sweeps, 2-process DDP, signals, resume) form one ``xdist_group``, so they
+    run one after another on one worker while the other worker takes the in-process tests: two of them at once
+    would put four or more busy processes on the two cores and push their deadlines (a SIGTERM answered within
+    30 s, a checkpoint written within 120 s) over. Without xdist the mark does nothing."""
+    for item in items:
+        if item.get_closest_marker("multiprocess") is not None:
+            item.add_marker(pytest.mark.xdist_group("multiprocess"))
+
+
 @pytest.fixture(autouse=True)
 def _torch_threads():
     """Every test runs with ``OMP_NUM_THREADS`` intra-op threads (1 unless set): the suite's tensors are
