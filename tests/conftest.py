@@ -27,15 +27,26 @@ torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
 import lightning.pytorch  # noqa: E402, F401
 
 
-def pytest_collection_modifyitems(config, items):
-    """Under pytest-xdist (``pytest -n 2 --dist loadgroup``, not the default), the tests that start processes of
-    their own (marked ``multiprocess``: sweeps, 2-process DDP, signals, resume) form one ``xdist_group``, so they
-    run one after another on one worker while the other worker takes the in-process tests: two of them at once
-    would put four or more busy processes on the two cores and push their deadlines (a SIGTERM answered within
-    30 s, a checkpoint written within 120 s) over. Without xdist the mark does nothing."""
-    for item in items:
-        if item.get_closest_marker("multiprocess") is not None:
-            item.add_marker(pytest.mark.xdist_group("multiprocess"))
+@pytest.fixture(autouse=True)
+def _one_multiprocess_test_at_a_time(request, tmp_path_factory):
+    """Under pytest-xdist (``pytest -n 2``; not installed or enabled by default), the tests that start processes of
+    their own (marked ``multiprocess``: sweeps, 2-process DDP, signals, resume) hold a lock shared by the run's
+    workers, so at most one of them runs at a time while the other worker takes in-process tests: two at once would
+    put four or more busy processes on the two cores and push their deadlines (a SIGTERM answered within 30 s, a
+    checkpoint written within 120 s) over. xdist's own ``--dist loadgroup`` cannot do this under pytest 9.2 (its
+    groups are silently ignored: pytest-dev/pytest-xdist#1386). Without xdist nothing is locked."""
+    if request.node.get_closest_marker("multiprocess") is None or "PYTEST_XDIST_WORKER" not in os.environ:
+        yield
+        return
+    import fcntl
+
+    # the workers' base temporary folders share this run's parent folder (another pytest run has its own)
+    with open(tmp_path_factory.getbasetemp().parent / "multiprocess.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
 
 
 @pytest.fixture(autouse=True)
