@@ -85,11 +85,11 @@ def score(model, x: torch.Tensor, replicates: int) -> dict:
     log_z = statistics.fmean(log_zs)
     with torch.no_grad():
         nll = -(model.log_prob_unnormalized(x).double() - log_z)
-    spread = statistics.stdev(log_zs) / math.sqrt(replicates) if replicates > 1 else results[0].std_error
+    spread = statistics.stdev(log_zs) / math.sqrt(replicates) if replicates > 1 else results[0].stderr
     first = results[0]
     return {"nll": nll, "log_z": log_z, "log_z_replicates": log_zs, "log_z_se": spread,
             "ess": [r.effective_sample_size for r in results], "interval_first": list(first.interval),
-            "schedule": f"ais {first.n_runs}x{first.n_steps:,}"}
+            "schedule": f"ais {first.runs}x{first.steps:,}"}
 
 
 def main() -> None:
