@@ -3,7 +3,7 @@ test digit with its pooling-unit probabilities :math:`P(p^k_\alpha = 1 \mid v)` 
 
 Usage::
 
-    python bench/conv_rbm_figures.py --ckpt /tmp/engB_runs/conv_rbm/mnist10c/checkpoints/last.ckpt \
+    python bench/conv_rbm_figures.py --ckpt runs/conv_rbm/mnist10c/checkpoints/last.ckpt \
         --out docs/conv_rbm_filters.png
 
 References: Lee, Grosse, Ranganath & Ng (2009), figures 2-3 (bases and their activations).

@@ -16,7 +16,7 @@ weights: the cost does not depend on them) on dynamically binarised MNIST test i
 * ``test``: the whole ``Trainer.test`` the command runs (the test loop's bound terms, the IWAE evaluation with
   its posterior means and active units, the gather, the logging).
 
-Each reports seconds and its ratio to ``bare``. A shared :func:`timed` helper times every part (other parts,
+Each reports seconds and its ratio to ``bare``, timed by ``bench/timing.py``'s :func:`timed` (other parts,
 e.g. ``ais``, add a sub-command that uses it).
 """
 
@@ -24,19 +24,13 @@ from __future__ import annotations
 
 import argparse
 import math
-import time
-from typing import Any, Callable
+from typing import Any
 
 import torch
 
-__all__ = ["timed", "iwae_bare", "iwae_estimator", "iwae_test", "main"]
+from timing import parse, parser, timed
 
-
-def timed(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> tuple[Any, float]:
-    """``(fn(*args, **kwargs), wall-clock seconds)``."""
-    start = time.perf_counter()
-    out = fn(*args, **kwargs)
-    return out, time.perf_counter() - start
+__all__ = ["iwae_bare", "iwae_estimator", "iwae_test", "main"]
 
 
 def report(rows: list[tuple[str, float]], reference: str, what: str) -> None:
@@ -119,7 +113,7 @@ def run_iwae(args: argparse.Namespace) -> None:
     for piece in x.split(max(10, -(-len(x) // args.rounds) // 10 * 10)):
         for part in parts:
             torch.manual_seed(0)
-            out, dt = timed(fns[part], model, piece, args.k)
+            dt, out = timed(lambda: fns[part](model, piece, args.k))
             seconds[part] += dt
             sums[part] += (float(-out["test/nll"]) if isinstance(out, dict) else float(out.mean())) * len(piece)
     report(list(seconds.items()), "bare", f"IWAE k={args.k} on {len(x):,} test images, "
@@ -128,9 +122,8 @@ def run_iwae(args: argparse.Namespace) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--threads", type=int, default=2, help="torch threads (the machine has 2 cores)")
-    sub = parser.add_subparsers(dest="command", required=True)
+    p = parser(__doc__, threads=2, repeats=None)  # the machine has 2 cores
+    sub = p.add_subparsers(dest="command", required=True)
     iwae = sub.add_parser("iwae", help="IWAE-k of the shipped VAE: bare loop, estimator, whole test")
     iwae.add_argument("--examples", type=int, default=10_000)
     iwae.add_argument("--k", type=int, default=5000)
@@ -139,8 +132,7 @@ def main(argv: list[str] | None = None) -> None:
     iwae.add_argument("--rounds", type=int, default=4,
                       help="the parts take turns on this many slices of the images (each test round pays a Trainer start)")
     iwae.set_defaults(run=run_iwae)
-    args = parser.parse_args(argv)
-    torch.set_num_threads(args.threads)
+    args = parse(p, argv)
     args.run(args)
 
 

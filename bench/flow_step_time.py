@@ -13,10 +13,10 @@ throughput.
 
 from __future__ import annotations
 
-import argparse
 import statistics
-import time
 from pathlib import Path
+
+from timing import interleaved, parse, parser
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT = [
@@ -27,17 +27,15 @@ DEFAULT = [
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--steps", type=int, default=5, help="rounds (one update of every variant per round)")
-    parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--variant", action="append", help="NAME=CONFIG[,--key=value,...] (repeatable)")
-    args = parser.parse_args()
+    p = parser(__doc__, repeats=None)
+    p.add_argument("--steps", type=int, default=5, help="rounds (one update of every variant per round)")
+    p.add_argument("--variant", action="append", help="NAME=CONFIG[,--key=value,...] (repeatable)")
+    args = parse(p)
     import torch
     from torch.utils.flop_counter import FlopCounterMode
 
     from lightning_gm.cli import GenerativeCLI
 
-    torch.set_num_threads(args.threads)
     runs = {}
     for spec in args.variant or DEFAULT:
         name, rest = spec.split("=", 1)
@@ -56,22 +54,21 @@ def main() -> None:
         with FlopCounterMode(display=False) as counter:
             (-model.log_prob(x).mean()).backward()
         opt.zero_grad(set_to_none=True)
-        runs[name] = dict(model=model, opt=opt, x=x, times=[], macs=counter.get_total_flops() / 2,
+        runs[name] = dict(model=model, opt=opt, x=x, macs=counter.get_total_flops() / 2,
                           params=model.num_parameters(), batch=len(x))
 
-    for _ in range(args.steps):
-        for run in runs.values():
-            start = time.perf_counter()
-            loss = -run["model"].log_prob(run["x"]).mean()
-            run["opt"].zero_grad(set_to_none=True)
-            loss.backward()
-            run["opt"].step()
-            run["times"].append(time.perf_counter() - start)
+    def update(run: dict) -> None:
+        loss = -run["model"].log_prob(run["x"]).mean()
+        run["opt"].zero_grad(set_to_none=True)
+        loss.backward()
+        run["opt"].step()
+
+    times = interleaved({name: (lambda run=run: update(run)) for name, run in runs.items()}, repeats=args.steps)
     print(f"torch {torch.__version__}, {args.threads} thread(s), median of {args.steps} rounds")
     print("| variant | parameters | batch | s / update | GMAC / update (fwd + bwd) |")
     print("|---|---|---|---|---|")
     for name, run in runs.items():
-        print(f"| {name} | {run['params']:,} | {run['batch']} | {statistics.median(run['times']):.3f} | "
+        print(f"| {name} | {run['params']:,} | {run['batch']} | {statistics.median(times[name]):.3f} | "
               f"{run['macs'] / 1e9:.1f} |")
 
 

@@ -13,13 +13,13 @@ logged ``test/nll``, ``test/nll_stderr`` and ``test/loss`` are the same both way
 
 from __future__ import annotations
 
-import argparse
 import os
 import platform
 import statistics
-import time
 from pathlib import Path
 from typing import Any
+
+from timing import parse, parser, rounds, timed
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -32,18 +32,15 @@ def _build(config: str) -> tuple[Any, Any]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--config", default=str(ROOT / "conf" / "maf_mnist.yaml"))
-    parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--threads", type=int, default=1)
-    args = parser.parse_args()
+    p = parser(__doc__, repeats=3)
+    p.add_argument("--config", default=str(ROOT / "conf" / "maf_mnist.yaml"))
+    args = parse(p)
     os.environ["OMP_NUM_THREADS"] = str(args.threads)
     import lightning.pytorch as pl
     import torch
 
     from lightning_gm.models.base import GenerativeModel
 
-    torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     model, dm = _build(args.config)
     dm.setup("fit")
@@ -64,17 +61,13 @@ def main() -> None:
         model.test_terms = new_terms if kind == "new" else old_terms
         trainer = pl.Trainer(accelerator="cpu", devices=1, logger=False, enable_checkpointing=False,
                              enable_progress_bar=False, enable_model_summary=False)
-        start = time.perf_counter()
-        out = trainer.test(model, datamodule=dm, verbose=False)[0]
-        return time.perf_counter() - start, out
+        seconds, outs = timed(lambda: trainer.test(model, datamodule=dm, verbose=False))
+        return seconds, outs[0]
 
-    times: dict[str, list[float]] = {"new": [], "old": []}
-    outs: dict[str, dict[str, float]] = {}
     run("new")  # warm-up (data loading, allocator)
-    for _ in range(args.repeats):
-        for kind in ("old", "new"):
-            t, outs[kind] = run(kind)
-            times[kind].append(t)
+    results = rounds({"old": lambda: run("old"), "new": lambda: run("new")}, args.repeats)
+    times = {kind: [t for t, _ in res] for kind, res in results.items()}
+    outs = {kind: res[-1][1] for kind, res in results.items()}
     old, new = statistics.median(times["old"]), statistics.median(times["new"])
     n_test = len(dm.splits["test"][0])
     print(f"config: {args.config}; model: {type(model).__name__}, {model.num_parameters():,} parameters; "

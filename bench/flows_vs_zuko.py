@@ -27,10 +27,8 @@ References:
 
 from __future__ import annotations
 
-import argparse
 import platform
 import statistics
-import time
 from typing import Callable
 
 import torch
@@ -38,6 +36,7 @@ from torch import Tensor, nn
 
 from lightning_gm.models.flow import standard_normal_log_prob
 from lightning_gm.nn.flows import MAF, FlowLayer, RealNVP
+from timing import parse, parser, per_call, rounds
 
 __all__ = ["SETTINGS", "ours", "theirs", "time_steps", "main"]
 
@@ -75,25 +74,21 @@ def theirs(kind: str, d: int, layers: int, hidden: tuple[int, ...]) -> tuple[nn.
     return flow, lambda x: flow().log_prob(x)
 
 
-def time_steps(module: nn.Module, log_prob: Callable[[Tensor], Tensor], x: Tensor, steps: int,
-               opt: torch.optim.Optimizer) -> float:
-    """Seconds per training step, averaged over ``steps`` steps."""
-    start = time.perf_counter()
-    for _ in range(steps):
+def training_step(log_prob: Callable[[Tensor], Tensor], x: Tensor, opt: torch.optim.Optimizer) -> Callable[[], None]:
+    """One step of maximum likelihood on ``x``: ``-log p(x)`` averaged, backward, ``opt.step()``."""
+    def step() -> None:
         loss = -log_prob(x).mean()
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
-    return (time.perf_counter() - start) / steps
+    return step
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads")
-    parser.add_argument("--trials", type=int, default=7, help="interleaved timing blocks per flow")
-    parser.add_argument("--steps", type=int, default=30, help="training steps per block")
-    args = parser.parse_args()
-    torch.set_num_threads(args.threads)
+    p = parser(__doc__, repeats=None)
+    p.add_argument("--trials", type=int, default=7, help="interleaved timing blocks per flow")
+    p.add_argument("--steps", type=int, default=30, help="training steps per block")
+    args = parse(p)
     torch.manual_seed(0)
     import zuko
 
@@ -105,14 +100,13 @@ def main() -> None:
         for name, d, batch, layers, hidden in SETTINGS:
             x = torch.randn(batch, d)
             sides = [ours(kind, d, layers, hidden), theirs(kind, d, layers, hidden)]
-            opts = [torch.optim.Adam(m.parameters(), lr=1e-4) for m, _ in sides]
-            for (m, lp), opt in zip(sides, opts):  # warm-up
-                time_steps(m, lp, x, 3, opt)
-            times: list[list[float]] = [[], []]
-            for _ in range(args.trials):
-                for i, ((m, lp), opt) in enumerate(zip(sides, opts)):
-                    times[i].append(time_steps(m, lp, x, args.steps, opt))
-            a, b = (statistics.median(t) * 1e3 for t in times)
+            steps = [training_step(lp, x, torch.optim.Adam(m.parameters(), lr=1e-4)) for m, lp in sides]
+            blocks = {side: (lambda step=step: per_call(step, calls=args.steps)[0])
+                      for side, step in zip(("ours", "zuko"), steps)}
+            for step in steps:  # warm-up
+                per_call(step, calls=3)
+            times = rounds(blocks, args.trials)
+            a, b = (statistics.median(times[side]) * 1e3 for side in ("ours", "zuko"))
             pa, pb = (sum(p.numel() for p in m.parameters()) for m, _ in sides)
             print(f"| {kind} | {name} (L={layers}, hidden={list(hidden)}) | {batch} | {a:.2f} | {b:.2f} | "
                   f"**{a / b:.2f}** | {pa:,} / {pb:,} |", flush=True)

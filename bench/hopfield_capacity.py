@@ -13,7 +13,7 @@ The curve breaks down near :math:`\alpha_c \approx 0.138` (smoothed at finite ``
 Usage::
 
     OMP_NUM_THREADS=1 python bench/hopfield_capacity.py            # N = 500, 5 networks per load
-    OMP_NUM_THREADS=1 python bench/hopfield_capacity.py --n 1000 --trials 3 --out /tmp/capacity.png
+    OMP_NUM_THREADS=1 python bench/hopfield_capacity.py --n 1000 --trials 3 --out runs/capacity.png
 
 References:
     Hopfield (1982); Amit, Gutfreund & Sompolinsky (1985), Storing infinite numbers of patterns in a spin-glass

@@ -6,18 +6,14 @@
 # AIS_CHAINS chains x AIS_STEPS steps (10 leapfrog steps), Gaussian observation model sigma = SIGMA. The configs
 # ship 100 examples x 16 chains x 1000 steps; the defaults here are far cheaper (and so a looser lower bound).
 # Results: $RUNS/{gan,gmmn}/budget*/ (samples/, metrics.csv) and $RUNS/{gan,gmmn}/test_ais*/summary.json
-set -euo pipefail
-cd "$(dirname "$0")/.."
-BUDGET=${BUDGET:-00:00:10:00}
-RUNS=${RUNS:-/tmp/implicit_runs}
+source "$(dirname "$0")/env.sh"
 TEST_EXAMPLES=${TEST_EXAMPLES:-50}
 AIS_CHAINS=${AIS_CHAINS:-8}
 AIS_STEPS=${AIS_STEPS:-300}
 SIGMA=${SIGMA:-0.05}  # 0.2 (GAN) and 0.3 (GMMN) were best on validation after 10 min of training
-export OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 WANDB_MODE=disabled LIGHTNING_GM_DATA=${LIGHTNING_GM_DATA:-/work/shared/data}
 # one test batch of TEST_EXAMPLES images, as a fraction of the 10,000 test images: the CLI reads an int 1 as 1.0 (= all)
-FRACTION=$(python3 -c "print($TEST_EXAMPLES / 10000)")
-LG="nice -n 5 /work/venv/bin/python -m lightning_gm"
+FRACTION=$("$PY" -c "print($TEST_EXAMPLES / 10000)")
+LG="nice -n 5 $PY -m lightning_gm"
 for m in gan gmmn; do
   # the GAN's epoch is 782 batches of 64: validate (val/mmd2, sample grid) every 250; the GMMN's is 50 of 1000
   every=$([ $m = gan ] && echo "--trainer.val_check_interval=250" || echo "")

@@ -9,16 +9,15 @@ the Monte Carlo ELBO from the same samples and the analytic :math:`\mathrm{KL}(q
 
 References: Burda, Grosse & Salakhutdinov (2016), Importance Weighted Autoencoders.
 
-Usage (from /work/main; the run folder holds ``config.yaml`` and ``checkpoints/``)::
+Usage (from the repository root; the run folder holds ``config.yaml`` and ``checkpoints/``)::
 
-    LIGHTNING_GM_DATA=/work/shared/data OMP_NUM_THREADS=1 /work/venv/bin/python bench/pixelcnn_vae_mnist.py \
-        --run /tmp/pixelcnn_runs/vae_pixelcnn/pcvae_12min --k 100 --n_test 500 --samples 36 \
+    OMP_NUM_THREADS=1 python bench/pixelcnn_vae_mnist.py \
+        --run runs/vae_pixelcnn/pcvae_12min --k 100 --n_test 500 --samples 36 \
         --out docs/vae_pixelcnn_samples.png
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
 import time
@@ -27,11 +26,12 @@ from pathlib import Path
 import lightning.pytorch as pl
 import torch
 import yaml
-from jsonargparse import ArgumentParser
 
 from lightning_gm.estimators.seeded import seeded_importance_weighted
 from lightning_gm.images import as_images, make_grid, save_png
 from lightning_gm.models.base import GenerativeModel
+from run_config import from_run_config
+from timing import parse, parser
 
 __all__: list[str] = []
 
@@ -39,22 +39,14 @@ __all__: list[str] = []
 def load_run(run: Path, which: str = "last") -> tuple[GenerativeModel, pl.LightningDataModule, Path]:
     """The model (weights of ``last.ckpt``, or of the best checkpoint by the model's monitor) and the
     DataModule of a run folder."""
-    cfg = yaml.safe_load((run / "config.yaml").read_text())
-    parser = ArgumentParser()
-    parser.add_subclass_arguments(pl.LightningDataModule, "data")
-    parser.add_subclass_arguments(GenerativeModel, "model")
-    data = parser.instantiate(parser.parse_object({"data": cfg["data"], "model": cfg["model"]})).data
-    cfg["model"].setdefault("init_args", {})["data_shape"] = list(data.shape)
-    model = parser.instantiate(parser.parse_object({"data": cfg["data"], "model": cfg["model"]})).model
     ckpts = sorted((run / "checkpoints").glob("best*.ckpt")) if which == "best" else []
-    ckpts = ckpts or [run / "checkpoints" / "last.ckpt"]
-    state = torch.load(ckpts[-1], map_location="cpu", weights_only=False)
-    model.load_state_dict(state["state_dict"])
-    return model.eval(), data, ckpts[-1]
+    ckpt = (ckpts or [run / "checkpoints" / "last.ckpt"])[-1]
+    model, data = from_run_config(yaml.safe_load((run / "config.yaml").read_text()), ckpt)
+    return model.eval(), data, ckpt
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p = parser(__doc__, repeats=None)
     p.add_argument("--run", type=Path, required=True)
     p.add_argument("--k", type=int, default=100)
     p.add_argument("--n_test", type=int, default=500)
@@ -63,11 +55,9 @@ def main() -> None:
     p.add_argument("--samples", type=int, default=0, help="sample grid size (0 = none)")
     p.add_argument("--out", type=Path, default=None, help="PNG for the sample grid")
     p.add_argument("--save", type=Path, default=None, help="write the per-example NLLs (torch.save) here")
-    p.add_argument("--threads", type=int, default=1)
     p.add_argument("--ckpt", choices=["last", "best"], default="last",
                    help="last.ckpt (end of the budget) or the best checkpoint by the model's monitor")
-    args = p.parse_args()
-    torch.set_num_threads(args.threads)
+    args = parse(p)
     model, data, ckpt = load_run(args.run, args.ckpt)
     data.prepare_data()
     data.setup("test")

@@ -22,7 +22,7 @@ CD-1, batches of 100, SGD with momentum 0.5:
   float64 data (what ``partial_fit`` always computes in: it casts its input to float64, so a float32
   comparison has to go through ``fit``).
 
-The platform and the bare loops take turns every loaded batch inside one multi-epoch fit (:func:`interleaved`):
+The platform and the bare loops take turns every loaded batch inside one multi-epoch fit (:func:`batch_windows`):
 a shared machine's load, which drifts over seconds, then hits them alike, and the table gives each one's total
 time per update and the median ratio over the windows. scikit-learn's epochs (and the platform's, each in a
 fresh ``Trainer``) alternate round by round.
@@ -35,12 +35,13 @@ References: Hinton (2010), A practical guide to training RBMs; Salakhutdinov & M
 
 from __future__ import annotations
 
-import argparse
 import time
 from typing import Any, Callable
 
 import numpy as np
 import torch
+
+from timing import interleaved, parse, parser, per_call, timed
 
 __all__ = ["main"]
 
@@ -119,8 +120,8 @@ def lightning_epoch(x: torch.Tensor, load_batch: int = 100) -> Callable[[], None
     return lambda: _trainer(1, []).fit(model, loader)
 
 
-def interleaved(x: torch.Tensor, load_batch: int, bares: dict[str, BareCD], epochs: int,
-                n_hidden: int = 500) -> dict[str, list[float]]:
+def batch_windows(x: torch.Tensor, load_batch: int, bares: dict[str, BareCD], epochs: int,
+                  n_hidden: int = 500) -> dict[str, list[float]]:
     """The platform's fit and the bare loops take turns every loaded batch: after each batch of the fit, every
     bare loop makes as many updates as the platform just made, so all of them run in the same time windows
     (a few tens of milliseconds) and a shared machine's load hits them alike. The platform's window runs from
@@ -140,10 +141,7 @@ def interleaved(x: torch.Tensor, load_batch: int, bares: dict[str, BareCD], epoc
         def on_train_batch_end(self, trainer: Any, pl_module: Any, outputs: Any, batch: Any, batch_idx: int) -> None:
             times["lightning_gm"].append(time.perf_counter() - self.resume)
             for name, bare in bares.items():
-                start = time.perf_counter()
-                for _ in range(updates):
-                    bare.update()
-                times[name].append(time.perf_counter() - start)
+                times[name].append(updates * per_call(bare.update, calls=updates)[0])
             self.resume = time.perf_counter()
 
     model, loader = _platform(x, load_batch, n_hidden)
@@ -171,22 +169,13 @@ def _bare_threads(fn: Callable[[], None]) -> Callable[[], None]:
     return run
 
 
-def _best(fn: Callable[[], None], repeats: int) -> float:
-    times = []
-    for _ in range(repeats):
-        t = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t)
-    return min(times)
-
-
 def _overhead(epochs: int) -> None:
     from lightning_gm.nn.rbm import bernoulli
 
     x = (torch.rand(50000, 4) < 0.2).float()
     W, b, c = torch.randn(4, 2) * 0.01, torch.zeros(4), torch.zeros(2)
     bares = {"bare torch loop with the platform's sampler": BareCD(x, W, b, c, sample=bernoulli)}
-    times = interleaved(x, 1000, bares, epochs, n_hidden=2)
+    times = batch_windows(x, 1000, bares, epochs, n_hidden=2)
     n_updates = epochs * len(x) / 100
     print(f"4-2 RBM, update_batch_size=100, {epochs} epochs of {len(x)} examples, torch threads {torch.get_num_threads()}")
     for name, ts in times.items():
@@ -194,19 +183,15 @@ def _overhead(epochs: int) -> None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--threads", type=int, default=0, help="torch threads (0 = torch's default)")
-    parser.add_argument("--repeats", type=int, default=5, help="rounds of the scikit-learn comparison")
-    parser.add_argument("--epochs", type=int, default=3, help="epochs of the interleaved platform / bare-loop comparison")
-    parser.add_argument("--examples", type=int, default=50000)
-    parser.add_argument("--ais-runs", type=int, default=100, help="0 skips the AIS timing")
-    parser.add_argument("--overhead", action="store_true",
+    p = parser(__doc__, threads=0, repeats=5)  # --repeats: rounds of the scikit-learn comparison
+    p.add_argument("--epochs", type=int, default=3, help="epochs of the interleaved platform / bare-loop comparison")
+    p.add_argument("--examples", type=int, default=50000)
+    p.add_argument("--ais-runs", type=int, default=100, help="0 skips the AIS timing")
+    p.add_argument("--overhead", action="store_true",
                         help="only the framework's per-update cost: the interleaved comparison on a 4-2 RBM, where "
                              "the arithmetic vanishes")
-    parser.add_argument("--ais-steps", type=int, default=14500)
-    args = parser.parse_args()
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    p.add_argument("--ais-steps", type=int, default=14500)
+    args = parse(p)
     import lightning.pytorch as pl
 
     from lightning_gm.nn.rbm import bernoulli
@@ -229,7 +214,7 @@ def main() -> None:
                                 (100, "one update per loaded batch of 100")):
         bares = {"bare torch loop (torch.bernoulli)": BareCD(x, W.clone(), b.clone(), c.clone()),
                  "bare torch loop with the platform's sampler": BareCD(x, W.clone(), b.clone(), c.clone(), sample=bernoulli)}
-        times = interleaved(x, load_batch, bares, args.epochs)
+        times = batch_windows(x, load_batch, bares, args.epochs)
         ref = np.array(times["lightning_gm"])
         n_updates = args.epochs * len(x) / 100
         for name, ts in times.items():
@@ -244,10 +229,7 @@ def main() -> None:
         "scikit-learn BernoulliRBM.fit, float32": _bare_threads(sklearn_epoch(xn.astype(np.float32))),
         "scikit-learn BernoulliRBM.fit, float64": _bare_threads(sklearn_epoch(xn.astype(np.float64))),
     }
-    epochs: dict[str, list[float]] = {name: [] for name in trainers}
-    for _ in range(args.repeats):
-        for name, fn in trainers.items():
-            epochs[name].append(_best(fn, 1))
+    epochs = interleaved(trainers, args.repeats)
     ref_name = next(iter(trainers))
     ref = np.array(epochs[ref_name])
     updates = len(x) / 100
@@ -270,9 +252,8 @@ def main() -> None:
         rbm.W.copy_(W)
         rbm.b.copy_(b)
         rbm.c.copy_(c)
-    t = time.perf_counter()
-    res = ais_log_partition(RBMAnnealingPath(rbm), args.ais_runs, args.ais_steps, generator=torch.Generator().manual_seed(0))
-    wall = time.perf_counter() - t
+    wall, res = timed(lambda: ais_log_partition(RBMAnnealingPath(rbm), args.ais_runs, args.ais_steps,
+                                                generator=torch.Generator().manual_seed(0)))
     print(f"\nAIS {args.ais_runs} runs x {args.ais_steps} betas: {wall:.1f} s "
           f"({1e3 * wall / args.ais_steps:.2f} ms / step), log Z = {res.log_z:.2f} +- {res.log_z_stderr:.3f}")
 

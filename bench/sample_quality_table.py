@@ -22,12 +22,11 @@ split), *grey* = grey levels in :math:`[0, 1]`. For binary-data models whose sam
 (the callback's ``binarize_samples``). ``--reference`` adds floor rows: a seeded random subset of ``N``
 training images of each form against the same test subset.
 
-Prints one markdown table. Usage (from /work/main)::
+Prints one markdown table. Usage (from the repository root)::
 
-    LIGHTNING_GM_DATA=/work/shared/data OMP_NUM_THREADS=1 nice -n 5 /work/venv/bin/python \
-        bench/sample_quality_table.py --reference \
-        --ckpt vae=VAE=/tmp/runs/vae/x/checkpoints/last.ckpt --nll "vae=101.7 (iwae-100)" \
-        --ckpt gan=GAN=/tmp/runs/gan/y/checkpoints/last.ckpt --n gan=5000
+    OMP_NUM_THREADS=1 nice -n 5 python bench/sample_quality_table.py --reference \
+        --ckpt vae=VAE=runs/vae/x/checkpoints/last.ckpt --nll "vae=101.7 (iwae-100)" \
+        --ckpt gan=GAN=runs/gan/y/checkpoints/last.ckpt --n gan=5000
 
 References: Heusel et al. (2017), GANs trained by a two time-scale update rule (the Fréchet distance);
 Kynkäänniemi et al. (2019), Improved precision and recall metric for assessing generative models.
@@ -42,7 +41,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator, Optional, Sequence
 
-import lightning.pytorch as pl
 import torch
 import yaml
 from torch import Tensor
@@ -51,13 +49,12 @@ import lightning_gm.models as models
 from lightning_gm.data import MNISTDataModule
 from lightning_gm.estimators.sample_quality import frechet_metric, precision_recall
 from lightning_gm.models.base import GenerativeModel
+from lightning_gm.models.classifier import default_classifier_path
 from lightning_gm.nn.classifier import FeatureExtractor, load_feature_network
+from run_config import from_run_config
 
 __all__ = ["Entry", "Row", "load_model", "run_config", "data_kind", "real_images", "draw_samples",
            "sample_quality", "markdown_table", "main"]
-
-DEFAULT_CLASSIFIER = "/work/classifiers/lenet_mnist.pt"
-
 
 @dataclass
 class Entry:
@@ -96,22 +93,6 @@ def run_config(ckpt: Path) -> Optional[dict[str, Any]]:
     return yaml.safe_load(cfg.read_text()) if cfg.is_file() else None
 
 
-def _from_config(cfg: dict[str, Any], ckpt: Path) -> GenerativeModel:
-    """Instantiate the run's model from its config (as ``bench/pixelcnn_vae_mnist.py`` does) and load the
-    checkpoint's ``state_dict``."""
-    from jsonargparse import ArgumentParser
-
-    parser = ArgumentParser()
-    parser.add_subclass_arguments(pl.LightningDataModule, "data")
-    parser.add_subclass_arguments(GenerativeModel, "model")
-    data = parser.instantiate(parser.parse_object({"data": cfg["data"], "model": cfg["model"]})).data
-    cfg["model"].setdefault("init_args", {})["data_shape"] = list(data.shape)
-    model = parser.instantiate(parser.parse_object({"data": cfg["data"], "model": cfg["model"]})).model
-    state = torch.load(ckpt, map_location="cpu", weights_only=False)
-    model.load_state_dict(state["state_dict"])
-    return model
-
-
 def load_model(cls_name: str, ckpt: Path) -> tuple[GenerativeModel, str]:
     """``(model in eval mode, how it was loaded)``: ``load_from_checkpoint`` first, the run's config second."""
     cls = getattr(models, cls_name, None)
@@ -123,7 +104,7 @@ def load_model(cls_name: str, ckpt: Path) -> tuple[GenerativeModel, str]:
         cfg = run_config(ckpt)
         if cfg is None:
             raise
-        model = _from_config(cfg, ckpt)
+        model = from_run_config(cfg, ckpt)[0]
         if not isinstance(model, cls):
             raise SystemExit(f"{ckpt}: config.yaml builds a {type(model).__name__}, not a {cls_name}") from exc
         why = str(exc).strip().splitlines()[0][:80]
@@ -261,7 +242,8 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
                         "(likelihood.sample(decode(z)); for a PixelCNN decoder the true pixel-by-pixel draw)")
     p.add_argument("--reference", action="store_true",
                    help="add floor rows: N training images (binary and grey) against the test subsets")
-    p.add_argument("--classifier", default=DEFAULT_CLASSIFIER, help="feature network file")
+    p.add_argument("--classifier", default=str(default_classifier_path()), help="feature network file "
+                   "(the SampleQuality callback's: <data root>/classifiers/lenet_mnist.pt)")
     p.add_argument("--seed", type=int, default=0, help="seed of the samples, the Bernoulli draws and the subsets")
     p.add_argument("--batch-size", type=int, default=500, help="samples drawn (and images featurised) at a time")
     p.add_argument("--k", type=int, default=3, help="neighbour rank of the precision/recall manifold radii")

@@ -5,14 +5,10 @@
 # importance-weighted estimator on all 10,000 test images; TEST_K samples per example (the configs ship
 # 5000, about 2 h per model on one loaded core, so the budget runs use fewer; see bench/sbn_eval.py for
 # the k-dependence on a subset). Results: $RUNS/sbn_{ws,rws}/budget*/summary.json
-set -euo pipefail
-cd "$(dirname "$0")/.."
-BUDGET=${BUDGET:-00:00:10:00}
+source "$(dirname "$0")/env.sh"
 TEST_K=${TEST_K:-200}
-RUNS=${RUNS:-runs}
-export OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 WANDB_MODE=disabled LIGHTNING_GM_DATA=${LIGHTNING_GM_DATA:-/work/shared/data}
 for t in ws rws; do
-  nice -n 5 /work/venv/bin/python -m lightning_gm fit --config conf/sbn_$t.yaml --runs_dir="$RUNS" \
+  nice -n 5 "$PY" -m lightning_gm fit --config conf/sbn_$t.yaml --runs_dir="$RUNS" \
     --run_name=budget-${BUDGET//:/} --trainer.max_time=$BUDGET --trainer.enable_progress_bar=false \
     --trainer.accelerator=cpu --model.init_args.evaluation.test_k=$TEST_K
 done

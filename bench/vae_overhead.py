@@ -12,7 +12,6 @@ References: the Lightning docs, "Speed up model training" (profilers, logging fr
 
 from __future__ import annotations
 
-import argparse
 import os
 import time
 
@@ -24,6 +23,7 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from lightning_gm.callbacks import DivergenceGuard, RNGStateCheckpoint
 from lightning_gm.models import VAE
+from timing import parse, parser, rounds
 
 
 def _data(n: int) -> torch.Tensor:
@@ -91,13 +91,10 @@ def lightning_loop(x: torch.Tensor, steps: int, batch: int, guard: bool = True, 
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--steps", type=int, default=300)
-    ap.add_argument("--batch", type=int, default=100)
-    ap.add_argument("--threads", type=int, default=1)
-    ap.add_argument("--repeats", type=int, default=3)
-    args = ap.parse_args()
-    torch.set_num_threads(args.threads)
+    p = parser(__doc__, repeats=3)
+    p.add_argument("--steps", type=int, default=300)
+    p.add_argument("--batch", type=int, default=100)
+    args = parse(p)
     os.environ.setdefault("WANDB_MODE", "disabled")
     x = _data(args.steps * args.batch + 40 * args.batch)
     variants = {
@@ -108,10 +105,7 @@ def main() -> None:
         "lightning (guard, log every step)": lambda: lightning_loop(x, args.steps, args.batch, log_every=1),
         "lightning, 10 updates per loaded batch": lambda: lightning_loop(x, args.steps, args.batch, updates_per_batch=10),
     }
-    times: dict[str, list[float]] = {name: [] for name in variants}
-    for _ in range(args.repeats):  # interleaved, so a change in the machine's load hits every variant
-        for name, fn in variants.items():
-            times[name].append(fn())
+    times = rounds(variants, args.repeats)  # each variant returns its own seconds per step after a warm-up
     best = {name: min(ts) for name, ts in times.items()}  # best of the interleaved repeats: the least disturbed run
     base = best["bare"]
     print(f"threads={args.threads} batch={args.batch} steps={args.steps} (best of {args.repeats})")

@@ -10,20 +10,15 @@
 #   TABLE_ONLY=1 bench/yardstick.sh            # only print the table of existing runs
 #
 # Needs the feature network (once, ~10 min): lightning_gm fit --config conf/classifier_mnist.yaml
-# Environment: BUDGET (dd:hh:mm:ss, default 00:00:10:00), MODELS, RUNS (default /tmp/yardstick_runs),
+# Environment: BUDGET (dd:hh:mm:ss, default 00:00:10:00), MODELS, RUNS (default runs),
 # NUM_SAMPLES (default 10000), EXTRA (overrides for every model), ARGS_<config> (overrides for one config).
 # A missing config (a model not merged yet) is skipped with a message; a failing run does not stop the others.
-set -uo pipefail
-cd "$(dirname "$0")/.."
-BUDGET=${BUDGET:-00:00:10:00}
+source "$(dirname "$0")/env.sh"
+set +e  # a failing run does not stop the others
 MODELS=${MODELS:-"vae sbn_rws gan gmmn vae_pixelcnn"}
-RUNS=${RUNS:-/tmp/yardstick_runs}
 NUM_SAMPLES=${NUM_SAMPLES:-10000}
 EXTRA=${EXTRA:-}
-PY=${PYTHON:-/work/venv/bin/python}
 RUN_NAME=budget-${BUDGET//:/}
-export OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 WANDB_MODE=${WANDB_MODE:-disabled}
-export LIGHTNING_GM_DATA=${LIGHTNING_GM_DATA:-/work/shared/data}
 
 if [[ -z "${TABLE_ONLY:-}" ]]; then
   for cfg in $MODELS; do

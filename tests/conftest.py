@@ -28,6 +28,28 @@ import lightning.pytorch  # noqa: E402, F401
 
 
 @pytest.fixture(autouse=True)
+def _one_multiprocess_test_at_a_time(request, tmp_path_factory):
+    """Under pytest-xdist (``pytest -n 2``; not installed or enabled by default), the tests that start processes of
+    their own (marked ``multiprocess``: sweeps, 2-process DDP, signals, resume) hold a lock shared by the run's
+    workers, so at most one of them runs at a time while the other worker takes in-process tests: two at once would
+    put four or more busy processes on the two cores and push their deadlines (a SIGTERM answered within 30 s, a
+    checkpoint written within 120 s) over. xdist's own ``--dist loadgroup`` cannot do this under pytest 9.2 (its
+    groups are silently ignored: pytest-dev/pytest-xdist#1386). Without xdist nothing is locked."""
+    if request.node.get_closest_marker("multiprocess") is None or "PYTEST_XDIST_WORKER" not in os.environ:
+        yield
+        return
+    import fcntl
+
+    # the workers' base temporary folders share this run's parent folder (another pytest run has its own)
+    with open(tmp_path_factory.getbasetemp().parent / "multiprocess.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+
+
+@pytest.fixture(autouse=True)
 def _torch_threads():
     """Every test runs with ``OMP_NUM_THREADS`` intra-op threads (1 unless set): the suite's tensors are
     small, and on a loaded 2-core machine extra BLAS threads wait on descheduled workers (1000x slowdowns
@@ -52,6 +74,23 @@ def has_mnist() -> bool:
 
 
 needs_mnist = pytest.mark.skipif(not has_mnist(), reason="MNIST files not found under $LIGHTNING_GM_DATA")
+
+
+def write_fit_config(path: Path, model: dict, data: dict, max_epochs: int = 1) -> Path:
+    """Write a ``lightning_gm fit`` config for a seconds-long command test to ``path`` (its stem names the
+    experiment): the given ``model`` and ``data`` blocks (``class_path`` + ``init_args``), ``max_epochs``, a CSV
+    logger in ``runs/``, the sample pictures, no progress bar or model summary."""
+    import yaml
+
+    trainer = {
+        "max_epochs": max_epochs,
+        "logger": [{"class_path": "lightning.pytorch.loggers.CSVLogger", "init_args": {"save_dir": "runs"}}],
+        "callbacks": [{"class_path": "lightning_gm.callbacks.SamplePictures"}],
+        "enable_progress_bar": False,
+        "enable_model_summary": False,
+    }
+    path.write_text(yaml.safe_dump({"trainer": trainer, "model": model, "data": data}, sort_keys=False))
+    return path
 
 
 @pytest.fixture

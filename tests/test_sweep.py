@@ -64,7 +64,8 @@ def test_bad_space_is_a_clear_error(tmp_path, space, message):
     assert message in str(info.value) and str(tmp_path / "sweep.yaml") in str(info.value)
 
 
-def test_space_parsing_and_other_errors(tmp_path):
+def test_space_parsing_and_other_errors(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # the default storage's folder is made below the working directory, not the repo
     spec = load_sweep(_sweep_file(tmp_path, space={
         "model.init_args.optimizer.init_args.lr": {"type": "float", "low": 1e-4, "high": 1e-2, "log": True},
         "model.init_args.activation": {"type": "categorical", "choices": ["tanh", "relu"]},

@@ -10,10 +10,16 @@ Run by hand, never in CI. Every comparison:
 * reports the per-example paired difference ``nll_here - nll_peer`` (negative: the platform is better) with its
   standard error ``sd(d) / sqrt(n)``: both models are scored on the same images, so the image-to-image spread,
   which dwarfs the difference, cancels.
+
+Each script imports this module (``import common``: the script's own folder is on ``sys.path``) and follows
+one shape: :func:`parser` for the shared options, :func:`train_both` for the side-by-side training (the script
+itself re-run with ``--peer-only`` as the peer side), :func:`load_here` for the platform's model, then its own
+scoring, :func:`paired`, :func:`record` and :func:`write_result`.
 """
 
 from __future__ import annotations
 
+import argparse
 import json
 import math
 import os
@@ -29,7 +35,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[2]
 
 __all__ = ["ROOT", "evenly_spaced", "paired", "run_side_by_side", "fit_command", "machine", "hms", "seconds",
-           "best_checkpoint", "write_result"]
+           "best_checkpoint", "record", "write_result", "parser", "train_both", "load_here"]
 
 
 def evenly_spaced(total: int, n: int) -> torch.Tensor:
@@ -67,8 +73,7 @@ def hms(sec: float) -> str:
 def _env() -> dict[str, str]:
     env = dict(os.environ)
     env.update(OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", WANDB_MODE="disabled", PYTHONPATH=str(ROOT))
-    env.setdefault("LIGHTNING_GM_DATA", "/work/shared/data")
-    return env
+    return env  # the data root is the caller's $LIGHTNING_GM_DATA (or the platform's default)
 
 
 def fit_command(config: str, budget_s: float, runs_dir: Path, run_name: str, extra: Sequence[str] = ()) -> list[str]:
@@ -117,9 +122,52 @@ def machine() -> str:
     return f"{cpu}, {os.cpu_count()} cores, torch {torch.__version__}, load average {os.getloadavg()[0]:.1f} at scoring"
 
 
-def write_result(out: Path, result: dict[str, Any], row: Optional[str] = None) -> None:
-    """Write ``result.json`` (and print the Markdown table row)."""
+def record(family: str, peer: str, budget_s: float, estimator: str, stats: dict[str, float],
+           sides: dict[str, Any], **extra: Any) -> dict[str, Any]:
+    """A comparison's ``result.json``: what was compared, for how long, scored how, on which machine, the
+    :func:`paired` statistics, the two trainings' records (:func:`train_both`) and the script's own ``extra``."""
+    return {"family": family, "peer": peer, "budget_s": budget_s, "estimator": estimator, "machine": machine(),
+            **stats, "sides": sides, **extra}
+
+
+def write_result(out: Path, result: dict[str, Any], family: str, peer: str, here_cell: str, peer_cell: str,
+                 estimator: str) -> None:
+    """Write ``out/result.json`` and print its row of the ``bench/RESULTS.md`` table
+    ``| family | peer | budget | here | peer | here - peer | estimator |`` (the budget and the paired difference
+    with its standard error from ``result``; the other cells as given)."""
     out.mkdir(parents=True, exist_ok=True)
     (out / "result.json").write_text(json.dumps(result, indent=2))
-    if row:
-        print(row)
+    cells = [family, peer, f"{result['budget_s'] / 60:.0f} min", here_cell, peer_cell,
+             f"{result['diff']:+.2f} +- {result['diff_se']:.2f}", estimator]
+    print("| " + " | ".join(cells) + " |")
+
+
+def parser(doc: str, examples: int) -> argparse.ArgumentParser:
+    """The options every comparison takes (``--budget``, ``--examples``, ``--out``, ``--score-only``, and the
+    internal ``--peer-only`` by which a script runs its own peer side); the script adds its own."""
+    p = argparse.ArgumentParser(description=doc.splitlines()[0])
+    p.add_argument("--budget", default="00:00:15:00", help="training wall time of each side, DD:HH:MM:SS")
+    p.add_argument("--examples", type=int, default=examples, help="evenly spaced test images scored")
+    p.add_argument("--out", default=None, help="result folder (default runs/peers/<script>[/<model>])")
+    p.add_argument("--peer-only", action="store_true", help=argparse.SUPPRESS)
+    p.add_argument("--score-only", action="store_true", help="score the runs already in --out")
+    return p
+
+
+def train_both(script: str, config: str, budget_s: float, out: Path, here_extra: Sequence[str] = (),
+               peer_args: Sequence[str] = ()) -> dict[str, dict[str, Any]]:
+    """Train both sides at once for ``budget_s``: the platform's ``config`` (:func:`fit_command`, run ``here`` in
+    ``out``) and ``script --peer-only`` with ``peer_args``; logs in ``out/logs``. Returns :func:`run_side_by_side`'s
+    record."""
+    return run_side_by_side({
+        "here": fit_command(config, budget_s, out, "here", here_extra),
+        "peer": [sys.executable, script, "--peer-only", f"--budget={budget_s}", f"--out={out}", *peer_args],
+    }, out / "logs")
+
+
+def load_here(out: Path, config: str):
+    """The platform's trained model of :func:`train_both` (its best checkpoint), in eval mode, one thread."""
+    import lightning_gm
+
+    torch.set_num_threads(1)
+    return lightning_gm.load_model(best_checkpoint(out / Path(config).stem / "here")).eval()

@@ -23,28 +23,16 @@ Rozet et al., zuko (https://github.com/probabilists/zuko).
 
 from __future__ import annotations
 
-import argparse
 import copy
 import math
-import sys
 import time
 from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import (  # noqa: E402
-    ROOT,
-    best_checkpoint,
-    evenly_spaced,
-    fit_command,
-    machine,
-    paired,
-    run_side_by_side,
-    seconds,
-    write_result,
-)
+import common
 
+CONFIG = "conf/maf_mnist.yaml"
 ALPHA = 1e-6
 D = 784
 
@@ -111,36 +99,23 @@ def train_peer(budget_s: float, out: Path, epoch_batches: int = 0) -> None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--budget", default="00:00:15:00", help="training wall time of each side, DD:HH:MM:SS")
-    parser.add_argument("--examples", type=int, default=10000, help="evenly spaced test images scored")
-    parser.add_argument("--out", default=str(ROOT / "runs" / "peers" / "flows_zuko"))
+    parser = common.parser(__doc__, examples=10000)
     parser.add_argument("--epoch-batches", type=int, default=0, help="batches per epoch on both sides (0: all; "
                         "a smoke test of the plumbing)")
-    parser.add_argument("--peer-only", action="store_true", help=argparse.SUPPRESS)
-    parser.add_argument("--score-only", action="store_true", help="score the runs already in --out")
     args = parser.parse_args()
-    out, budget = Path(args.out), seconds(args.budget)
+    out, budget = Path(args.out or common.ROOT / "runs" / "peers" / "flows_zuko"), common.seconds(args.budget)
     if args.peer_only:
         train_peer(budget, out / "peer", args.epoch_batches)
         return
     sides = {}
     if not args.score_only:
-        sides = run_side_by_side({
-            "here": fit_command("conf/maf_mnist.yaml", budget, out, "here",
-                                [f"--trainer.limit_train_batches={args.epoch_batches}"] if args.epoch_batches else []),
-            "peer": [sys.executable, __file__, "--peer-only", f"--budget={budget}", f"--out={out}",
-                     f"--epoch-batches={args.epoch_batches}"],
-        }, out / "logs")
-
-    import lightning_gm
-
-    torch.set_num_threads(1)
+        smoke = [f"--trainer.limit_train_batches={args.epoch_batches}"] if args.epoch_batches else []
+        sides = common.train_both(__file__, CONFIG, budget, out, smoke, [f"--epoch-batches={args.epoch_batches}"])
+    here = common.load_here(out, CONFIG)
     dm = _data()
     x_test = dm.splits["test"][0]
-    idx = evenly_spaced(len(x_test), args.examples)
+    idx = common.evenly_spaced(len(x_test), args.examples)
     x = x_test[idx]
-    here = lightning_gm.load_model(best_checkpoint(out / "maf_mnist" / "here")).eval()
     peer_ckpt = torch.load(out / "peer" / "peer.pt")
     peer = zuko_maf()
     peer.load_state_dict(peer_ckpt["state_dict"])
@@ -148,19 +123,16 @@ def main() -> None:
     with torch.no_grad():
         nll_here = -torch.cat([here.log_prob(c) for c in x.split(500)])
         nll_peer = -torch.cat([_peer_log_prob(peer, c) for c in x.split(500)])
-    stats = paired(nll_here, nll_peer)
+    stats = common.paired(nll_here, nll_peer)
     bpd = lambda nll: (nll + D * math.log(256)) / (D * math.log(2))  # noqa: E731
-    result = {"family": "flow (MAF, dequantised MNIST)", "peer": "zuko 1.6.0 MAF", "budget_s": budget,
-              "estimator": f"exact, {stats['n']:,} evenly spaced test images", "machine": machine(), **stats,
-              "bpd_here": bpd(stats["nll_here"]), "bpd_peer": bpd(stats["nll_peer"]),
-              "peer_steps": peer_ckpt["steps"], "peer_epochs": peer_ckpt["epochs"], "sides": sides,
-              "here_params": here.num_parameters(), "peer_params": sum(p.numel() for p in peer.parameters())}
-    row = (f"| flow: MAF (5), dequantised MNIST | zuko MAF | {budget / 60:.0f} min | "
-           f"{stats['nll_here']:.1f} ({result['bpd_here']:.3f} bpd) | {stats['nll_peer']:.1f} "
-           f"({result['bpd_peer']:.3f} bpd) | {stats['diff']:+.2f} +- {stats['diff_se']:.2f} | exact, "
-           f"{stats['n']:,} test images |")
-    write_result(out, result, row)
-
+    result = common.record("flow (MAF, dequantised MNIST)", "zuko 1.6.0 MAF", budget,
+                           f"exact, {stats['n']:,} evenly spaced test images", stats, sides,
+                           bpd_here=bpd(stats["nll_here"]), bpd_peer=bpd(stats["nll_peer"]),
+                           peer_steps=peer_ckpt["steps"], peer_epochs=peer_ckpt["epochs"],
+                           here_params=here.num_parameters(), peer_params=sum(p.numel() for p in peer.parameters()))
+    common.write_result(out, result, "flow: MAF (5), dequantised MNIST", "zuko MAF",
+                        f"{stats['nll_here']:.1f} ({result['bpd_here']:.3f} bpd)",
+                        f"{stats['nll_peer']:.1f} ({result['bpd_peer']:.3f} bpd)", f"exact, {stats['n']:,} test images")
 
 if __name__ == "__main__":
     main()

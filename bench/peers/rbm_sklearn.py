@@ -27,29 +27,17 @@ algorithm); scikit-learn ``sklearn/neural_network/_rbm.py``.
 
 from __future__ import annotations
 
-import argparse
 import math
 import pickle
 import statistics
-import sys
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import (  # noqa: E402
-    ROOT,
-    best_checkpoint,
-    evenly_spaced,
-    fit_command,
-    machine,
-    paired,
-    run_side_by_side,
-    seconds,
-    write_result,
-)
+import common
+
 
 
 def _data():
@@ -87,7 +75,7 @@ def _platform_rbm(config: str):
     """The config's RBM, built as the command builds it (same AIS schedule)."""
     from lightning_gm.cli import GenerativeCLI
 
-    return GenerativeCLI(args=["--config", str(ROOT / config), "--trainer.logger=false"], run=False).model
+    return GenerativeCLI(args=["--config", str(common.ROOT / config), "--trainer.logger=false"], run=False).model
 
 
 def score(model, x: torch.Tensor, replicates: int) -> dict:
@@ -97,43 +85,32 @@ def score(model, x: torch.Tensor, replicates: int) -> dict:
     log_z = statistics.fmean(log_zs)
     with torch.no_grad():
         nll = -(model.log_prob_unnormalized(x).double() - log_z)
-    spread = statistics.stdev(log_zs) / math.sqrt(replicates) if replicates > 1 else results[0].std_error
+    spread = statistics.stdev(log_zs) / math.sqrt(replicates) if replicates > 1 else results[0].stderr
     first = results[0]
     return {"nll": nll, "log_z": log_z, "log_z_replicates": log_zs, "log_z_se": spread,
             "ess": [r.effective_sample_size for r in results], "interval_first": list(first.interval),
-            "schedule": f"ais {first.n_runs}x{first.n_steps:,}"}
+            "schedule": f"ais {first.runs}x{first.steps:,}"}
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--budget", default="00:00:15:00", help="training wall time of each side, DD:HH:MM:SS")
+    parser = common.parser(__doc__, examples=10000)
     parser.add_argument("--config", default="conf/rbm_cd25.yaml")
-    parser.add_argument("--examples", type=int, default=10000, help="evenly spaced test images scored")
     parser.add_argument("--replicates", type=int, default=3, help="independent AIS estimates of log Z per model")
-    parser.add_argument("--out", default=str(ROOT / "runs" / "peers" / "rbm_sklearn"))
-    parser.add_argument("--peer-only", action="store_true", help=argparse.SUPPRESS)
-    parser.add_argument("--score-only", action="store_true", help="score the runs already in --out")
     args = parser.parse_args()
-    out, budget = Path(args.out), seconds(args.budget)
+    out, budget = Path(args.out or common.ROOT / "runs" / "peers" / "rbm_sklearn"), common.seconds(args.budget)
     if args.peer_only:
         train_peer(budget, out / "peer")
         return
-    experiment = Path(args.config).stem
     sides = {}
     if not args.score_only:
-        sides = run_side_by_side({
-            "here": fit_command(args.config, budget, out, "here", ["--test_after_fit=false"]),
-            "peer": [sys.executable, __file__, "--peer-only", f"--budget={budget}", f"--out={out}"],
-        }, out / "logs")
+        sides = common.train_both(__file__, args.config, budget, out, ["--test_after_fit=false"])
 
-    import lightning_gm
     from lightning_gm.estimators.ais import base_rate_log_odds
 
-    torch.set_num_threads(1)
+    here = common.load_here(out, args.config)
     dm = _data()
     x_test = dm.splits["test"][0].reshape(len(dm.splits["test"][0]), -1)
-    x = x_test[evenly_spaced(len(x_test), args.examples)].float()
-    here = lightning_gm.load_model(best_checkpoint(out / experiment / "here")).eval()
+    x = x_test[common.evenly_spaced(len(x_test), args.examples)].float()
     with open(out / "peer" / "peer.pkl", "rb") as f:
         peer_run = pickle.load(f)
     sk = peer_run["rbm"]
@@ -147,20 +124,18 @@ def main() -> None:
         here.ais_base.copy_(base)  # the same AIS base for both (the platform's is this already, from its data)
         peer.ais_base.copy_(base)
     s_here, s_peer = score(here, x, args.replicates), score(peer, x, args.replicates)
-    stats = paired(s_here["nll"], s_peer["nll"])
+    stats = common.paired(s_here["nll"], s_peer["nll"])
     stats["diff_se"] = math.sqrt(stats["diff_se"] ** 2 + s_here["log_z_se"] ** 2 + s_peer["log_z_se"] ** 2)
-    result = {"family": "RBM 784-500, binarised MNIST", "peer": "scikit-learn BernoulliRBM", "config": args.config,
-              "budget_s": budget, "estimator": f"{s_here['schedule']}, {args.replicates} replicates, "
-              f"{stats['n']:,} evenly spaced test images", "machine": machine(), **stats,
-              "here": {k: v for k, v in s_here.items() if k != "nll"},
-              "peer_ais": {k: v for k, v in s_peer.items() if k != "nll"},
-              "peer_n_iter": peer_run["n_iter"], "peer_total_s": peer_run["total_s"], "sides": sides}
-    row = (f"| RBM 784-500, binarised MNIST | scikit-learn BernoulliRBM (PCD-1, lr 0.1, batch 10) | "
-           f"{budget / 60:.0f} min | {stats['nll_here']:.2f} (ESS {min(s_here['ess']):.0f}) | "
-           f"{stats['nll_peer']:.2f} (ESS {min(s_peer['ess']):.0f}) | {stats['diff']:+.2f} +- {stats['diff_se']:.2f} | "
-           f"{s_here['schedule']} x {args.replicates}, {stats['n']:,} test images |")
-    write_result(out, result, row)
-
+    estimator = f"{s_here['schedule']}, {args.replicates} replicates, {stats['n']:,} evenly spaced test images"
+    result = common.record("RBM 784-500, binarised MNIST", "scikit-learn BernoulliRBM", budget, estimator, stats, sides,
+                           config=args.config, here={k: v for k, v in s_here.items() if k != "nll"},
+                           peer_ais={k: v for k, v in s_peer.items() if k != "nll"},
+                           peer_n_iter=peer_run["n_iter"], peer_total_s=peer_run["total_s"])
+    common.write_result(out, result, "RBM 784-500, binarised MNIST",
+                        "scikit-learn BernoulliRBM (PCD-1, lr 0.1, batch 10)",
+                        f"{stats['nll_here']:.2f} (ESS {min(s_here['ess']):.0f})",
+                        f"{stats['nll_peer']:.2f} (ESS {min(s_peer['ess']):.0f})",
+                        f"{s_here['schedule']} x {args.replicates}, {stats['n']:,} test images")
 
 if __name__ == "__main__":
     main()

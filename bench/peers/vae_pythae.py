@@ -33,7 +33,6 @@ Benchmarks); Burda, Grosse & Salakhutdinov, "Importance Weighted Autoencoders", 
 
 from __future__ import annotations
 
-import argparse
 import copy
 import sys
 import time
@@ -42,18 +41,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import (  # noqa: E402
-    ROOT,
-    best_checkpoint,
-    evenly_spaced,
-    fit_command,
-    machine,
-    paired,
-    run_side_by_side,
-    seconds,
-    write_result,
-)
+import common
+
 
 CONFIGS = {"vae": "conf/vae.yaml", "iwae": "conf/iwae.yaml", "vamp": "conf/vae_vampprior.yaml"}
 
@@ -61,7 +50,7 @@ CONFIGS = {"vae": "conf/vae.yaml", "iwae": "conf/iwae.yaml", "vamp": "conf/vae_v
 def _cli(config: str, extra: tuple[str, ...] = ()):
     from lightning_gm.cli import GenerativeCLI
 
-    return GenerativeCLI(args=["--config", str(ROOT / config), "--trainer.logger=false", *extra], run=False)
+    return GenerativeCLI(args=["--config", str(common.ROOT / config), "--trainer.logger=false", *extra], run=False)
 
 
 def _vamp_bounds(model_name: str) -> tuple[str, ...]:
@@ -183,35 +172,22 @@ def train_peer(model_name: str, budget_s: float, out: Path) -> None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = common.parser(__doc__, examples=1000)
     parser.add_argument("--model", choices=sorted(CONFIGS), default="vae")
-    parser.add_argument("--budget", default="00:00:15:00", help="training wall time of each side, DD:HH:MM:SS")
     parser.add_argument("--k", type=int, default=5000, help="importance samples of the test bound")
-    parser.add_argument("--examples", type=int, default=1000, help="evenly spaced test images scored")
-    parser.add_argument("--out", default=None, help="default runs/peers/vae_pythae/<model>")
-    parser.add_argument("--peer-only", action="store_true", help=argparse.SUPPRESS)
-    parser.add_argument("--score-only", action="store_true", help="score the runs already in --out")
     args = parser.parse_args()
-    out = Path(args.out or ROOT / "runs" / "peers" / "vae_pythae" / args.model)
-    budget, config = seconds(args.budget), CONFIGS[args.model]
+    out = Path(args.out or common.ROOT / "runs" / "peers" / "vae_pythae" / args.model)
+    budget, config = common.seconds(args.budget), CONFIGS[args.model]
     if args.peer_only:
         train_peer(args.model, budget, out / "peer")
         return
     sides = {}
     if not args.score_only:
-        sides = run_side_by_side({
-            "here": fit_command(config, budget, out, "here", ["--test_after_fit=false"]),
-            "peer": [sys.executable, __file__, "--peer-only", f"--model={args.model}", f"--budget={budget}",
-                     f"--out={out}"],
-        }, out / "logs")
-
-    import lightning_gm
-
-    torch.set_num_threads(1)
+        sides = common.train_both(__file__, config, budget, out, ["--test_after_fit=false"], [f"--model={args.model}"])
+    here = common.load_here(out, config)
     _, _, dm = _datasets()
     x_test = dm.splits["test"][0].reshape(-1, 784).float()
-    x = x_test[evenly_spaced(len(x_test), args.examples)]
-    here = lightning_gm.load_model(best_checkpoint(out / Path(config).stem / "here")).eval()
+    x = x_test[common.evenly_spaced(len(x_test), args.examples)]
     state = torch.load(out / "peer" / "peer.pt")
     peer = _cli(config, _vamp_bounds(args.model)).model.eval()
     peer.encoder.load_state_dict(state["encoder"])
@@ -224,16 +200,14 @@ def main() -> None:
         nll_here = -torch.cat([here.iw_log_prob(c, args.k) for c in x.split(10)])
         torch.manual_seed(1)
         nll_peer = -torch.cat([peer.iw_log_prob(c, args.k) for c in x.split(10)])
-    stats = paired(nll_here, nll_peer)
+    stats = common.paired(nll_here, nll_peer)
     estimator = f"iwae-{args.k} on {stats['n']:,} evenly spaced test images"
-    result = {"family": f"VAE family ({args.model}), binarised MNIST", "peer": f"pythae 0.1.2 {args.model.upper()}",
-              "config": config, "budget_s": budget, "estimator": estimator, "machine": machine(), **stats,
-              "peer_epochs": state["epochs"], "peer_total_s": state["total_s"], "sides": sides}
-    row = (f"| VAE family: {args.model} ({config}) | pythae {args.model.upper()} (same networks) | "
-           f"{budget / 60:.0f} min | {stats['nll_here']:.2f} | {stats['nll_peer']:.2f} | "
-           f"{stats['diff']:+.2f} +- {stats['diff_se']:.2f} | {estimator} |")
-    write_result(out, result, row)
-
+    result = common.record(f"VAE family ({args.model}), binarised MNIST", f"pythae 0.1.2 {args.model.upper()}", budget,
+                           estimator, stats, sides, config=config, peer_epochs=state["epochs"],
+                           peer_total_s=state["total_s"])
+    common.write_result(out, result, f"VAE family: {args.model} ({config})",
+                        f"pythae {args.model.upper()} (same networks)", f"{stats['nll_here']:.2f}",
+                        f"{stats['nll_peer']:.2f}", estimator)
 
 if __name__ == "__main__":
     main()

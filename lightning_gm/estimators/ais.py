@@ -49,11 +49,12 @@ from lightning_gm.groups import ParameterGroup
 __all__ = [
     "AISSchedule", "AnnealingPath", "AISResult", "ProgressFn", "FULL_RUNS", "FULL_STEPS", "default_betas",
     "betas_schedule", "as_beta_list", "base_rate_log_odds", "run_ais", "summarize_log_weights", "DEFAULT_BATCHES",
-    "softplus_difference", "FLOAT32_INCREMENT_LIMIT", "ais_log_partition",
+    "softplus_difference", "FLOAT32_INCREMENT_LIMIT", "ais_log_partition", "LastStateCache",
 ]
 
 
 StateT = TypeVar("StateT")
+ValueT = TypeVar("ValueT")
 
 
 #: progress hook ``progress(step, total)``, called every ``progress_every`` annealing steps and at the end.
@@ -224,6 +225,28 @@ class AnnealingPath(ABC, Generic[StateT]):
         """
         increment = self.log_ratio(state, beta_from, beta_to).to(torch.float64)
         return increment, (self.transition(state, beta_to, generator) if transition else state)
+
+
+class LastStateCache(Generic[StateT, ValueT]):
+    r"""``statistic(state)`` remembered for the last state it was asked for (the same tensor object).
+
+    :meth:`AnnealingPath.advance`'s default calls ``log_ratio(x_k)`` then ``transition(x_k)`` on the same state, so
+    a path whose log-density and transition share a costly statistic of the state (a convolution, the subspace
+    logits, the spike-and-slab projections) computes it once per step by calling its cache in both. Identity, not
+    equality, is the test: a new state is a new tensor.
+
+    Args:
+        statistic: ``state -> value``, a pure function of the state (the path's parameters are fixed).
+    """
+
+    def __init__(self, statistic: Callable[[StateT], ValueT]) -> None:
+        self.statistic = statistic
+        self._last: Optional[tuple[StateT, ValueT]] = None
+
+    def __call__(self, state: StateT) -> ValueT:
+        if self._last is None or self._last[0] is not state:
+            self._last = (state, self.statistic(state))
+        return self._last[1]
 
 
 # ---------------------------------------------------------------------------------------- core loop

@@ -29,15 +29,20 @@ References:
 
 from __future__ import annotations
 
-import math
 from typing import Optional
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from lightning_gm.estimators.ais import AnnealingPath
-from lightning_gm.estimators.partition import MAX_ENUMERATION_UNITS, check_enumerable, frozen_copy, logsumexp_over_binary
+from lightning_gm.estimators.ais import AnnealingPath, LastStateCache
+from lightning_gm.estimators.partition import (
+    MAX_ENUMERATION_UNITS,
+    base_parameter,
+    check_enumerable,
+    frozen_copy,
+    logsumexp_over_binary,
+)
 from lightning_gm.nn.conv_rbm import ConvolutionalRBM
 
 __all__ = ["ConvRBMAnnealingPath", "conv_rbm_log_partition_enumerate"]
@@ -80,16 +85,10 @@ class ConvRBMAnnealingPath(AnnealingPath[Tensor]):
             raise TypeError("ConvRBMAnnealingPath needs a ConvolutionalRBM with binary visibles")
         self.rbm = frozen_copy(rbm)
         shape = (rbm.in_channels, *rbm.image_size)
-        f64 = {"dtype": torch.float64, "device": rbm.W.device}
-        if base_visible_bias is None:
-            self.b_base = torch.zeros(shape, **f64)
-        else:
-            b = torch.as_tensor(base_visible_bias).detach().to(**f64)
-            if b.numel() != math.prod(shape):
-                raise ValueError(f"base_visible_bias must have {math.prod(shape)} entries, got {b.numel()}")
-            self.b_base = b.reshape(shape)
+        self.b_base = base_parameter(base_visible_bias, shape, "base_visible_bias", rbm.W.device)
         self._c_map = self.rbm.c.view(-1, 1, 1).expand(shape)
-        self._cache: Optional[tuple[Tensor, Tensor]] = None
+        # run_ais calls log_ratio(x_k) then transition(x_k) on the same tensor: convolve once
+        self._logits = LastStateCache(self.rbm.detector_logits)
 
     def log_z_base(self) -> float:
         r""":math:`\sum_i \operatorname{softplus}(b_{A,i}) + K \sum_\alpha \log(1 + |B_\alpha|)`."""
@@ -98,14 +97,6 @@ class ConvRBMAnnealingPath(AnnealingPath[Tensor]):
 
     def sample_base(self, n: int, generator: Optional[torch.Generator] = None) -> Tensor:
         return torch.bernoulli(torch.sigmoid(self.b_base).expand(n, *self.b_base.shape), generator=generator)
-
-    def _logits(self, v: Tensor) -> Tensor:
-        # run_ais calls log_ratio(x_k) then transition(x_k) on the same tensor: convolve once
-        if self._cache is not None and self._cache[0] is v:
-            return self._cache[1]
-        x = self.rbm.detector_logits(v)
-        self._cache = (v, x)
-        return x
 
     def _linear(self, v: Tensor) -> tuple[Tensor, Tensor]:
         return (v * self.b_base).sum((1, 2, 3)), (v * self._c_map).sum((1, 2, 3))

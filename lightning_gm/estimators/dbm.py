@@ -51,7 +51,13 @@ from torch import Tensor
 
 from lightning_gm.estimators.ais import FLOAT32_INCREMENT_LIMIT, AnnealingPath, softplus_difference
 from lightning_gm.estimators.reverse import ReverseStart
-from lightning_gm.estimators.partition import MAX_ENUMERATION_UNITS, check_enumerable, frozen_copy, logsumexp_over_binary
+from lightning_gm.estimators.partition import (
+    MAX_ENUMERATION_UNITS,
+    base_parameter,
+    check_enumerable,
+    frozen_copy,
+    logsumexp_over_binary,
+)
 from lightning_gm.nn.dbm import BinaryDBM
 from lightning_gm.nn.rbm import bernoulli
 
@@ -129,12 +135,7 @@ class DBMAnnealingPath(AnnealingPath[list]):
             raise ValueError(f"summed must be pairwise non-adjacent layers of 0..{L}, got {list(summed or [])}")
         self.kept = [l for l in range(L + 1) if l not in self.summed]
         device = d.weights[0].device
-        if base_visible_bias is None:
-            self.b_base = torch.zeros(self.sizes[0], dtype=torch.float64, device=device)
-        else:
-            self.b_base = torch.as_tensor(base_visible_bias).detach().to(torch.float64).to(device).reshape(-1)
-            if self.b_base.shape[0] != self.sizes[0]:
-                raise ValueError(f"base_visible_bias must have shape ({self.sizes[0]},), got {tuple(self.b_base.shape)}")
+        self.b_base = base_parameter(base_visible_bias, (self.sizes[0],), "base_visible_bias", device)
         # the uncentred equivalent (float64): biases b'_l and the constant C
         W = [d.W(l) for l in range(1, L + 1)]
         biases = [d.biases[l].clone() for l in range(L + 1)]

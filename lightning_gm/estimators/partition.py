@@ -22,6 +22,7 @@ References:
 from __future__ import annotations
 
 import copy
+import math
 from typing import Callable, Iterator, Literal, TypeVar
 
 import torch
@@ -34,6 +35,7 @@ __all__ = [
     "EnumerationTooLargeError",
     "check_enumerable",
     "frozen_copy",
+    "base_parameter",
     "enumerate_binary",
     "iter_binary_chunks",
     "logsumexp_over_binary",
@@ -136,6 +138,33 @@ def frozen_copy(module: M, dtype: torch.dtype = torch.float64) -> M:
     model = copy.deepcopy(module).to(dtype)
     model.requires_grad_(False)
     return model
+
+
+def base_parameter(value: Tensor | float | None, shape: tuple[int, ...], name: str, device: torch.device | str | None,
+                   default: Tensor | float = 0.0) -> Tensor:
+    r"""A per-unit parameter of an AIS base distribution (the base-rate biases :math:`b_A`, a base mean :math:`a`
+    or precision :math:`\tau`) as the paths compute on it: a float64 tensor of ``shape`` on ``device``, detached
+    and owned (a copy).
+
+    Args:
+        value: a tensor or array with ``prod(shape)`` entries (in any shape, e.g. flat or image-shaped), or one
+            number for every unit; ``None`` takes ``default``.
+        shape: the units' shape (e.g. ``(D,)``, or ``(C, H, W)`` for a convolutional RBM).
+        name: the argument's name, for the error.
+        device: where the path's parameters live.
+        default: used when ``value`` is ``None`` (a number or a tensor of ``prod(shape)`` entries).
+
+    Raises:
+        ValueError: naming ``name`` when ``value`` has neither one nor ``prod(shape)`` entries.
+    """
+    t = torch.as_tensor(default if value is None else value).detach().to(dtype=torch.float64, device=device)
+    n = math.prod(shape)
+    if t.numel() == 1:
+        return t.reshape(()).expand(shape).clone()
+    if t.numel() != n:
+        raise ValueError(f"{name} must have {n} entries (shape {tuple(shape)}) or be one number, "
+                         f"got shape {tuple(t.shape)}")
+    return t.reshape(shape).clone()
 
 
 def check_enumerable(n: int, max_units: int, what: str) -> None:

@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from lightning_gm.estimators.ais import FLOAT32_INCREMENT_LIMIT, AnnealingPath, softplus_difference
+from lightning_gm.estimators.partition import base_parameter, frozen_copy
 from lightning_gm.nn.rbm import BernoulliRBM, GaussianBernoulliRBM, RBMBase, bernoulli
 
 __all__ = ["RBMAnnealingPath", "GaussianRBMAnnealingPath", "rbm_log_likelihood"]
@@ -80,18 +81,9 @@ class RBMAnnealingPath(AnnealingPath[Tensor]):
         self.sweeps = int(sweeps)
         if not isinstance(rbm, BernoulliRBM):
             raise TypeError(f"RBMAnnealingPath needs a BernoulliRBM, got {type(rbm).__name__}")
-        f64 = {"dtype": torch.float64, "device": rbm.W.device}
-        self.W = rbm.W.detach().to(**f64)
-        self.b = rbm.b.detach().to(**f64)
-        self.c = rbm.c.detach().to(**f64)
-        if base_visible_bias is None:
-            self.b_base = torch.zeros_like(self.b)
-        else:
-            self.b_base = torch.as_tensor(base_visible_bias).detach().to(**f64).reshape(-1)
-            if self.b_base.shape != self.b.shape:
-                raise ValueError(
-                    f"base_visible_bias must have shape {tuple(self.b.shape)}, got {tuple(self.b_base.shape)}"
-                )
+        m = frozen_copy(rbm)
+        self.W, self.b, self.c = m.W, m.b, m.c
+        self.b_base = base_parameter(base_visible_bias, tuple(self.b.shape), "base_visible_bias", self.b.device)
         self.dtype = dtype
         # the Gibbs copies: [W, b - b_A] gives the hidden inputs and the linear term in one product
         self._Wx = torch.cat([self.W, (self.b - self.b_base).unsqueeze(1)], 1).to(dtype).contiguous()
@@ -180,15 +172,10 @@ class GaussianRBMAnnealingPath(AnnealingPath[Tensor]):
     def __init__(self, rbm: GaussianBernoulliRBM, base_mean: Tensor | None = None) -> None:
         if not isinstance(rbm, GaussianBernoulliRBM):
             raise TypeError(f"GaussianRBMAnnealingPath needs a GaussianBernoulliRBM, got {type(rbm).__name__}")
-        f64 = {"dtype": torch.float64, "device": rbm.W.device}
-        self.W = rbm.W.detach().to(**f64)
-        self.b = rbm.b.detach().to(**f64)
-        self.c = rbm.c.detach().to(**f64)
-        self.log_sigma = rbm.log_sigma.detach().to(**f64)
+        m = frozen_copy(rbm)
+        self.W, self.b, self.c, self.log_sigma = m.W, m.b, m.c, m.log_sigma
         self.inv_var = torch.exp(-2.0 * self.log_sigma)
-        self.a = self.b.clone() if base_mean is None else torch.as_tensor(base_mean).detach().to(**f64).reshape(-1)
-        if self.a.shape != self.b.shape:
-            raise ValueError(f"base_mean must have shape {tuple(self.b.shape)}, got {tuple(self.a.shape)}")
+        self.a = base_parameter(base_mean, tuple(self.b.shape), "base_mean", self.b.device, default=self.b)
 
     def log_z_base(self) -> float:
         return float((0.5 * math.log(2.0 * math.pi) + self.log_sigma).sum()) + self.W.shape[1] * math.log(2.0)

@@ -42,8 +42,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from lightning_gm.estimators.ais import AnnealingPath
-from lightning_gm.estimators.partition import check_enumerable, frozen_copy, logsumexp_over_binary
+from lightning_gm.estimators.ais import AnnealingPath, LastStateCache
+from lightning_gm.estimators.partition import base_parameter, check_enumerable, frozen_copy, logsumexp_over_binary
 from lightning_gm.nn.ssrbm import SpikeSlabRBMNet
 from lightning_gm.nn.subspace_rbm import SubspaceRBMNet
 
@@ -75,10 +75,8 @@ class SubspaceRBMAnnealingPath(AnnealingPath[Tensor]):
     def __init__(self, net: SubspaceRBMNet, base_visible_bias: Optional[Tensor] = None) -> None:
         self.net = frozen_copy(net)
         b = self.net.b
-        self.b_base = torch.zeros_like(b) if base_visible_bias is None else torch.as_tensor(base_visible_bias).detach().to(b).reshape(-1)
-        if self.b_base.shape != b.shape:
-            raise ValueError(f"base_visible_bias must have shape {tuple(b.shape)}, got {tuple(self.b_base.shape)}")
-        self._cache: Optional[tuple[Tensor, Tensor]] = None
+        self.b_base = base_parameter(base_visible_bias, tuple(b.shape), "base_visible_bias", b.device)
+        self._a = LastStateCache(self.net.subspace_logits)
 
     def log_z_base(self) -> float:
         n = self.net
@@ -86,13 +84,6 @@ class SubspaceRBMAnnealingPath(AnnealingPath[Tensor]):
 
     def sample_base(self, n: int, generator: Optional[torch.Generator] = None) -> Tensor:
         return torch.bernoulli(torch.sigmoid(self.b_base).expand(n, -1), generator=generator)
-
-    def _a(self, x: Tensor) -> Tensor:
-        if self._cache is not None and self._cache[0] is x:
-            return self._cache[1]
-        a = self.net.subspace_logits(x)
-        self._cache = (x, a)
-        return a
 
     def _hidden_part(self, a: Tensor, beta: float) -> Tensor:
         g = beta * self.net.c + F.softplus(beta * a).sum(-1)
@@ -164,15 +155,14 @@ class SpikeSlabAnnealingPath(AnnealingPath[Tensor]):
     def __init__(self, net: SpikeSlabRBMNet, base_mean: Optional[Tensor] = None,
                  base_precision: Optional[Tensor | float] = None) -> None:
         self.net = frozen_copy(net)
-        d, f64 = self.net.n_visible, {"dtype": torch.float64, "device": self.net.W.device}
-        self.a = torch.zeros(d, **f64) if base_mean is None else torch.as_tensor(base_mean).detach().to(**f64).reshape(-1).expand(d).clone()
-        tau = 1.0 if base_precision is None else base_precision
-        self.tau = torch.as_tensor(tau).detach().to(**f64).reshape(-1).expand(d).clone()
+        d, device = (self.net.n_visible,), self.net.W.device
+        self.a = base_parameter(base_mean, d, "base_mean", device)
+        self.tau = base_parameter(base_precision, d, "base_precision", device, default=1.0)
         if torch.any(self.tau <= 0):
             raise ValueError("base_precision must be positive")
         with torch.no_grad():
             self.lam, self.alpha, self.phi = self.net.visible_precision, self.net.slab_precision, self.net.phi
-        self._cache: Optional[tuple[Tensor, Tensor, Tensor]] = None
+        self._stats = LastStateCache(self.net.projections)
 
     def log_z_base(self) -> float:
         half_log_2pi = 0.5 * math.log(2.0 * math.pi)
@@ -183,13 +173,6 @@ class SpikeSlabAnnealingPath(AnnealingPath[Tensor]):
     def sample_base(self, n: int, generator: Optional[torch.Generator] = None) -> Tensor:
         eps = torch.randn((n, self.a.shape[0]), generator=generator, dtype=torch.float64, device=self.a.device)
         return self.a + eps * self.tau.rsqrt()
-
-    def _stats(self, v: Tensor) -> tuple[Tensor, Tensor]:
-        if self._cache is not None and self._cache[0] is v:
-            return self._cache[1], self._cache[2]
-        x, q = self.net.projections(v)
-        self._cache = (v, x, q)
-        return x, q
 
     def _log_f(self, v: Tensor, x: Tensor, q: Tensor, beta: float) -> Tensor:
         base = 0.5 * (self.tau * (v - self.a).pow(2)).sum(-1)

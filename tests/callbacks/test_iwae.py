@@ -50,6 +50,7 @@ def _test(cwd, ckpt, name: str, *extra: str) -> dict:
     return json.loads((cwd / f"runs/vae_digits/{name}/summary.json").read_text())
 
 
+@pytest.mark.multiprocess
 def test_two_process_evaluation_equals_one_process(checkpoint):
     cwd, ckpt = checkpoint
     one = _test(cwd, ckpt, "one")
@@ -93,6 +94,7 @@ def test_the_label_says_what_a_reduced_test_computed(checkpoint):
         assert again["test"][key] == spaced["test"][key], key
 
 
+@pytest.mark.multiprocess
 def test_sigterm_stops_the_evaluation_within_seconds(checkpoint):
     """A SIGTERM while the IWAE evaluation runs (an evaluation of minutes: k = 2,000,000) stops it within seconds,
     through the progress hook: the run is recorded as interrupted (summary.json written at the stop), with no

@@ -1,4 +1,4 @@
-"""A trained, enumerable RBM shared by the AIS tests."""
+"""The RBMs shared by the estimator tests: a trained, enumerable one, and seeded random ones."""
 
 from __future__ import annotations
 
@@ -8,6 +8,18 @@ import torch
 from lightning_gm.estimators.ais import base_rate_log_odds
 from lightning_gm.estimators.partition import log_partition_enumerate
 from lightning_gm.nn.rbm import BernoulliRBM
+
+
+def random_rbm(n_visible: int, n_hidden: int, seed: int, scale: float = 1.0,
+               dtype: torch.dtype = torch.float64) -> BernoulliRBM:
+    """A ``BernoulliRBM`` with standard normal biases and weights (times ``scale``) from a generator seeded ``seed``."""
+    g = torch.Generator().manual_seed(seed)
+    rbm = BernoulliRBM(n_visible, n_hidden, dtype=dtype)
+    with torch.no_grad():
+        rbm.W.copy_(scale * torch.randn(n_visible, n_hidden, generator=g, dtype=dtype))
+        rbm.b.copy_(torch.randn(n_visible, generator=g, dtype=dtype))
+        rbm.c.copy_(torch.randn(n_hidden, generator=g, dtype=dtype))
+    return rbm
 
 
 def train_digits_rbm() -> tuple[BernoulliRBM, torch.Tensor]:

@@ -8,19 +8,24 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from lightning_gm.estimators.ais import (
+from lightning_gm.estimators import (
     AISResult,
     AnnealingPath,
+    LastStateCache,
+    RBMAnnealingPath,
     ais_log_partition,
     base_rate_log_odds,
     betas_schedule,
     default_betas,
+    enumerate_binary,
+    log_partition_enumerate,
+    rbm_log_likelihood,
     run_ais,
+    sample_rbm_exact,
     summarize_log_weights,
 )
-from lightning_gm.estimators.rbm_ais import RBMAnnealingPath, rbm_log_likelihood
-from lightning_gm.estimators.partition import enumerate_binary, log_partition_enumerate, sample_rbm_exact
 from lightning_gm.nn.rbm import BernoulliRBM
+from tests.estimators.conftest import random_rbm
 
 
 # ----------------------------------------------------------------------------- schedules
@@ -236,13 +241,8 @@ def test_reverse_ais_from_exact_samples_matches_exact_log_partition(trained: dic
 
 
 def test_uniform_base_on_small_random_rbm() -> None:
-    g = torch.Generator().manual_seed(4)
-    rbm = BernoulliRBM(12, 8, dtype=torch.float64)
-    with torch.no_grad():
-        rbm.W.copy_(torch.randn(12, 8, generator=g, dtype=torch.float64))
-        rbm.b.copy_(torch.randn(12, generator=g, dtype=torch.float64))
-        rbm.c.copy_(torch.randn(8, generator=g, dtype=torch.float64))
-    res = ais_log_partition(RBMAnnealingPath(rbm), runs=200, steps=2000, generator=g)
+    rbm = random_rbm(12, 8, seed=4)
+    res = ais_log_partition(RBMAnnealingPath(rbm), runs=200, steps=2000, generator=torch.Generator().manual_seed(4))
     exact = log_partition_enumerate(rbm)
     assert res.log_z_base == pytest.approx(12 * math.log(2.0) + 8 * math.log(2.0))
     assert abs(res.log_z - exact) < 0.1
@@ -250,10 +250,7 @@ def test_uniform_base_on_small_random_rbm() -> None:
 
 
 def test_rbm_log_likelihood_normalises() -> None:
-    g = torch.Generator().manual_seed(2)
-    rbm = BernoulliRBM(6, 4, dtype=torch.float64)
-    with torch.no_grad():
-        rbm.W.copy_(torch.randn(6, 4, generator=g, dtype=torch.float64))
+    rbm = random_rbm(6, 4, seed=2)
     v = enumerate_binary(6)
     ll = rbm_log_likelihood(rbm, v, log_partition_enumerate(rbm)).detach()
     assert float(torch.logsumexp(ll, 0)) == pytest.approx(0.0, abs=1e-12)
@@ -265,3 +262,13 @@ def test_literature_schedule_is_tight(trained: dict) -> None:
                             generator=torch.Generator().manual_seed(3))
     assert res.steps == 14500
     assert abs(res.log_z - trained["log_z"]) < 0.05 and res.log_z_stderr < 0.02
+
+
+def test_last_state_cache_computes_once_per_state_object() -> None:
+    calls: list[torch.Tensor] = []
+    cache = LastStateCache(lambda x: calls.append(x) or 2 * x)
+    x, y = torch.ones(3), torch.ones(3)
+    assert torch.equal(cache(x), 2 * x) and torch.equal(cache(x), 2 * x)
+    assert len(calls) == 1  # the same tensor again: the remembered value
+    cache(y)
+    assert len(calls) == 2 and calls[1] is y  # an equal but new tensor is a new state

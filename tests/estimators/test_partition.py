@@ -10,6 +10,7 @@ import torch.nn.functional as F
 
 from lightning_gm.estimators.partition import (
     EnumerationTooLargeError,
+    base_parameter,
     enumerate_binary,
     iter_binary_chunks,
     log_partition_bruteforce,
@@ -18,16 +19,7 @@ from lightning_gm.estimators.partition import (
     sample_rbm_exact,
 )
 from lightning_gm.nn.rbm import BernoulliRBM, GaussianBernoulliRBM
-
-
-def random_rbm(n_visible: int, n_hidden: int, seed: int, scale: float = 1.0, dtype: torch.dtype = torch.float64):
-    g = torch.Generator().manual_seed(seed)
-    rbm = BernoulliRBM(n_visible, n_hidden, dtype=dtype)
-    with torch.no_grad():
-        rbm.W.copy_(scale * torch.randn(n_visible, n_hidden, generator=g, dtype=dtype))
-        rbm.b.copy_(torch.randn(n_visible, generator=g, dtype=dtype))
-        rbm.c.copy_(torch.randn(n_hidden, generator=g, dtype=dtype))
-    return rbm
+from tests.estimators.conftest import random_rbm
 
 
 @pytest.mark.parametrize("n", [0, 1, 3, 6])
@@ -119,3 +111,16 @@ def test_sample_rbm_exact_matches_exact_marginal() -> None:
     assert v.shape == (n, 4) and h.shape == (n, 3)
     freq = torch.bincount((v.long() * (2 ** torch.arange(4))).sum(1), minlength=16).double() / n
     assert torch.all((freq - p_v).abs() < 5 * torch.sqrt(p_v * (1 - p_v) / n) + 1e-3)
+
+
+def test_base_parameter_takes_a_number_or_every_unit_and_names_a_wrong_size() -> None:
+    image = torch.arange(12.0).reshape(3, 4)
+    got = base_parameter(image.reshape(-1), (3, 4), "base_visible_bias", "cpu")
+    assert got.dtype == torch.float64 and torch.equal(got, image.double())  # flat in, image-shaped out
+    assert torch.equal(base_parameter(2.5, (3,), "tau", "cpu"), torch.full((3,), 2.5, dtype=torch.float64))
+    default = torch.tensor([1.0, -1.0])
+    got = base_parameter(None, (2,), "base_mean", "cpu", default=default)
+    got += 1  # a copy: the default is untouched
+    assert torch.equal(default, torch.tensor([1.0, -1.0]))
+    with pytest.raises(ValueError, match=r"base_visible_bias must have 12 entries \(shape \(3, 4\)\).*got shape \(5,\)"):
+        base_parameter(torch.zeros(5), (3, 4), "base_visible_bias", "cpu")

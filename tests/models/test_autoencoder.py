@@ -12,6 +12,7 @@ from lightning_gm.errors import LightningGMError
 from lightning_gm.models import Autoencoder
 from lightning_gm.models.autoencoder import NoLikelihoodError, corrupt
 from lightning_gm.nn import linear_gaussian as lg
+from tests.conftest import write_fit_config
 
 
 @pytest.mark.parametrize("architecture", ["mlp", "conv"])
@@ -62,37 +63,16 @@ def test_bad_settings_name_the_key():
         Autoencoder((64,), architecture="rnn")  # type: ignore[arg-type]
 
 
-CONFIG = """
-trainer:
-  max_epochs: 2
-  logger:
-    - class_path: lightning.pytorch.loggers.CSVLogger
-      init_args:
-        save_dir: runs
-  callbacks:
-    - class_path: lightning_gm.callbacks.SamplePictures
-  enable_progress_bar: false
-  enable_model_summary: false
-model:
-  class_path: lightning_gm.models.Autoencoder
-  init_args:
-    latent_dim: 6
-    architecture: {arch}
-    hidden: [32]
-    channels: [8, 16]
-    corruption: {corruption}
-    noise_level: {level}
-data:
-  class_path: lightning_gm.data.DigitsDataModule
-  init_args:
-    batch_size: 100
-"""
 
 
 @pytest.mark.parametrize("arch,corruption,level", [("mlp", "none", 0.0), ("conv", "masking", 0.25)])
 def test_cli_fit_reports_reconstruction_error_not_nll(arch, corruption, level, run_cli, tmp_path):
-    (tmp_path / "ae.yaml").write_text(CONFIG.format(arch=arch, corruption=corruption, level=level))
-    assert run_cli("fit", "--config", str(tmp_path / "ae.yaml"), "--run_name=r") == 0
+    model = {"class_path": "lightning_gm.models.Autoencoder",
+             "init_args": {"latent_dim": 6, "architecture": arch, "hidden": [32], "channels": [8, 16],
+                           "corruption": corruption, "noise_level": level}}
+    data = {"class_path": "lightning_gm.data.DigitsDataModule", "init_args": {"batch_size": 100}}
+    config = write_fit_config(tmp_path / "ae.yaml", model, data, max_epochs=2)
+    assert run_cli("fit", "--config", str(config), "--run_name=r") == 0
     run = tmp_path / "runs" / "ae" / "r"
     summary = json.loads((run / "summary.json").read_text())
     assert summary["estimator"] == "none (reconstruction error)" and summary["status"] == "tested"

@@ -170,6 +170,7 @@ def test_centred_training_step_moves_offsets_without_changing_the_distribution()
 
 
 @pytest.mark.slow
+@pytest.mark.multiprocess
 def test_ddp_two_processes_fit_through_the_phases(tmp_path) -> None:
     """2-process DDP on CPU: pretraining, composition and joint training in one run, then the test."""
     import os

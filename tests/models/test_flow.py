@@ -285,6 +285,7 @@ def test_density_pictures_callback_reports_a_normalised_density(tmp_path):
     assert cb.last_grid is not None and cb.last_grid.mass == pytest.approx(1.0, abs=0.01)
 
 
+@pytest.mark.multiprocess
 def test_two_process_ddp_fit_matches_one_process_test(run_cli, tmp_path):
     """``fit`` on 2 CPU processes (DDP, gloo) with ActNorm, then ``test`` of its best checkpoint on 1
     process: the exact test NLL over the same 2,000 points is the same number."""

@@ -11,6 +11,7 @@ import torch
 
 from lightning_gm.models import FactorAnalysis, PPCA
 from lightning_gm.nn import linear_gaussian as lg
+from tests.conftest import write_fit_config
 
 
 def _data(n: int = 2000, D: int = 16, L: int = 3) -> torch.Tensor:
@@ -68,33 +69,14 @@ def test_samples_and_principal_subspace_picture(tmp_path):
     assert path is not None and path.stat().st_size > 0
 
 
-DIGITS = """
-trainer:
-  max_epochs: 1
-  logger:
-    - class_path: lightning.pytorch.loggers.CSVLogger
-      init_args:
-        save_dir: runs
-  callbacks:
-    - class_path: lightning_gm.callbacks.SamplePictures
-  enable_progress_bar: false
-  enable_model_summary: false
-model:
-  class_path: lightning_gm.models.{cls}
-  init_args:
-    latent_dim: 8
-data:
-  class_path: lightning_gm.data.DigitsDataModule
-  init_args:
-    dequantize: true
-    batch_size: 200
-"""
 
 
 @pytest.mark.parametrize("cls", ["PPCA", "FactorAnalysis"])
 def test_cli_fit_solves_from_the_train_loader_and_tests_the_checkpoint(cls, run_cli, tmp_path):
-    (tmp_path / "lg.yaml").write_text(DIGITS.format(cls=cls))
-    assert run_cli("fit", "--config", str(tmp_path / "lg.yaml"), "--run_name=r") == 0
+    model = {"class_path": f"lightning_gm.models.{cls}", "init_args": {"latent_dim": 8}}
+    data = {"class_path": "lightning_gm.data.DigitsDataModule", "init_args": {"dequantize": True, "batch_size": 200}}
+    config = write_fit_config(tmp_path / "lg.yaml", model, data, max_epochs=1)
+    assert run_cli("fit", "--config", str(config), "--run_name=r") == 0
     run = tmp_path / "runs" / "lg" / "r"
     summary = json.loads((run / "summary.json").read_text())
     assert summary["estimator"] == "exact" and summary["status"] == "tested"

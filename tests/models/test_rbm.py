@@ -147,6 +147,7 @@ def _env() -> dict:
     return dict(os.environ, WANDB_MODE="disabled", PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1")
 
 
+@pytest.mark.multiprocess
 def test_ddp_two_processes_keep_their_own_chains(tmp_path) -> None:
     args = [sys.executable, "-m", "lightning_gm", "fit", *_DIGITS_RBM, "--run_name=ddp", "--trainer.max_epochs=2",
             "--trainer.strategy=ddp", "--trainer.devices=2", "--trainer.accelerator=cpu", "--test_after_fit=true",

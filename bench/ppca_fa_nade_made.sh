@@ -4,16 +4,13 @@
 #   NADE and MADE on the binarised MNIST of Larochelle & Murray for a fixed wall-clock budget each, exact test
 #   NLL on the best checkpoint (MADE: mixture over its 32 masks). Published: NADE 88.86, MADE 88.04 nats.
 # Results: $RUNS/{ppca,fa,nade,made}/<run>/summary.json
-set -euo pipefail
-cd "$(dirname "$0")/.."
 BUDGET=${BUDGET:-00:00:15:00}
-RUNS=${RUNS:-runs}
-export OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 WANDB_MODE=disabled LIGHTNING_GM_DATA=${LIGHTNING_GM_DATA:-/work/shared/data}
+source "$(dirname "$0")/env.sh"
 for cfg in ppca fa; do
-  /work/venv/bin/python -m lightning_gm fit --config conf/$cfg.yaml --runs_dir "$RUNS" --run_name=latent50 \
+  "$PY" -m lightning_gm fit --config conf/$cfg.yaml --runs_dir "$RUNS" --run_name=latent50 \
     --trainer.enable_progress_bar=false
 done
 for cfg in nade made; do
-  /work/venv/bin/python -m lightning_gm fit --config conf/$cfg.yaml --runs_dir "$RUNS" --run_name=budget-${BUDGET//:/} \
+  "$PY" -m lightning_gm fit --config conf/$cfg.yaml --runs_dir "$RUNS" --run_name=budget-${BUDGET//:/} \
     --trainer.max_time=$BUDGET --trainer.val_check_interval=250 --trainer.enable_progress_bar=false
 done
