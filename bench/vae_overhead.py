@@ -95,6 +95,8 @@ def main() -> None:
     p.add_argument("--steps", type=int, default=300)
     p.add_argument("--batch", type=int, default=100)
     args = parse(p)
+    if args.steps < 10:
+        p.error(f"--steps must be at least 10 (the 10-updates-per-loaded-batch variant times whole batches), got {args.steps}")
     os.environ.setdefault("WANDB_MODE", "disabled")
     x = _data(args.steps * args.batch + 40 * args.batch)
     variants = {
