@@ -37,7 +37,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import ClassVar, Optional
+from typing import Any, ClassVar, Optional
 
 import torch
 import torch.nn.functional as F
@@ -119,8 +119,8 @@ class BernoulliRBM(RBMBase):
     Args:
         n_visible: number of visible units ``D``.
         n_hidden: number of hidden units ``H``.
-        weight_std: standard deviation of the initial weights (Hinton 2010 suggests 0.01).
-        dtype, device: parameter factory arguments.
+        **kwargs: ``weight_std`` (of the initial weights; Hinton 2010 suggests 0.01), ``dtype``, ``device``
+            (:class:`~lightning_gm.nn.rbm_base.CoupledUnits`).
 
     References:
         Smolensky (1986); Hinton (2002); Hinton (2010), A practical guide to training RBMs.
@@ -186,7 +186,7 @@ class BernoulliRBM(RBMBase):
             ``(value, (dL/dW, dL/db, dL/dc))``; :meth:`cd_loss_closed_form` turns them into a loss.
         """
         with torch.no_grad():
-            v_data, v_model = self._as_param_dtype(v_data), self._as_param_dtype(v_model)
+            v_data, v_model = self._cast(v_data), self._cast(v_model)
             x_d = data_logits.detach()
             x_m = self.hidden_logits(v_model)
             p_d, p_m = torch.sigmoid(x_d), torch.sigmoid(x_m)
@@ -211,17 +211,11 @@ class BernoulliRBM(RBMBase):
                 value = (g_b.sum() + g_c.sum()) * 0.0
         return value, (g_w, g_b, g_c)
 
-    def cd_loss_closed_form(
-        self,
-        v_data: Tensor,
-        v_model: Tensor,
-        data_logits: Tensor,
-        weight_cost: float = 0.0,
-        sparsity: Optional[tuple[Tensor, float]] = None,
-    ) -> Tensor:
-        """The loss of :meth:`cd_gradients`: a scalar with that value and those gradients (no graph to
-        differentiate; under Lightning's ``manual_backward`` DDP all-reduces the gradients)."""
-        value, grads = self.cd_gradients(v_data, v_model, data_logits, weight_cost, sparsity)
+    def cd_loss_closed_form(self, v_data: Tensor, v_model: Tensor, data_logits: Tensor, **kwargs: Any) -> Tensor:
+        """The loss of :meth:`cd_gradients` (same arguments, ``kwargs`` by keyword): a scalar with that value and
+        those gradients (no graph to differentiate; under Lightning's ``manual_backward`` DDP all-reduces the
+        gradients)."""
+        value, grads = self.cd_gradients(v_data, v_model, data_logits, **kwargs)
         return with_gradients(value, (self.W, self.b, self.c), grads)
 
     def free_energy_hidden(self, h: Tensor) -> Tensor:
@@ -235,7 +229,7 @@ class BernoulliRBM(RBMBase):
         Returns:
             ``(...)``.
         """
-        h = self._as_param_dtype(h)
+        h = self._cast(h)
         # softplus = overflow-safe log(1 + exp(.)), see free_energy.
         return -(h @ self.c) - F.softplus(self.visible_logits(h)).sum(-1)
 
@@ -251,7 +245,7 @@ class BernoulliRBM(RBMBase):
             x: data ``(N, n_visible)`` with values in ``[0, 1]``.
             eps: clamping margin.
         """
-        p = self._as_param_dtype(x).reshape(-1, self.n_visible).mean(0).clamp(eps, 1.0 - eps)
+        p = self._cast(x).reshape(-1, self.n_visible).mean(0).clamp(eps, 1.0 - eps)
         # log(p) - log1p(-p): log1p keeps precision for p close to 0.
         self.b.copy_(torch.log(p) - torch.log1p(-p))
 
@@ -281,7 +275,7 @@ class BernoulliRBM(RBMBase):
         Returns:
             ``(N,)``.
         """
-        v = self._as_param_dtype(v)
+        v = self._cast(v)
         n, d = v.shape
         if flip_index is None:
             flip_index = torch.randint(0, d, (n,), generator=generator, device=v.device)
@@ -316,8 +310,7 @@ class GaussianBernoulliRBM(RBMBase):
         n_visible, n_hidden: layer sizes.
         sigma: initial (or fixed) standard deviation, a float or a ``(n_visible,)`` tensor.
         learn_sigma: learn ``log_sigma`` by gradient descent when True.
-        weight_std: standard deviation of the initial weights.
-        dtype, device: parameter factory arguments.
+        **kwargs: ``weight_std``, ``dtype``, ``device`` (:class:`~lightning_gm.nn.rbm_base.CoupledUnits`).
 
     References:
         Cho, Ilin & Raiko (2011), Improved learning of Gaussian-Bernoulli restricted Boltzmann
@@ -332,20 +325,14 @@ class GaussianBernoulliRBM(RBMBase):
         n_hidden: int,
         sigma: float | Tensor = 1.0,
         learn_sigma: bool = False,
-        weight_std: float = 0.01,
-        dtype: torch.dtype | None = None,
-        device: torch.device | str | None = None,
+        **kwargs: Any,
     ) -> None:
-        super().__init__(n_visible, n_hidden, weight_std=weight_std, dtype=dtype, device=device)
+        super().__init__(n_visible=n_visible, n_hidden=n_hidden, **kwargs)
         sigma_t = torch.as_tensor(sigma, dtype=self.W.dtype, device=self.W.device)
         if torch.any(sigma_t <= 0):
             raise ValueError("sigma must be positive")
-        log_sigma = torch.log(sigma_t).expand(n_visible).clone()
         self.learn_sigma = bool(learn_sigma)
-        if self.learn_sigma:
-            self.log_sigma = nn.Parameter(log_sigma)
-        else:
-            self.register_buffer("log_sigma", log_sigma)
+        self._register("log_sigma", torch.log(sigma_t).expand(n_visible).clone(), self.learn_sigma)
 
     @property
     def sigma(self) -> Tensor:
@@ -396,7 +383,7 @@ class GaussianBernoulliRBM(RBMBase):
         Returns:
             ``(...)``.
         """
-        h = self._as_param_dtype(h)
+        h = self._cast(h)
         m = h @ self.W.T
         inv_var = torch.exp(-2.0 * self.log_sigma)
         # log(2 pi sigma^2) = log(2 pi) + 2 log sigma: stays finite for tiny sigma.
@@ -414,7 +401,7 @@ class GaussianBernoulliRBM(RBMBase):
             init_sigma: also initialise ``log_sigma``.
             min_sigma: lower clamp for the standard deviation.
         """
-        x = self._as_param_dtype(x).reshape(-1, self.n_visible)
+        x = self._cast(x).reshape(-1, self.n_visible)
         self.b.copy_(x.mean(0))
         if init_sigma:
             std = x.std(0, correction=1 if x.shape[0] > 1 else 0).clamp_min(min_sigma)

@@ -29,7 +29,7 @@ from torch import Tensor, nn
 
 from lightning_gm.nn.sampling import bernoulli
 
-__all__ = ["RBMBase", "GibbsState", "with_gradients"]
+__all__ = ["CoupledUnits", "RBMBase", "GibbsState", "with_gradients"]
 
 
 class _WithGradients(torch.autograd.Function):
@@ -80,7 +80,61 @@ class GibbsState(NamedTuple):
     h_mean: Tensor
 
 
-class RBMBase(nn.Module):
+class CoupledUnits(nn.Module):
+    r"""What every RBM-family net shares: unit counts, one coupling weight tensor and the input cast.
+
+    The unit counts are checked (each :math:`\ge 1`) and kept as integer attributes of their names; the
+    weights start small and random, biases at zero (Hinton 2010, section 8):
+
+    .. math::
+
+        W_{i_1 \dots i_m} \sim \mathcal N(0, \sigma_W^2), \qquad \text{shape of } W = (n_1, \dots, n_m) .
+
+    Args:
+        sizes: the unit counts by attribute name, in the order of ``W``'s dimensions (``{"n_visible": D,
+            "n_hidden": N}`` gives ``W`` of shape ``(D, N)``).
+        weight_std: :math:`\sigma_W`.
+        dtype, device: parameter factory arguments.
+
+    Raises:
+        ValueError: naming the counts if one is below 1.
+
+    References:
+        Hinton (2010), A practical guide to training restricted Boltzmann machines (UTML TR 2010-003), section 8.
+    """
+
+    def __init__(
+        self,
+        sizes: dict[str, int],
+        *,
+        weight_std: float = 0.01,
+        dtype: torch.dtype | None = None,
+        device: torch.device | str | None = None,
+    ) -> None:
+        super().__init__()
+        if min(sizes.values()) < 1:
+            raise ValueError(f"{', '.join(sizes)} must be >= 1, got {', '.join(str(n) for n in sizes.values())}")
+        for name, n in sizes.items():
+            setattr(self, name, int(n))
+        self.W = nn.Parameter(torch.randn(*sizes.values(), dtype=dtype, device=device) * weight_std)
+
+    def _cast(self, x: Tensor) -> Tensor:
+        """``x`` in the parameters' dtype and on their device."""
+        return x.to(dtype=self.W.dtype, device=self.W.device)
+
+    def _filled(self, *shape: int, value: float = 0.0) -> Tensor:
+        """A ``shape`` tensor of ``value`` in the parameters' dtype and on their device."""
+        return self.W.detach().new_full(shape, float(value))
+
+    def _register(self, name: str, value: Tensor, learn: bool) -> None:
+        """``value`` as the parameter ``name`` when ``learn``, else as a buffer (in ``state_dict`` either way)."""
+        if learn:
+            setattr(self, name, nn.Parameter(value))
+        else:
+            self.register_buffer(name, value)
+
+
+class RBMBase(CoupledUnits):
     r"""Shared machinery of RBMs with Bernoulli hidden units.
 
     Subclasses define the visible self-energy :math:`U(v)` (:meth:`_visible_energy`), the statistic
@@ -94,26 +148,24 @@ class RBMBase(nn.Module):
         F(v) &= -\log \sum_h e^{-E(v, h)} = U(v) - \sum_j \operatorname{softplus}\big(c_j + s(v)^\top W_{:j}\big).
 
     Parameters: ``W`` ``(n_visible, n_hidden)``, ``b`` ``(n_visible,)``, ``c`` ``(n_hidden,)``.
+
+    Args:
+        n_visible, n_hidden: layer sizes.
+        **kwargs: ``weight_std``, ``dtype``, ``device`` of :class:`CoupledUnits`.
     """
+
+    n_visible: int
+    n_hidden: int
 
     def __init__(
         self,
         n_visible: int,
         n_hidden: int,
-        weight_std: float = 0.01,
-        dtype: torch.dtype | None = None,
-        device: torch.device | str | None = None,
+        **kwargs: Any,
     ) -> None:
-        super().__init__()
-        if n_visible < 1 or n_hidden < 1:
-            raise ValueError(f"n_visible and n_hidden must be >= 1, got {n_visible} and {n_hidden}")
-        factory = {"dtype": dtype, "device": device}
-        self.n_visible = int(n_visible)
-        self.n_hidden = int(n_hidden)
-        # Hinton (2010) section 8: small random weights N(0, 0.01^2), zero biases.
-        self.W = nn.Parameter(torch.randn(n_visible, n_hidden, **factory) * weight_std)
-        self.b = nn.Parameter(torch.zeros(n_visible, **factory))
-        self.c = nn.Parameter(torch.zeros(n_hidden, **factory))
+        super().__init__({"n_visible": n_visible, "n_hidden": n_hidden}, **kwargs)
+        self.b = nn.Parameter(self._filled(self.n_visible))
+        self.c = nn.Parameter(self._filled(self.n_hidden))
 
     # ------------------------------------------------------------------ subclass hooks
     def _visible_energy(self, v: Tensor) -> Tensor:
@@ -137,12 +189,9 @@ class RBMBase(nn.Module):
         raise NotImplementedError
 
     # ------------------------------------------------------------------ helpers
-    def _as_param_dtype(self, x: Tensor) -> Tensor:
-        return x.to(dtype=self.W.dtype, device=self.W.device)
-
     def visible_affine(self, h: Tensor) -> Tensor:
         r""":math:`b + W h`: ``(..., n_hidden) -> (..., n_visible)`` (one fused ``addmm`` for a batch)."""
-        h = self._as_param_dtype(h)
+        h = self._cast(h)
         if h.dim() == 2:
             return torch.addmm(self.b, h, self.W.T)
         return h @ self.W.T + self.b
@@ -160,8 +209,8 @@ class RBMBase(nn.Module):
         Returns:
             ``(...)``.
         """
-        v = self._as_param_dtype(v)
-        h = self._as_param_dtype(h)
+        v = self._cast(v)
+        h = self._cast(h)
         return self._visible_energy(v) - (self.hidden_logits(v) * h).sum(-1)
 
     def hidden_logits(self, v: Tensor) -> Tensor:
@@ -173,7 +222,7 @@ class RBMBase(nn.Module):
         Returns:
             ``(..., n_hidden)``.
         """
-        v = self._as_param_dtype(v)
+        v = self._cast(v)
         s = self._visible_statistic(v)
         if s.dim() == 2:  # one fused kernel for the product and the bias
             return torch.addmm(self.c, s, self.W)
@@ -211,7 +260,7 @@ class RBMBase(nn.Module):
         Returns:
             ``(...)``.
         """
-        v = self._as_param_dtype(v)
+        v = self._cast(v)
         logits = self.hidden_logits(v) if hidden_logits is None else hidden_logits
         # softplus(x) = log(1 + e^x) computed without overflow for large x (torch uses
         # x + log1p(e^-x) above a threshold), so large activations do not produce inf.
@@ -237,7 +286,7 @@ class RBMBase(nn.Module):
         if k < 1:
             raise ValueError(f"k must be >= 1, got {k}")
         with torch.no_grad():
-            v = self._as_param_dtype(v)
+            v = self._cast(v)
             for i in range(k):
                 logits = hidden_logits.detach() if (i == 0 and hidden_logits is not None) else self.hidden_logits(v)
                 h_mean = torch.sigmoid(logits)
@@ -291,7 +340,7 @@ class RBMBase(nn.Module):
         Returns:
             Scalar tensor.
         """
-        v = self._as_param_dtype(v)
+        v = self._cast(v)
         probs = self.mean_hiddens(v) if hidden_probs is None else hidden_probs
         recon = self.mean_visibles(probs)
         return (v - recon).pow(2).mean()

@@ -58,13 +58,14 @@ References:
 from __future__ import annotations
 
 import math
-from typing import Optional
+from typing import Any, Optional
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from lightning_gm.nn.rbm import GibbsState
+from lightning_gm.nn.rbm_base import CoupledUnits
 
 __all__ = ["SpikeSlabRBMNet", "inverse_softplus"]
 
@@ -76,7 +77,7 @@ def inverse_softplus(y: Tensor) -> Tensor:
     return torch.where(y > 20, y, torch.log(torch.expm1(y.clamp_max(20))))
 
 
-class SpikeSlabRBMNet(nn.Module):
+class SpikeSlabRBMNet(CoupledUnits):
     r"""Spike-and-slab RBM maths (energy, conditionals, free energies, Gibbs); see the module docstring.
 
     Args:
@@ -90,8 +91,8 @@ class SpikeSlabRBMNet(nn.Module):
         min_precision: the margin :math:`\lambda_{\min} = \alpha_{\min}` (> 0).
         learn_visible_precision: learn :math:`\tilde\lambda` (else a buffer).
         learn_phi: learn :math:`\tilde\phi` (else a buffer).
-        weight_std: standard deviation of the initial ``W``.
-        dtype, device: factory arguments.
+        **kwargs: ``weight_std`` (of the initial ``W``), ``dtype``, ``device``
+            (:class:`~lightning_gm.nn.rbm_base.CoupledUnits`).
 
     Raises:
         ValueError: naming the argument if a precision is not above ``min_precision`` or ``phi <= 0``.
@@ -112,13 +113,9 @@ class SpikeSlabRBMNet(nn.Module):
         min_precision: float = 1e-3,
         learn_visible_precision: bool = True,
         learn_phi: bool = True,
-        weight_std: float = 0.01,
-        dtype: torch.dtype | None = None,
-        device: torch.device | str | None = None,
+        **kwargs: Any,
     ) -> None:
-        super().__init__()
-        if n_visible < 1 or n_hidden < 1:
-            raise ValueError(f"n_visible and n_hidden must be >= 1, got {n_visible} and {n_hidden}")
+        super().__init__({"n_visible": n_visible, "n_hidden": n_hidden}, **kwargs)
         if not min_precision > 0:
             raise ValueError(f"min_precision must be > 0, got {min_precision}")
         for name, value in (("visible_precision", visible_precision), ("slab_precision", slab_precision)):
@@ -126,24 +123,14 @@ class SpikeSlabRBMNet(nn.Module):
                 raise ValueError(f"{name} must be > min_precision={min_precision} (a positive precision), got {value}")
         if not phi > 0:
             raise ValueError(f"phi must be > 0, got {phi}")
-        f = {"dtype": dtype, "device": device}
-        self.n_visible, self.n_hidden = int(n_visible), int(n_hidden)
         self.min_precision = float(min_precision)
-        self.W = nn.Parameter(torch.randn(n_visible, n_hidden, **f) * weight_std)
-        self.b = nn.Parameter(torch.full((n_hidden,), float(spike_bias), **f))
-        self.mu = nn.Parameter(torch.full((n_hidden,), float(slab_mean), **f))
-        self.alpha_raw = nn.Parameter(inverse_softplus(torch.full((n_hidden,), slab_precision - min_precision, **f)))
-        lam = inverse_softplus(torch.full((n_visible,), visible_precision - min_precision, **f))
-        phi_raw = inverse_softplus(torch.full((n_hidden, n_visible), float(phi), **f))
+        self.b = nn.Parameter(self._filled(n_hidden, value=spike_bias))
+        self.mu = nn.Parameter(self._filled(n_hidden, value=slab_mean))
+        self.alpha_raw = nn.Parameter(inverse_softplus(self._filled(n_hidden, value=slab_precision - min_precision)))
         self.learn_visible_precision, self.learn_phi = bool(learn_visible_precision), bool(learn_phi)
-        if self.learn_visible_precision:
-            self.lambda_raw = nn.Parameter(lam)
-        else:
-            self.register_buffer("lambda_raw", lam)
-        if self.learn_phi:
-            self.phi_raw = nn.Parameter(phi_raw)
-        else:
-            self.register_buffer("phi_raw", phi_raw)
+        lam = inverse_softplus(self._filled(n_visible, value=visible_precision - min_precision))
+        self._register("lambda_raw", lam, self.learn_visible_precision)
+        self._register("phi_raw", inverse_softplus(self._filled(n_hidden, n_visible, value=phi)), self.learn_phi)
 
     # ------------------------------------------------------------------ constrained parameters
     @property
@@ -168,9 +155,6 @@ class SpikeSlabRBMNet(nn.Module):
         diag = torch.diag_embed(self.visible_precision + h @ self.phi)
         wa = self.W * (h / self.slab_precision).unsqueeze(-2)  # (..., D, N)
         return diag - wa @ self.W.T
-
-    def _cast(self, x: Tensor) -> Tensor:
-        return x.to(dtype=self.W.dtype, device=self.W.device)
 
     # ------------------------------------------------------------------ spikes
     def projections(self, v: Tensor) -> tuple[Tensor, Tensor]:

@@ -34,11 +34,13 @@ References:
 from __future__ import annotations
 
 import math
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+
+from lightning_gm.nn.rbm_base import CoupledUnits
 
 __all__ = ["SubspaceRBMNet", "SubspaceGibbsState"]
 
@@ -61,7 +63,7 @@ class SubspaceGibbsState(NamedTuple):
     z: Tensor
 
 
-class SubspaceRBMNet(nn.Module):
+class SubspaceRBMNet(CoupledUnits):
     r"""Subspace RBM maths (see the module docstring for the energy and conditionals).
 
     Parameters: ``W`` ``(D, M, K)``, ``b`` ``(D,)``, ``c`` ``(M,)``, ``A`` ``(M, K)``.
@@ -70,8 +72,8 @@ class SubspaceRBMNet(nn.Module):
         n_visible: ``D``.
         n_gates: ``M`` gate (hidden) units.
         subspace_size: ``K`` subspace units per gate.
-        weight_std: standard deviation of the initial ``W`` (biases start at 0).
-        dtype, device: parameter factory arguments.
+        **kwargs: ``weight_std`` (of the initial ``W``; biases start at 0), ``dtype``, ``device``
+            (:class:`~lightning_gm.nn.rbm_base.CoupledUnits`).
 
     References:
         Tomczak & Gonczarek (2017).
@@ -82,27 +84,17 @@ class SubspaceRBMNet(nn.Module):
         n_visible: int,
         n_gates: int,
         subspace_size: int,
-        weight_std: float = 0.01,
-        dtype: torch.dtype | None = None,
-        device: torch.device | str | None = None,
+        **kwargs: Any,
     ) -> None:
-        super().__init__()
-        if min(n_visible, n_gates, subspace_size) < 1:
-            raise ValueError(f"n_visible, n_gates, subspace_size must be >= 1, got {n_visible}, {n_gates}, {subspace_size}")
-        f = {"dtype": dtype, "device": device}
-        self.n_visible, self.n_gates, self.subspace_size = int(n_visible), int(n_gates), int(subspace_size)
-        self.W = nn.Parameter(torch.randn(n_visible, n_gates, subspace_size, **f) * weight_std)
-        self.b = nn.Parameter(torch.zeros(n_visible, **f))
-        self.c = nn.Parameter(torch.zeros(n_gates, **f))
-        self.A = nn.Parameter(torch.zeros(n_gates, subspace_size, **f))
+        super().__init__({"n_visible": n_visible, "n_gates": n_gates, "subspace_size": subspace_size}, **kwargs)
+        self.b = nn.Parameter(self._filled(self.n_visible))
+        self.c = nn.Parameter(self._filled(self.n_gates))
+        self.A = nn.Parameter(self._filled(self.n_gates, self.subspace_size))
 
     @property
     def n_hidden(self) -> int:
         """Gate units ``M`` (what the RBM machinery calls the hidden layer)."""
         return self.n_gates
-
-    def _cast(self, x: Tensor) -> Tensor:
-        return x.to(dtype=self.W.dtype, device=self.W.device)
 
     # ------------------------------------------------------------------ pre-activations
     def subspace_logits(self, x: Tensor) -> Tensor:

@@ -25,8 +25,10 @@ from lightning_gm.nn.flows import (
     AffineCoupling,
     ChannelShuffle,
     ElementwiseAffine,
+    Flatten,
     FlowLayer,
     FlowSequence,
+    Glow,
     GlowStep,
     InverseAutoregressiveFlow,
     InverseFlow,
@@ -34,19 +36,20 @@ from lightning_gm.nn.flows import (
     LogitTransform,
     MaskedAutoregressiveFlow,
     MultiScaleFlow,
+    MultiScaleRealNVP,
     PlanarFlow,
+    PlanarStack,
     RadialFlow,
+    RadialStack,
     RandomPermutation,
+    RealNVP,
     ReversePermutation,
     SigmoidTransform,
     Squeeze,
     alternating_mask,
     channel_mask,
     checkerboard_mask,
-    glow_multiscale,
     maf_flow,
-    realnvp_flow,
-    realnvp_multiscale,
     set_batch_norm_statistics,
 )
 
@@ -127,9 +130,27 @@ CASES = [
     Case("invconv_vector", lambda: InvertibleConv1x1(4, seed=1), (4,)),
     Case("glow_step", lambda: GlowStep(4, hidden_channels=8), (4, 2, 2)),
     Case("squeeze", lambda: Squeeze(), (2, 4, 4)),
-    Case("glow_multiscale", lambda: glow_multiscale((2, 4, 4), num_levels=2, depth=1, hidden_channels=8), (2, 4, 4)),
-    Case("realnvp_multiscale", lambda: realnvp_multiscale((1, 4, 4), num_levels=2, hidden_channels=8), (1, 4, 4)),
-    Case("realnvp_vector", lambda: realnvp_flow(4, num_layers=4, hidden_features=16, actnorm=True), (4,)),
+    Case("glow_multiscale", lambda: Glow((2, 4, 4), num_levels=2, depth=1, hidden_channels=8), (2, 4, 4)),
+    Case("realnvp_multiscale", lambda: MultiScaleRealNVP((1, 4, 4), num_levels=2, hidden_channels=8), (1, 4, 4)),
+    Case("realnvp_vector", lambda: RealNVP((4,), num_layers=4, hidden_features=16, actnorm=True), (4,)),
+    Case(
+        "realnvp_vector_ctx",
+        lambda: RealNVP((5,), num_layers=3, hidden_features=16, num_hidden_layers=1, context_features=3),
+        (5,),
+        context=3,
+    ),
+    Case(
+        "realnvp_multiscale_ctx",
+        lambda: MultiScaleRealNVP((1, 4, 4), num_levels=2, hidden_channels=8, context_features=2),
+        (1, 4, 4),
+        context=2,
+    ),
+    Case(
+        "glow_multiscale_ctx",
+        lambda: Glow((2, 4, 4), num_levels=2, depth=1, hidden_channels=8, context_features=2),
+        (2, 4, 4),
+        context=2,
+    ),
     Case("maf_stack", lambda: maf_flow(4, num_layers=3, hidden_features=(16,)), (4,)),
     Case(
         "sequence_mixed",
@@ -143,13 +164,13 @@ CASES = [
     Case("maf_batchnorm", lambda: MAF((5,), num_layers=2, hidden_features=(8,), batch_norm=True, scale="exp"), (5,)),
     Case(
         "realnvp_multiscale_resnet_bn",
-        lambda: realnvp_multiscale((1, 4, 4), num_levels=2, hidden_channels=8, num_blocks=2, batch_norm=True),
+        lambda: MultiScaleRealNVP((1, 4, 4), num_levels=2, hidden_channels=8, num_blocks=2, batch_norm=True),
         (1, 4, 4),
         perturb=0.05,  # ten couplings of deep residual nets: at 0.3 the outputs reach 1e7 and lose float64 digits
     ),
     Case(
         "glow_split_prior_learn_top",
-        lambda: glow_multiscale((2, 4, 4), num_levels=2, depth=1, hidden_channels=8, split_prior=True, learn_top=True),
+        lambda: Glow((2, 4, 4), num_levels=2, depth=1, hidden_channels=8, split_prior=True, learn_top=True),
         (2, 4, 4),
         perturb=0.1,  # the split prior's scale is an unbounded exp, as in Glow
     ),
@@ -270,7 +291,7 @@ def test_conditional_layers_depend_on_context(case: Case) -> None:
 
 def test_float32_smoke() -> None:
     torch.manual_seed(0)
-    flow = glow_multiscale((2, 4, 4), num_levels=2, depth=2, hidden_channels=8)
+    flow = Glow((2, 4, 4), num_levels=2, depth=2, hidden_channels=8)
     x = torch.randn(4, 2, 4, 4)
     z, ladj = flow(x)
     x_rec, _ = flow.inverse(z)
@@ -559,7 +580,7 @@ def test_squeeze_layout() -> None:
 
 def test_multiscale_shapes_and_log_prob() -> None:
     torch.manual_seed(0)
-    flow = glow_multiscale((2, 4, 4), num_levels=2, depth=1, hidden_channels=8)
+    flow = Glow((2, 4, 4), num_levels=2, depth=1, hidden_channels=8)
     assert isinstance(flow, MultiScaleFlow)
     assert flow.z_shapes == [(4, 2, 2), (16, 1, 1)]
     x = torch.randn(3, 2, 4, 4)
@@ -636,3 +657,21 @@ def test_flow_model_sets_batchnorm_statistics_from_a_prefix_of_its_loader_withou
     lp_eval = model.log_prob(x[:250])
     model.train()
     assert torch.allclose(lp_eval, model.log_prob(x[:250]), atol=1e-9)
+
+
+# ---------------------------------------------------------------------------- whole architectures
+
+
+@pytest.mark.parametrize(("stack", "layer"), [(PlanarStack, PlanarFlow), (RadialStack, RadialFlow)])
+def test_layer_stacks_flatten_images_and_hold_fresh_layers(stack, layer) -> None:
+    flow = stack((1, 2, 3), num_layers=3)
+    kinds = [type(m) for m in flow.layers]
+    assert kinds == [Flatten, layer, layer, layer]
+    assert len({id(p) for m in flow.layers[1:] for p in m.parameters()}) == 3 * len(list(flow.layers[1].parameters()))
+    assert [type(m) for m in stack((6,), num_layers=2).layers] == [layer, layer]  # vectors are not flattened
+
+
+@pytest.mark.parametrize("arch", [Glow, MultiScaleRealNVP])
+def test_image_architectures_name_the_flatten_switch_for_vectors(arch) -> None:
+    with pytest.raises(ValueError, match=rf"^{arch.__name__} needs image data \(C, H, W\), got shape \(784,\): set data.flatten=false$"):
+        arch((784,))

@@ -9,6 +9,8 @@ import pytest
 import torch
 
 from lightning_gm.nn.rbm import BernoulliRBM, GaussianBernoulliRBM, GibbsState, bernoulli, uniform, with_gradients
+from lightning_gm.nn.ssrbm import SpikeSlabRBMNet
+from lightning_gm.nn.subspace_rbm import SubspaceRBMNet
 
 KINDS = ["bernoulli", "gaussian"]
 
@@ -293,7 +295,7 @@ def test_closed_form_cd_loss_equals_autograd_of_the_surrogate(weight_cost: float
     expected = [p.grad.clone() for p in rbm.parameters()]
     rbm.zero_grad()
     sparsity = (running_q - target, sparsity_cost) if sparsity_cost else None
-    loss = rbm.cd_loss_closed_form(v, v_model, logits.detach(), weight_cost, sparsity)
+    loss = rbm.cd_loss_closed_form(v, v_model, logits.detach(), weight_cost=weight_cost, sparsity=sparsity)
     loss.backward()
     torch.testing.assert_close(loss, ref.detach())
     for p, g in zip(rbm.parameters(), expected):
@@ -420,3 +422,38 @@ def test_uniform_falls_back_to_torch_for_small_requests_and_other_dtypes() -> No
     assert h.dtype == torch.bfloat16 and torch.equal(h, torch.rand((100, 100), generator=g2, dtype=torch.bfloat16))
     # a large float32 request takes the NumPy path: other numbers than torch's from the same state
     assert not torch.equal(uniform((300, 400), g1), torch.rand((300, 400), generator=g2))
+
+
+# ---------------------------------------------------------------------------- the shared base of the RBM-family nets
+
+
+@pytest.mark.parametrize(
+    ("build", "message"),
+    [
+        (lambda: BernoulliRBM(0, 3), "n_visible, n_hidden must be >= 1, got 0, 3"),
+        (lambda: SubspaceRBMNet(4, 2, 0), "n_visible, n_gates, subspace_size must be >= 1, got 4, 2, 0"),
+        (lambda: SpikeSlabRBMNet(5, 0), "n_visible, n_hidden must be >= 1, got 5, 0"),
+    ],
+)
+def test_coupled_units_name_the_count_below_one(build, message) -> None:
+    with pytest.raises(ValueError, match=f"^{message}$"):
+        build()
+
+
+def test_coupled_units_draw_the_weights_in_the_requested_dtype_with_zero_biases() -> None:
+    torch.manual_seed(0)
+    net = SubspaceRBMNet(300, 20, 5, weight_std=0.5, dtype=torch.float64)
+    assert net.W.shape == (300, 20, 5) and net.W.dtype == torch.float64
+    assert abs(net.W.std().item() - 0.5) < 0.01  # N(0, 0.5^2) over 30,000 draws: std error ~0.002
+    assert all(p.abs().sum() == 0 for p in (net.b, net.c, net.A)) and net.A.dtype == torch.float64
+    assert (net.n_visible, net.n_gates, net.n_hidden, net.subspace_size) == (300, 20, 20, 5)
+
+
+@pytest.mark.parametrize("learn", [True, False])
+def test_spike_slab_learn_flags_choose_parameter_or_buffer(learn: bool) -> None:
+    net = SpikeSlabRBMNet(3, 2, visible_precision=2.0, phi=0.5, learn_visible_precision=learn, learn_phi=not learn)
+    params, buffers = dict(net.named_parameters()), dict(net.named_buffers())
+    assert ("lambda_raw" in params, "lambda_raw" in buffers) == (learn, not learn)
+    assert ("phi_raw" in params, "phi_raw" in buffers) == (not learn, learn)
+    torch.testing.assert_close(net.visible_precision, torch.full((3,), 2.0))
+    assert set(net.state_dict()) >= {"lambda_raw", "phi_raw"}

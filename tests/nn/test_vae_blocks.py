@@ -156,6 +156,11 @@ def test_conv_nets_map_flat_vectors(num_params):
     assert dec(torch.randn(2, 3, 5)).shape == (2, 3, num_params * 784)
     with pytest.raises(ValueError, match="image_shape"):
         ConvEncoder(64, 10)
+    with pytest.raises(ValueError, match=r"^ConvDecoder\.image_shape must be \(C, H, W\), got \[28, 28\]$"):
+        ConvDecoder(5, 784, image_shape=(28, 28))
+    # channels=None is each class's own default: the encoder widens from the image, the decoder narrows to it
+    assert [m.out_channels for m in enc.net if isinstance(m, torch.nn.Conv2d)] == [32, 64]
+    assert [m.in_channels for m in dec.net if isinstance(m, torch.nn.ConvTranspose2d)] == [64, 32]
 
 
 def test_vampprior_bounds_keep_pseudo_inputs_in_range_and_match_hardtanh():

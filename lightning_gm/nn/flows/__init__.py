@@ -9,90 +9,32 @@ References:
     Papamakarios et al., "Normalizing Flows for Probabilistic Modeling and Inference", JMLR 2021.
 """
 
-from lightning_gm.nn.flows.architectures import (
-    MAF,
-    Flatten,
-    Glow,
-    MultiScaleRealNVP,
-    PlanarStack,
-    RadialStack,
-    RealNVP,
-    SplitConditioner,
+from lightning_gm.nn.flows import (
+    architectures,
+    autoregressive,
+    base,
+    coupling,
+    elementwise,
+    glow,
+    made,
+    multiscale,
+    normalization,
+    permutation,
 )
-from lightning_gm.nn.flows.autoregressive import InverseAutoregressiveFlow, MaskedAutoregressiveFlow, maf_flow
-from lightning_gm.nn.flows.base import (
-    SCALE_FUNCTIONS,
-    FlowLayer,
-    FlowSequence,
-    InverseFlow,
-    affine_log_scale,
-    sum_except_batch,
-)
-from lightning_gm.nn.flows.coupling import (
-    AffineCoupling,
-    alternating_mask,
-    channel_mask,
-    checkerboard_mask,
-    ResidualBlock,
-    conv_conditioner,
-    mlp_conditioner,
-    realnvp_flow,
-    resnet_conditioner,
-    zero_init_last_layer,
-)
-from lightning_gm.nn.flows.elementwise import ElementwiseAffine, LogitTransform, PlanarFlow, RadialFlow, SigmoidTransform
-from lightning_gm.nn.flows.glow import GlowStep, InvertibleConv1x1
-from lightning_gm.nn.flows.made import MADE, MaskedLinear
-from lightning_gm.nn.flows.multiscale import MultiScaleFlow, Squeeze, glow_multiscale, realnvp_multiscale
-from lightning_gm.nn.flows.normalization import ActNorm, BatchNormFlow, set_batch_norm_statistics
-from lightning_gm.nn.flows.permutation import ChannelShuffle, Permutation, RandomPermutation, ReversePermutation
+from lightning_gm.nn.flows.architectures import *  # noqa: F401,F403
+from lightning_gm.nn.flows.autoregressive import *  # noqa: F401,F403
+from lightning_gm.nn.flows.base import *  # noqa: F401,F403
+from lightning_gm.nn.flows.coupling import *  # noqa: F401,F403
+from lightning_gm.nn.flows.elementwise import *  # noqa: F401,F403
+from lightning_gm.nn.flows.glow import *  # noqa: F401,F403
+from lightning_gm.nn.flows.made import *  # noqa: F401,F403
+from lightning_gm.nn.flows.multiscale import *  # noqa: F401,F403
+from lightning_gm.nn.flows.normalization import *  # noqa: F401,F403
+from lightning_gm.nn.flows.permutation import *  # noqa: F401,F403
 
+#: The submodules' own ``__all__`` lists (each name is declared once, beside its code), base first.
 __all__ = [
-    "FlowLayer",
-    "FlowSequence",
-    "InverseFlow",
-    "sum_except_batch",
-    "affine_log_scale",
-    "SCALE_FUNCTIONS",
-    "PlanarFlow",
-    "RadialFlow",
-    "ActNorm",
-    "BatchNormFlow",
-    "set_batch_norm_statistics",
-    "ElementwiseAffine",
-    "LogitTransform",
-    "SigmoidTransform",
-    "Permutation",
-    "ReversePermutation",
-    "RandomPermutation",
-    "ChannelShuffle",
-    "AffineCoupling",
-    "alternating_mask",
-    "checkerboard_mask",
-    "channel_mask",
-    "mlp_conditioner",
-    "conv_conditioner",
-    "resnet_conditioner",
-    "ResidualBlock",
-    "zero_init_last_layer",
-    "realnvp_flow",
-    "MaskedLinear",
-    "MADE",
-    "MaskedAutoregressiveFlow",
-    "InverseAutoregressiveFlow",
-    "maf_flow",
-    "InvertibleConv1x1",
-    "GlowStep",
-    "Squeeze",
-    "MultiScaleFlow",
-    "glow_multiscale",
-    "realnvp_multiscale",
-    "Flatten",
-    "SplitConditioner",
-    "RealNVP",
-    "MAF",
-    "MultiScaleRealNVP",
-    "Glow",
-    "PlanarStack",
-    "RadialStack",
+    name
+    for module in (base, elementwise, normalization, permutation, coupling, made, autoregressive, glow, multiscale, architectures)
+    for name in module.__all__
 ]

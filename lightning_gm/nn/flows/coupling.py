@@ -33,8 +33,7 @@ from typing import Callable, Optional, Tuple, Type
 import torch
 from torch import Tensor, nn
 
-from lightning_gm.nn.flows.base import FlowLayer, FlowSequence, affine_log_scale, sum_except_batch
-from lightning_gm.nn.flows.normalization import ActNorm
+from lightning_gm.nn.flows.base import FlowLayer, affine_log_scale, sum_except_batch
 
 __all__ = [
     "alternating_mask",
@@ -46,7 +45,6 @@ __all__ = [
     "ResidualBlock",
     "zero_init_last_layer",
     "AffineCoupling",
-    "realnvp_flow",
 ]
 
 
@@ -246,45 +244,3 @@ class AffineCoupling(FlowLayer):
     def inverse(self, z: Tensor, context: Optional[Tensor] = None) -> Tuple[Tensor, Tensor]:
         log_s, shift = self._params(z, context)  # masked part of z equals that of x
         return (z - shift) * torch.exp(-log_s), -sum_except_batch(log_s)
-
-
-def realnvp_flow(
-    features: int,
-    num_layers: int = 6,
-    hidden_features: int = 64,
-    context_features: int = 0,
-    actnorm: bool = False,
-    scale: str = "tanh",
-    clamp: float = 2.0,
-) -> FlowSequence:
-    """RealNVP on vectors: ``num_layers`` couplings with alternating masks (optionally ActNorm before each).
-
-    Args:
-        features: dimension ``D`` (>= 2).
-        num_layers: number of coupling layers (parity alternates).
-        hidden_features: width of the default MLP conditioners.
-        context_features: context size (0 = unconditional).
-        actnorm: insert an :class:`~lightning_gm.nn.flows.normalization.ActNorm` before each coupling.
-        scale: scale map of the couplings.
-        clamp: soft-clamp bound.
-
-    Returns:
-        A :class:`~lightning_gm.nn.flows.base.FlowSequence` on ``(B, D)``.
-
-    References:
-        Dinh, Sohl-Dickstein & Bengio, "Density estimation using Real NVP", ICLR 2017.
-    """
-    layers: list = []
-    for i in range(num_layers):
-        if actnorm:
-            layers.append(ActNorm(features))
-        layers.append(
-            AffineCoupling(
-                alternating_mask(features, parity=i % 2),
-                hidden_features=hidden_features,
-                scale=scale,
-                clamp=clamp,
-                context_features=context_features,
-            )
-        )
-    return FlowSequence(layers)

@@ -1,4 +1,5 @@
-r"""Multi-scale architecture: squeeze, factor-out split, and RealNVP / Glow image flows.
+r"""Multi-scale architecture: squeeze and factor-out split (the RealNVP / Glow image flows built on them are
+:class:`~lightning_gm.nn.flows.architectures.MultiScaleRealNVP` and :class:`~lightning_gm.nn.flows.architectures.Glow`).
 
 Squeeze trades space for channels, :math:`(C, H, W) \to (C f^2, H/f, W/f)` (a permutation,
 log-det 0). :class:`MultiScaleFlow` runs a list of *levels* (any shape-changing
@@ -25,19 +26,14 @@ References:
 from __future__ import annotations
 
 import math
-from functools import partial
 from typing import List, Optional, Sequence, Tuple
 
 import torch
 from torch import Tensor, nn
 
-from lightning_gm.nn.flows.base import FlowLayer, FlowSequence
-from lightning_gm.nn.flows.coupling import AffineCoupling, channel_mask, checkerboard_mask, resnet_conditioner
-from lightning_gm.nn.flows.elementwise import ElementwiseAffine
-from lightning_gm.nn.flows.normalization import BatchNormFlow
-from lightning_gm.nn.flows.glow import GlowStep
+from lightning_gm.nn.flows.base import FlowLayer
 
-__all__ = ["Squeeze", "MultiScaleFlow", "glow_multiscale", "realnvp_multiscale"]
+__all__ = ["Squeeze", "MultiScaleFlow"]
 
 
 class Squeeze(FlowLayer):
@@ -164,119 +160,3 @@ class MultiScaleFlow(FlowLayer):
 
     def inverse_shape(self, shape: Sequence[int]) -> Tuple[int, ...]:
         return self.input_shape
-
-
-def glow_multiscale(
-    input_shape: Sequence[int],
-    num_levels: int = 3,
-    depth: int = 8,
-    hidden_channels: int = 64,
-    scale: str = "sigmoid",
-    lu: bool = True,
-    context_features: int = 0,
-    split_prior: bool = False,
-    learn_top: bool = False,
-) -> MultiScaleFlow:
-    r"""Glow: ``num_levels`` levels of [Squeeze, ``depth`` x GlowStep], splitting between levels.
-
-    With ``split_prior`` the factored-out half :math:`z_o` of a level gets the learned conditional prior
-    :math:`\mathcal N(\mu(z_k), \sigma(z_k)^2)` given the kept half :math:`z_k` (Glow's ``split2d``), written as
-    the flow layer :math:`z_o \mapsto (z_o - \mu)/\sigma` (an affine coupling whose conditioner is one
-    zero-initialised conv3x3, so it starts as the identity) before a standard normal. With ``learn_top`` the
-    last level's output gets a learned per-position mean and scale (Glow's ``learntop``; an
-    :class:`ElementwiseAffine`, initially the identity).
-
-    Args:
-        input_shape: ``(C, H, W)``; ``H, W`` divisible by ``2**num_levels``.
-        num_levels: number of scales :math:`L`.
-        depth: steps of flow per level :math:`K`.
-        hidden_channels: conditioner width.
-        scale: coupling scale map.
-        lu: LU-parameterised 1x1 convolutions.
-        context_features: context channels (0 = unconditional).
-        split_prior: learned conditional prior of each factored-out half.
-        learn_top: learned mean and scale of the top level's prior.
-
-    Returns:
-        A :class:`MultiScaleFlow` mapping ``(B, C, H, W)`` to ``(B, C H W)``.
-
-    References:
-        Kingma & Dhariwal, "Glow: Generative Flow with Invertible 1x1 Convolutions", NeurIPS 2018.
-    """
-    c, h, w = input_shape
-    levels: List[FlowLayer] = []
-    for i in range(num_levels):
-        c, h, w = 4 * c, h // 2, w // 2
-        steps: List[FlowLayer] = [Squeeze()]
-        steps += [
-            GlowStep(c, hidden_channels, scale=scale, lu=lu, context_features=context_features, parity=k % 2)
-            for k in range(depth)
-        ]
-        if i < num_levels - 1 and split_prior:
-            # MultiScaleFlow factors out the first c // 2 channels: condition on the rest (channel_mask parity 1)
-            steps.append(AffineCoupling(channel_mask(c, 1), nn.Conv2d(c, 2 * c, 3, padding=1), scale="exp"))
-        if i == num_levels - 1 and learn_top:
-            steps.append(ElementwiseAffine((c, h, w)))
-        levels.append(FlowSequence(steps))
-        c = c - c // 2
-    return MultiScaleFlow(input_shape, levels)
-
-
-def realnvp_multiscale(
-    input_shape: Sequence[int],
-    num_levels: int = 2,
-    hidden_channels: int = 64,
-    scale: str = "tanh",
-    clamp: float = 2.0,
-    context_features: int = 0,
-    num_blocks: int = 0,
-    batch_norm: bool = False,
-) -> MultiScaleFlow:
-    """RealNVP: per scale 3 checkerboard couplings, squeeze, 3 channel couplings, split; last scale 4 checkerboard couplings.
-
-    Args:
-        input_shape: ``(C, H, W)``; ``H, W`` divisible by ``2**(num_levels - 1)``.
-        num_levels: number of scales.
-        hidden_channels: conditioner width.
-        scale: coupling scale map.
-        clamp: soft-clamp bound for ``"tanh"``.
-        context_features: context channels (0 = unconditional).
-        num_blocks: residual blocks of each conditioner (:func:`resnet_conditioner`, as in RealNVP); 0 = the
-            plain conv3x3-conv1x1-conv3x3 conditioner.
-        batch_norm: batch normalisation in the residual conditioners and a :class:`BatchNormFlow` after every
-            coupling (RealNVP's Sec. 3.7).
-
-    Returns:
-        A :class:`MultiScaleFlow` mapping ``(B, C, H, W)`` to ``(B, C H W)``.
-
-    References:
-        Dinh, Sohl-Dickstein & Bengio, "Density estimation using Real NVP", ICLR 2017 (Sec. 3.6 / 4.1).
-    """
-    if num_blocks < 0:
-        raise ValueError(f"num_blocks must be >= 0, got {num_blocks}")
-    kw: dict = dict(hidden_features=hidden_channels, scale=scale, clamp=clamp, context_features=context_features)
-    if num_blocks > 0:
-        kw["conditioner_factory"] = partial(resnet_conditioner, hidden_channels=hidden_channels, num_blocks=num_blocks,
-                                            batch_norm=batch_norm)
-
-    def couplings(masks: List[Tensor], channels: int) -> List[FlowLayer]:
-        out: List[FlowLayer] = []
-        for mask in masks:
-            out.append(AffineCoupling(mask, **kw))
-            if batch_norm:
-                out.append(BatchNormFlow(channels, eps=1e-4))
-        return out
-
-    c, h, w = input_shape
-    levels: List[FlowLayer] = []
-    for i in range(num_levels):
-        if i == num_levels - 1:
-            levels.append(FlowSequence(couplings([checkerboard_mask(c, h, w, k % 2) for k in range(4)], c)))
-            break
-        layers = couplings([checkerboard_mask(c, h, w, k % 2) for k in range(3)], c)
-        layers.append(Squeeze())
-        c, h, w = 4 * c, h // 2, w // 2
-        layers += couplings([channel_mask(c, k % 2) for k in range(3)], c)
-        levels.append(FlowSequence(layers))
-        c = c - c // 2
-    return MultiScaleFlow(input_shape, levels)

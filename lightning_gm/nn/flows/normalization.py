@@ -20,7 +20,7 @@ from torch import Tensor, nn
 
 from lightning_gm.nn.flows.base import FlowLayer
 
-__all__ = ["ActNorm", "BatchNormFlow", "set_batch_norm_statistics"]
+__all__ = ["ChannelAffine", "ActNorm", "BatchNormFlow", "set_batch_norm_statistics"]
 
 
 def _channel_view(t: Tensor, ndim: int) -> Tensor:
@@ -28,14 +28,59 @@ def _channel_view(t: Tensor, ndim: int) -> Tensor:
     return t.view(1, -1, *([1] * (ndim - 2)))
 
 
-class ActNorm(FlowLayer):
+class ChannelAffine(FlowLayer):
+    r"""A per-channel affine map on ``(B, C)`` or ``(B, C, *spatial)`` (channels on dim 1), the form shared by
+    :class:`ActNorm` and :class:`BatchNormFlow`:
+
+    .. math::
+
+        z = (x - m) \odot e^{s} + t, \qquad
+        \log\left|\det \frac{\partial z}{\partial x}\right| = \Big(\prod \text{spatial}\Big)\sum_{c=1}^C s_c, \qquad
+        x = (z - t) \odot e^{-s} + m .
+
+    A subclass supplies the per-channel ``(m, s, t)`` of a call in :meth:`_affine` (``t = None`` for no shift).
+
+    Args:
+        num_features: number of channels :math:`C`.
+        eps: the subclass's numerical guard (added to a standard deviation or a variance).
+
+    References:
+        Kingma & Dhariwal, "Glow: Generative Flow with Invertible 1x1 Convolutions", NeurIPS 2018;
+        Dinh, Sohl-Dickstein & Bengio, "Density estimation using Real NVP", ICLR 2017.
+    """
+
+    def __init__(self, num_features: int, eps: float) -> None:
+        super().__init__()
+        self.num_features = num_features
+        self.eps = eps
+
+    def _affine(self, x: Tensor, inverse: bool) -> Tuple[Tensor, Tensor, Optional[Tensor]]:
+        """``(m, s, t)``, each ``(C,)`` (``t`` may be ``None``), for the call on ``x`` in the given direction."""
+        raise NotImplementedError
+
+    @staticmethod
+    def _ladj(s: Tensor, x: Tensor) -> Tensor:
+        return (s.sum() * int(math.prod(x.shape[2:]))).expand(x.shape[0])
+
+    def forward(self, x: Tensor, context: Optional[Tensor] = None) -> Tuple[Tensor, Tensor]:
+        m, s, t = self._affine(x, inverse=False)
+        z = (x - _channel_view(m, x.dim())) * _channel_view(torch.exp(s), x.dim())
+        return (z if t is None else z + _channel_view(t, x.dim())), self._ladj(s, x)
+
+    def inverse(self, z: Tensor, context: Optional[Tensor] = None) -> Tuple[Tensor, Tensor]:
+        m, s, t = self._affine(z, inverse=True)
+        shifted = z if t is None else z - _channel_view(t, z.dim())
+        return shifted * _channel_view(torch.exp(-s), z.dim()) + _channel_view(m, z.dim()), -self._ladj(s, z)
+
+
+class ActNorm(ChannelAffine):
     r"""Activation normalisation with data-dependent initialisation (Glow).
 
     Per-channel affine map on ``(B, C)`` or ``(B, C, *spatial)`` (channels on dim 1):
 
     .. math::
 
-        z = (x - \mu) \odot e^{-\log\sigma}, \qquad
+        z = (x - \mu) \odot e^{-\log\sigma}\ \ (m = \mu,\ s = -\log\sigma,\ t = 0), \qquad
         \log\left|\det \frac{\partial z}{\partial x}\right| = -\Big(\prod \text{spatial}\Big)\sum_{c=1}^C \log\sigma_c .
 
     On the first call of ``forward`` in training mode while the ``initialized`` buffer
@@ -56,9 +101,7 @@ class ActNorm(FlowLayer):
     initialized: Tensor
 
     def __init__(self, num_features: int, eps: float = 1e-6) -> None:
-        super().__init__()
-        self.num_features = num_features
-        self.eps = eps
+        super().__init__(num_features=num_features, eps=eps)
         self.loc = nn.Parameter(torch.zeros(num_features))
         self.log_scale = nn.Parameter(torch.zeros(num_features))
         self.register_buffer("initialized", torch.tensor(False))
@@ -73,31 +116,18 @@ class ActNorm(FlowLayer):
         self.log_scale.copy_(torch.log(std + self.eps))
         self.initialized.fill_(True)
 
-    def _ladj(self, x: Tensor) -> Tensor:
-        spatial = int(math.prod(x.shape[2:]))
-        return (-self.log_scale.sum() * spatial).expand(x.shape[0])
-
-    def forward(self, x: Tensor, context: Optional[Tensor] = None) -> Tuple[Tensor, Tensor]:
-        if self.training and not bool(self.initialized):
+    def _affine(self, x: Tensor, inverse: bool) -> Tuple[Tensor, Tensor, Optional[Tensor]]:
+        if not inverse and self.training and not bool(self.initialized):
             self.initialize(x.detach())
-        loc = _channel_view(self.loc, x.dim())
-        log_scale = _channel_view(self.log_scale, x.dim())
-        z = (x - loc) * torch.exp(-log_scale)
-        return z, self._ladj(x)
-
-    def inverse(self, z: Tensor, context: Optional[Tensor] = None) -> Tuple[Tensor, Tensor]:
-        loc = _channel_view(self.loc, z.dim())
-        log_scale = _channel_view(self.log_scale, z.dim())
-        x = z * torch.exp(log_scale) + loc
-        return x, -self._ladj(z)
+        return self.loc, -self.log_scale, None
 
 
-class BatchNormFlow(FlowLayer):
+class BatchNormFlow(ChannelAffine):
     r"""Batch normalisation as an invertible layer (RealNVP, MAF), per channel on ``(B, C)`` or ``(B, C, *spatial)``.
 
     .. math::
 
-        z = e^{\log\gamma} \odot \frac{x - m}{\sqrt{v}} + \beta, \qquad
+        z = e^{\log\gamma} \odot \frac{x - m}{\sqrt{v}} + \beta\ \ (s = \log\gamma - \tfrac12\log v,\ t = \beta), \qquad
         \log\left|\det \frac{\partial z}{\partial x}\right| =
         \Big(\prod \text{spatial}\Big) \sum_{c=1}^C \Big[\log\gamma_c - \tfrac12 \log v_c\Big],
 
@@ -124,9 +154,7 @@ class BatchNormFlow(FlowLayer):
     stat_count: Tensor
 
     def __init__(self, num_features: int, eps: float = 1e-5) -> None:
-        super().__init__()
-        self.num_features = num_features
-        self.eps = eps
+        super().__init__(num_features=num_features, eps=eps)
         self.log_gamma = nn.Parameter(torch.zeros(num_features))
         self.beta = nn.Parameter(torch.zeros(num_features))
         self.register_buffer("stat_sum", torch.zeros(num_features, dtype=torch.float64))
@@ -164,21 +192,9 @@ class BatchNormFlow(FlowLayer):
                 self.stat_count.add_(flat.shape[1])
         return mean, var
 
-    def _ladj(self, var: Tensor, x: Tensor) -> Tensor:
-        spatial = int(math.prod(x.shape[2:]))
-        return ((self.log_gamma - 0.5 * torch.log(var)).sum() * spatial).expand(x.shape[0])
-
-    def forward(self, x: Tensor, context: Optional[Tensor] = None) -> Tuple[Tensor, Tensor]:
-        mean, var = self._moments(x)
-        scale = _channel_view(torch.exp(self.log_gamma - 0.5 * torch.log(var)), x.dim())
-        z = (x - _channel_view(mean, x.dim())) * scale + _channel_view(self.beta, x.dim())
-        return z, self._ladj(var, x)
-
-    def inverse(self, z: Tensor, context: Optional[Tensor] = None) -> Tuple[Tensor, Tensor]:
-        mean, var = self.statistics()
-        scale = _channel_view(torch.exp(0.5 * torch.log(var) - self.log_gamma), z.dim())
-        x = (z - _channel_view(self.beta, z.dim())) * scale + _channel_view(mean, z.dim())
-        return x, -self._ladj(var, z)
+    def _affine(self, x: Tensor, inverse: bool) -> Tuple[Tensor, Tensor, Optional[Tensor]]:
+        mean, var = self.statistics() if inverse else self._moments(x)
+        return mean, self.log_gamma - 0.5 * torch.log(var), self.beta
 
 
 @torch.no_grad()
