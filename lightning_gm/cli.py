@@ -172,6 +172,7 @@ class GenerativeCLI(CheckpointArguments, LightningCLI):
 
     def before_instantiate_classes(self) -> None:
         cfg = self._section()
+        self._adopt_checkpoint_run(cfg)
         if not cfg.experiment:
             # the file the user named, not one it includes (cfg.config lists an included file before its includer)
             files = GenerativeArgumentParser.config_files or [str(f) for f in cfg.get("config") or []]
@@ -190,6 +191,21 @@ class GenerativeCLI(CheckpointArguments, LightningCLI):
         if self.subcommand:
             self._resolve_checkpoint(cfg)
         self._place_loggers(cfg)
+
+    def _adopt_checkpoint_run(self, cfg: Namespace) -> None:
+        """``test`` / ``validate`` / ``predict`` of a run's checkpoint without a ``--config`` naming the experiment
+        (``--model=VAE --ckpt_path runs/vae/a/checkpoints/last.ckpt``) work in that run's folder, as ``--config
+        runs/vae/a/config.yaml`` would, instead of a new ``runs/default/<time>``."""
+        files = GenerativeArgumentParser.config_files or cfg.get("config")
+        ckpt = cfg.get("ckpt_path")
+        if self.subcommand in (None, "fit") or files or cfg.experiment or cfg.run_name or not ckpt:
+            return
+        run = Path(str(ckpt)).resolve().parent.parent
+        if Path(str(ckpt)).is_file() and Path(str(ckpt)).resolve().parent.name == "checkpoints" \
+                and (run / "summary.json").is_file():
+            runs_dir = os.path.relpath(run.parent.parent)
+            cfg.runs_dir = str(run.parent.parent) if runs_dir.startswith("..") else runs_dir
+            cfg.experiment, cfg.run_name = run.parent.name, run.name
 
     def _entries(self) -> set[str]:
         """The run folder's entries (and its W&B folder's): what a failed start must not remove."""

@@ -272,3 +272,17 @@ def test_command_line_model_options_win_over_the_checkpoint(run_cli, tmp_path):
     assert label == {"kept": "iwae-7", "set": "iwae-3", "set2": "iwae-2"}
     summary = json.loads((tmp_path / "runs/e/set/summary.json").read_text())
     assert summary["num_parameters"] == sum(p.numel() for p in model.parameters())  # still the checkpoint's 64-7-3
+
+
+def test_a_bare_checkpoint_test_works_in_the_checkpoints_run_folder(run_cli, tmp_path):
+    """``lightning_gm test --model=VAE --ckpt_path runs/vae_digits/r/checkpoints/last.ckpt`` (no --config): the test
+    is recorded in that run's folder (its summary, a test-<time>.yaml), not in a new runs/default/<time>."""
+    assert run_cli("fit", "--config", str(ROOT / "conf" / "vae_digits.yaml"), "--run_name=r", *TINY) == 0
+    assert run_cli("test", "--model=lightning_gm.models.VAE", "--ckpt_path=runs/vae_digits/r/checkpoints/last.ckpt",
+                   "--data=lightning_gm.data.DigitsDataModule", "--model.init_args.evaluation.test_k=4",
+                   "--trainer.logger=false", "--trainer.enable_progress_bar=false") == 0
+    assert not (tmp_path / "runs" / "default").exists()
+    run = tmp_path / "runs" / "vae_digits" / "r"
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["estimator"] == "iwae-4" and [h["command"] for h in summary["history"]] == ["fit", "test"]
+    assert len(list(run.glob("test-*.yaml"))) == 1
