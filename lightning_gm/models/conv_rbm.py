@@ -52,7 +52,7 @@ from lightning_gm.models.energy import (
     seeded_rng,
     sgd_conv_rbm,
 )
-from lightning_gm.models.migration import fold_flat_hparams, record_groups
+from lightning_gm.models.migration import GroupedHyperparameters
 from lightning_gm.nn.conv_rbm import ConvolutionalRBM, VisibleType
 from lightning_gm.nn.rbm import CD
 
@@ -107,7 +107,7 @@ class ConvCD(ChainStream):
         return {"loss": loss, "hidden_activity": q.mean(), "pool_activity": p_mean.detach().mean()}
 
 
-class ConvRBM(ConvCD, PartitionMixin, GenerativeModel):
+class ConvRBM(GroupedHyperparameters, ConvCD, PartitionMixin, GenerativeModel):
     r"""Convolutional RBM with probabilistic max-pooling (family ``rbm``), trained by CD-k or PCD.
 
     .. math::
@@ -140,13 +140,14 @@ class ConvRBM(ConvCD, PartitionMixin, GenerativeModel):
             ``ais.exact_max_units`` units).
         optimizer: optimiser factory (default SGD, lr 0.01, momentum 0.9).
         lr_scheduler: optional scheduler factory.
-        **flat: flat keys of old checkpoints (``k``, ``ais_runs``, ...), folded into the groups.
 
     References:
         Lee, Grosse, Ranganath & Ng (2009); Lee, Ekanadham & Ng (2008); Salakhutdinov & Murray (2008).
     """
 
     family = "rbm"
+    groups = ("cd", "ais")
+    flat_keys = {**FLAT_CD_KEYS, **FLAT_AIS_KEYS}  # checkpoints written before the groups still load
     monitor = "val/recon_error"
     monitor_mode = "min"
     ais_base: Tensor
@@ -169,15 +170,10 @@ class ConvRBM(ConvCD, PartitionMixin, GenerativeModel):
         ais: AISSchedule = AISSchedule(),
         optimizer: OptimizerCallable = sgd_conv_rbm,
         lr_scheduler: Optional[LRSchedulerCallable] = None,
-        **flat: Any,
     ) -> None:
         super().__init__(data_shape, optimizer, lr_scheduler)
-        groups = fold_flat_hparams("ConvRBM", flat, {"cd": CD.coerce(cd), "ais": AISSchedule.coerce(ais)},
-                                   {**FLAT_CD_KEYS, **FLAT_AIS_KEYS})
         self.save_hyperparameters(ignore=["optimizer", "lr_scheduler"], frame=inspect.currentframe())
-        record_groups(self, groups, flat)
-        self.cd: CD = groups["cd"]  # type: ignore[assignment]
-        self.ais = groups["ais"]  # type: ignore[assignment]
+        self.cd, self.ais = CD.coerce(cd), AISSchedule.coerce(ais)
         check_positive(n_filters=n_filters, filter_size=filter_size, pool_size=pool_size)
         if not 0 < sparsity_target < 1:
             raise ConfigError(f"model.init_args.sparsity_target must be in (0, 1), got {sparsity_target}")

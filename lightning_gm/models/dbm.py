@@ -70,13 +70,14 @@ from lightning_gm.estimators.dbm import DBMAnnealingPath, dbm_exact_log_partitio
 from lightning_gm.estimators.reverse import ReverseStart
 from lightning_gm.models.base import GenerativeModel
 from lightning_gm.models.energy import FLAT_AIS_KEYS, PartitionMixin, batch_data, sgd_dbm
-from lightning_gm.models.migration import fold_flat_hparams, record_groups
+from lightning_gm.models.greedy import layer_sizes
+from lightning_gm.models.migration import GroupedHyperparameters
 from lightning_gm.nn.dbm import BinaryDBM
 
 __all__ = ["DBM"]
 
 
-class DBM(PartitionMixin, GenerativeModel):
+class DBM(GroupedHyperparameters, PartitionMixin, GenerativeModel):
     r"""Deep Boltzmann machine with binary units (family ``dbm``, test estimator ``ais+meanfield``).
 
     Args:
@@ -103,10 +104,11 @@ class DBM(PartitionMixin, GenerativeModel):
             layer set has at most ``ais.exact_max_units`` units).
         optimizer: optimiser factory (default SGD lr 0.05, momentum 0.9).
         lr_scheduler: optional scheduler factory.
-        **flat: flat keys of old checkpoints (``ais_runs``, ...), folded into ``ais``.
     """
 
     family = "dbm"
+    groups = ("ais",)
+    flat_keys = dict(FLAT_AIS_KEYS)  # checkpoints written before the groups still load
     #: no validation objective is comparable across phases: the checkpoint tested is the last one
     #: (``val/progress`` = epochs done, only ever increases)
     monitor = "val/progress"
@@ -133,13 +135,10 @@ class DBM(PartitionMixin, GenerativeModel):
         ais: AISSchedule = AISSchedule(),
         optimizer: OptimizerCallable = sgd_dbm,
         lr_scheduler: Optional[LRSchedulerCallable] = None,
-        **flat: Any,
     ) -> None:
         super().__init__(data_shape=data_shape, optimizer=optimizer, lr_scheduler=lr_scheduler)
-        self.ais = fold_flat_hparams("DBM", flat, {"ais": AISSchedule.coerce(ais)}, FLAT_AIS_KEYS)["ais"]  # type: ignore[assignment]
-        hidden = [int(h) for h in hidden]
-        if not hidden or any(h < 1 for h in hidden):
-            raise ConfigError(f"DBM: hidden must be a non-empty list of positive sizes, got {hidden}")
+        self.ais = AISSchedule.coerce(ais)
+        hidden = layer_sizes(hidden)
         epochs_per_layer = [int(e) for e in epochs_per_layer]
         if len(epochs_per_layer) != len(hidden) or any(e < 0 for e in epochs_per_layer):
             raise ConfigError(
@@ -156,7 +155,6 @@ class DBM(PartitionMixin, GenerativeModel):
         if max_norm is not None and max_norm <= 0:
             raise ConfigError(f"DBM: max_norm must be positive or null, got {max_norm}")
         self.save_hyperparameters(ignore=["optimizer", "lr_scheduler"], frame=inspect.currentframe())
-        record_groups(self, {"ais": self.ais}, flat)
         self.hidden, self.epochs_per_layer = hidden, epochs_per_layer
         self.sizes = [self.data_dim, *hidden]
         self.pretrain_cd_k, self.mf_iterations, self.mf_tol = pretrain_cd_k, mf_iterations, mf_tol

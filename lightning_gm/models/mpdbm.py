@@ -48,7 +48,8 @@ from lightning_gm.estimators.dbm import DBMAnnealingPath, dbm_exact_log_partitio
 from lightning_gm.estimators.reverse import ReverseStart
 from lightning_gm.models.base import GenerativeModel
 from lightning_gm.models.energy import FLAT_AIS_KEYS, PartitionMixin
-from lightning_gm.models.migration import fold_flat_hparams, record_groups
+from lightning_gm.models.greedy import layer_sizes
+from lightning_gm.models.migration import GroupedHyperparameters
 from lightning_gm.nn.dbm import BinaryDBM
 from lightning_gm.nn.mpdbm import MaskedMeanField, label_logits, layer_conditional, masked_mean_field, multi_prediction_loss, sample_missing
 
@@ -59,7 +60,7 @@ def _adam(params: Any) -> torch.optim.Optimizer:
     return torch.optim.Adam(params, lr=1e-3)
 
 
-class MPDBM(PartitionMixin, GenerativeModel):
+class MPDBM(GroupedHyperparameters, PartitionMixin, GenerativeModel):
     r"""Multi-prediction DBM with binary units and optional label units (module docstring).
 
     Args:
@@ -85,10 +86,11 @@ class MPDBM(PartitionMixin, GenerativeModel):
             odd/even layer set has at most ``ais.exact_max_units`` units).
         optimizer: optimiser factory (default Adam, lr 1e-3).
         lr_scheduler: optional scheduler factory.
-        **flat: flat keys of old checkpoints (``ais_runs``, ...), folded into ``ais``.
     """
 
     family = "dbm"
+    groups = ("ais",)
+    flat_keys = dict(FLAT_AIS_KEYS)  # checkpoints written before the groups still load
     monitor = "val/loss"
     monitor_mode = "min"
 
@@ -111,13 +113,10 @@ class MPDBM(PartitionMixin, GenerativeModel):
         ais: AISSchedule = AISSchedule(),
         optimizer: OptimizerCallable = _adam,
         lr_scheduler: Optional[LRSchedulerCallable] = None,
-        **flat: Any,
     ) -> None:
         super().__init__(data_shape, optimizer, lr_scheduler)
-        self.ais = fold_flat_hparams("MPDBM", flat, {"ais": AISSchedule.coerce(ais)}, FLAT_AIS_KEYS)["ais"]  # type: ignore[assignment]
-        hidden = [int(h) for h in hidden]
-        if not hidden or any(h < 1 for h in hidden):
-            raise ConfigError(f"model.hidden must be a non-empty list of positive sizes, got {hidden}")
+        self.ais = AISSchedule.coerce(ais)
+        hidden = layer_sizes(hidden)
         if n_classes < 0 or n_classes == 1:
             raise ConfigError(f"model.n_classes must be 0 (no labels) or >= 2, got {n_classes}")
         if mf_steps < 1:
@@ -134,7 +133,6 @@ class MPDBM(PartitionMixin, GenerativeModel):
                 "units, so no test log-likelihood is available; set test_loglik=false or n_classes=0"
             )
         self.save_hyperparameters(ignore=["optimizer", "lr_scheduler"], frame=inspect.currentframe())
-        record_groups(self, {"ais": self.ais}, flat)
         self.hidden, self.n_classes, self.mf_steps = hidden, int(n_classes), int(mf_steps)
         self.mask_prob, self.mask_per_example, self.classify_prob = float(mask_prob), mask_per_example, float(classify_prob)
         self.multi_inference, self.weight_cost = multi_inference, float(weight_cost)

@@ -20,7 +20,7 @@ from lightning_gm.data import DigitsDataModule
 from lightning_gm.estimators.ais import AISSchedule, summarize_log_weights
 from lightning_gm.estimators.decoder_ais import HMCAnnealing
 from lightning_gm.estimators.partition import log_partition_enumerate
-from lightning_gm.models import DBM, DBN, GAN, MPDBM, RBM, ConvRBM, GaussianRBM, SpikeSlabRBM, SubspaceRBM
+from lightning_gm.models import DBM, DBN, GAN, MPDBM, RBM, ConvDBN, ConvRBM, GaussianRBM, SpikeSlabRBM, SubspaceRBM
 from lightning_gm.nn.rbm import CD, Penalties, chain_generator
 from tests.conftest import ROOT
 
@@ -195,6 +195,18 @@ FLAT = {
               num_chains=10, gibbs_steps=5, weight_cost=2e-4, max_norm=None, lr_decay=0.0, joint_lr_scale=0.02,
               centered=False, offset_rate=0.01, weight_std=0.01, sample_steps=1000, ais_runs=30, ais_steps=200,
               ais_seed=1, exact_max_units=0),
+    DBN: dict(data_shape=[64], hidden=[5, 4], epochs_per_layer=[1, 1], k=2, persistent=True, num_chains=7, propagate="mean",
+              weight_std=0.01, weight_cost=2e-4, initial_momentum=0.5, momentum_warmup_epochs=5, init_visible_bias=True,
+              sample_steps=10, bound_samples=3, ais_runs=20, ais_steps=100, ais_seed=2, exact_max_units=0),
+    MPDBM: dict(data_shape=[64], hidden=[5, 4], n_classes=0, mf_steps=3, mask_prob=0.5, mask_per_example=True,
+                classify_prob=0.0, multi_inference=False, centered=True, weight_cost=0.0, weight_std=0.05, eval_seed=0,
+                test_loglik=True, sample_steps=10, ais_runs=12, ais_steps=90, ais_seed=3, exact_max_units=0),
+    ConvRBM: dict(data_shape=[1, 8, 8], n_filters=3, filter_size=3, pool_size=2, visible="binary", k=2, persistent=True,
+                  num_chains=6, weight_std=0.01, weight_cost=1e-4, sparsity_target=0.05, sparsity_cost=1.0,
+                  init_visible_bias=True, sample_steps=10, ais_runs=9, ais_steps=80, ais_seed=5, exact_max_units=0),
+    ConvDBN: dict(data_shape=[1, 12, 12], n_filters=[3, 2], filter_size=[3, 2], pool_size=[2, 1], epochs_per_layer=[1, 1],
+                  visible="binary", k=4, weight_std=0.01, weight_cost=1e-4, sparsity_target=0.05, sparsity_cost=1.0,
+                  init_visible_bias=True, sample_steps=10, down_steps=2),
     GAN: dict(data_shape=[64], latent_dim=3, generator=None, discriminator=None, hidden=[8], discriminator_hidden=[8],
               generator_loss="non_saturating", d_steps=1, obs_sigma=0.2, ais_chains=4, ais_steps=7, ais_leapfrog_steps=2,
               ais_step_size=0.1, ais_target_accept=0.6, val_ais_examples=0, eval_seed=5),
@@ -203,6 +215,10 @@ GROUPS = {
     RBM: {"cd": CD(k=3, chains=20), "penalties": Penalties(weight_cost=0.001, sparsity_target=0.2, sparsity_decay=0.9),
           "ais": AISSchedule(runs=50, steps=300, seed=4, exact_max_units=0)},
     DBM: {"ais": AISSchedule(runs=30, steps=200, seed=1, exact_max_units=0)},
+    DBN: {"cd": CD(k=2, chains=7), "ais": AISSchedule(runs=20, steps=100, seed=2, exact_max_units=0)},
+    MPDBM: {"ais": AISSchedule(runs=12, steps=90, seed=3, exact_max_units=0)},
+    ConvRBM: {"cd": CD(k=2, chains=6), "ais": AISSchedule(runs=9, steps=80, seed=5, exact_max_units=0)},
+    ConvDBN: {"cd": CD(k=4, persistent=False)},
     GAN: {"ais": HMCAnnealing(chains=4, steps=7, leapfrog_steps=2, step_size=0.1, target_accept=0.6, seed=5)},
 }
 
@@ -211,7 +227,8 @@ def _old_checkpoint(cls: type, path, cli: bool) -> dict:
     """A checkpoint in the old format: the state of a model built from the flat keys, with flat hyperparameters
     (as written by Python code, or by the lightning_gm command with its class path)."""
     flat = dict(FLAT[cls])
-    model = cls(**flat)
+    upgrade = getattr(cls, "upgrade_hparams", dict)
+    model = cls(**upgrade(flat))  # the same model, built by today's code
     trainer = pl.Trainer(logger=False, enable_progress_bar=False, enable_model_summary=False, accelerator="cpu")
     trainer.strategy.connect(model)
     trainer.save_checkpoint(path)
@@ -225,7 +242,7 @@ def _old_checkpoint(cls: type, path, cli: bool) -> dict:
     return ckpt["state_dict"]
 
 
-@pytest.mark.parametrize("cls", [RBM, DBM, GAN], ids=lambda c: c.__name__)
+@pytest.mark.parametrize("cls", [RBM, DBM, DBN, MPDBM, ConvRBM, ConvDBN, GAN], ids=lambda c: c.__name__)
 @pytest.mark.parametrize("cli", [False, True], ids=["python", "cli"])
 def test_a_checkpoint_with_flat_hyperparameters_still_loads(cls: type, cli: bool, tmp_path) -> None:
     path = tmp_path / "old.ckpt"
@@ -237,10 +254,12 @@ def test_a_checkpoint_with_flat_hyperparameters_still_loads(cls: type, cli: bool
     flat_keys = {"k", "persistent", "ais_runs", "ais_steps", "ais_seed", "exact_max_units", "weight_cost",
                  "sparsity_target", "sparsity_cost", "sparsity_decay", "ais_chains", "ais_leapfrog_steps",
                  "ais_step_size", "ais_target_accept", "eval_seed"}
-    if cls is not DBM:  # the DBM keeps its own num_chains and weight_cost (not the RBM groups)
+    if cls not in (DBM, MPDBM):  # the DBMs keep their own num_chains (not the RBM groups)
         flat_keys.add("num_chains")
-    else:
-        flat_keys -= {"weight_cost"}
+    if cls is not RBM:  # only the RBM has a penalties group; the others keep their own weight cost and sparsity
+        flat_keys -= {"weight_cost", "sparsity_target", "sparsity_cost"}
+    if cls is MPDBM:  # its own eval_seed (the masks'), not the GAN's AIS seed
+        flat_keys -= {"eval_seed"}
     assert not flat_keys & set(m.hparams), flat_keys & set(m.hparams)
     for key, value in m.state_dict().items():
         torch.testing.assert_close(value, state[key], rtol=0, atol=0)
