@@ -171,7 +171,9 @@ class ConvDBN(GroupedHyperparameters, GreedySchedule, ConvCD, GenerativeModel):
     # ------------------------------------------------------------------ test: no likelihood
     @property
     def estimator(self) -> str:
-        raise NotImplementedError("ConvDBN has no tractable log-likelihood estimate")
+        """No tractable likelihood: its test reports per-layer free energies and reconstruction errors (see
+        :attr:`GenerativeModel.estimator`)."""
+        return "none (free energy, reconstruction error)"
 
     def log_prob(self, x: Tensor) -> Tensor:
         raise NotImplementedError("ConvDBN has no tractable log-likelihood: see test/free_energy_<l>, test/recon_error_<l>")

@@ -327,8 +327,8 @@ class MPDBM(GroupedHyperparameters, PartitionMixin, GenerativeModel):
 
     @property
     def estimator(self) -> str:
-        if not self.test_loglik:
-            raise NotImplementedError("MPDBM: no test log-likelihood (test_loglik=false)")
+        if not self.test_loglik:  # (see GenerativeModel.estimator)
+            return "none (accuracy)" if self.n_classes else "none (multi-prediction loss)"
         return self.partition_label(exact="exact+meanfield", ais="ais+meanfield")
 
     def log_prob_unnormalized(self, x: Tensor) -> Tensor:

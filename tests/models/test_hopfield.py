@@ -88,7 +88,7 @@ def test_cli_store_digits_and_pictures(run_cli, tmp_path) -> None:
     assert run_cli(*args) == 0
     run = tmp_path / "runs" / "hopfield" / "t"
     summary = json.loads((run / "summary.json").read_text())
-    assert summary["estimator"] is None and "test/nll" not in summary["test"]
+    assert summary["estimator"] == "none (retrieval metrics)" and "test/nll" not in summary["test"]
     assert 0.0 <= summary["test"]["test/retrieval_rate"] <= 1.0
     for name in ("retrieval_test.png", "energy_test.png", "samples_test.png"):
         assert (run / "samples" / name).exists()
