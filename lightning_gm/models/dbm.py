@@ -6,20 +6,11 @@ recipe of Salakhutdinov & Hinton (2009, 2012) as *phases* derived from ``current
 from ``last.ckpt`` continues in its phase), logged as ``train/phase`` (``0 .. L-1``: pretraining RBM
 ``l + 1``; ``L``: joint training) with ``train/epochs_in_phase``:
 
-1. **Pretraining** of modified RBMs :math:`R_l` (weights :math:`R_l`, visible bias :math:`\beta_l`, hidden bias
-   :math:`\gamma_l`) by CD-k on the hidden probabilities of the RBM below:
+1. **Pretraining** of modified RBMs :math:`R_l` by CD-k on the hidden probabilities of the RBM below (the
+   bottom and top ones with doubled inputs), and
 
-   * bottom (:math:`l = 1`), doubled bottom-up input: :math:`p(h \mid v) = \sigma(2R_1^\top v + \gamma_1)`,
-     :math:`p(v \mid h) = \sigma(R_1 h + \beta_1)`;
-   * top (:math:`l = L`), doubled top-down input: :math:`p(h \mid x) = \sigma(R_L^\top x + \gamma_L)`,
-     :math:`p(x \mid h) = \sigma(2R_L h + \beta_L)`;
-   * middle layers: ordinary RBMs (input doubled in both directions relative to the DBM weights :math:`R_l/2`);
-   * a 1-layer "DBM" is an ordinary RBM.
-
-2. **Composition** at the first joint epoch: :math:`W_1 = R_1`, :math:`W_L = R_L`, middle :math:`W_l = R_l / 2`
-   (halved); :math:`b_0 = \beta_1`, :math:`b_L = \gamma_L` and, for a layer shared by two RBMs, the mean of the
-   two biases, :math:`b_l = (\gamma_l + \beta_{l+1}) / 2` (each RBM's doubled input stood in for half the
-   DBM's input, bias included).
+2. **Composition** of them into the DBM at the first joint epoch (middle weights halved, shared biases
+   averaged): both in :mod:`lightning_gm.models.dbm_pretraining`.
 
 3. **Joint training**: the gradient of the log-likelihood with a mean-field positive phase (``mf_iterations``
    rounds at most, stop below ``mf_tol``, initialised by a doubled bottom-up pass) and a persistent-chain
@@ -62,13 +53,14 @@ from typing import Any, Optional, Sequence
 import torch
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
-from torch import Tensor, nn
+from torch import Tensor
 
 from lightning_gm.errors import ConfigError
 from lightning_gm.estimators.ais import AISSchedule, AnnealingPath, base_rate_log_odds
 from lightning_gm.estimators.dbm import DBMAnnealingPath, dbm_exact_log_partition, dbm_reverse_start
 from lightning_gm.estimators.reverse import ReverseStart
 from lightning_gm.models.base import GenerativeModel
+from lightning_gm.models.dbm_pretraining import DBMPretraining
 from lightning_gm.models.energy import FLAT_AIS_KEYS, PartitionMixin, batch_data, sgd_dbm
 from lightning_gm.models.greedy import layer_sizes
 from lightning_gm.models.migration import GroupedHyperparameters
@@ -77,7 +69,7 @@ from lightning_gm.nn.dbm import BinaryDBM
 __all__ = ["DBM"]
 
 
-class DBM(GroupedHyperparameters, PartitionMixin, GenerativeModel):
+class DBM(GroupedHyperparameters, DBMPretraining, PartitionMixin, GenerativeModel):
     r"""Deep Boltzmann machine with binary units (family ``dbm``, test estimator ``ais+meanfield``).
 
     Args:
@@ -166,13 +158,7 @@ class DBM(GroupedHyperparameters, PartitionMixin, GenerativeModel):
         self.centered, self.offset_rate = centered, offset_rate
         self.sample_steps = sample_steps
         self.dbm = BinaryDBM(self.sizes, weight_std=weight_std, centered=centered)
-        L = len(hidden)
-        # the modified RBMs of the pretraining phases (R_l, visible bias, hidden bias)
-        self.pre_W = nn.ParameterList(
-            [nn.Parameter(torch.randn(self.sizes[l - 1], self.sizes[l]) * weight_std) for l in range(1, L + 1)]
-        )
-        self.pre_b = nn.ParameterList([nn.Parameter(torch.zeros(self.sizes[l - 1])) for l in range(1, L + 1)])
-        self.pre_c = nn.ParameterList([nn.Parameter(torch.zeros(self.sizes[l])) for l in range(1, L + 1)])
+        self.init_pretraining(weight_std)
         for l, s in enumerate(self.sizes):
             self.register_buffer(f"chains_{l}", torch.zeros(num_chains, s))
         self.register_buffer("chains_ready", torch.tensor(False))
@@ -184,88 +170,8 @@ class DBM(GroupedHyperparameters, PartitionMixin, GenerativeModel):
 
     # ------------------------------------------------------------------ phases
     @property
-    def num_layers(self) -> int:
-        return len(self.hidden)
-
-    @property
-    def joint_start(self) -> int:
-        """First epoch of joint training."""
-        return sum(self.epochs_per_layer)
-
-    def phase_at(self, epoch: int) -> int:
-        """Phase at ``epoch``: ``l`` (0-based) while pretraining RBM ``l + 1``, ``L`` in joint training."""
-        start = 0
-        for l, e in enumerate(self.epochs_per_layer):
-            if epoch < start + e:
-                return l
-            start += e
-        return self.num_layers
-
-    @property
     def phase(self) -> int:
         return self.phase_at(self.current_epoch) if self._trainer is not None else self.num_layers
-
-    def _up_factors(self, l: int) -> tuple[float, float]:
-        """(bottom-up, top-down) input multipliers of pretraining RBM ``l`` (1-based)."""
-        L = self.num_layers
-        if L == 1:
-            return 1.0, 1.0
-        if l == 1:
-            return 2.0, 1.0
-        if l == L:
-            return 1.0, 2.0
-        return 1.0, 1.0  # middle: an ordinary RBM with weights R_l = 2 W_l
-
-    # ------------------------------------------------------------------ pretraining
-    @torch.no_grad()
-    def pretrain_input(self, x: Tensor, l: int) -> Tensor:
-        """Input of pretraining RBM ``l`` (1-based): hidden probabilities of the RBMs below."""
-        h = x.reshape(x.shape[0], -1).to(self.pre_W[0].dtype)
-        for k in range(1, l):
-            up, _ = self._up_factors(k)
-            h = torch.sigmoid(up * (h @ self.pre_W[k - 1]) + self.pre_c[k - 1])
-        return h
-
-    def _pretrain_terms(self, x: Tensor, l: int, stage: str) -> dict[str, Tensor]:
-        W, b, c = self.pre_W[l - 1], self.pre_b[l - 1], self.pre_c[l - 1]
-        up, down = self._up_factors(l)
-        v = self.pretrain_input(x, l)
-        with torch.no_grad():
-            h_pos = torch.sigmoid(up * (v @ W) + c)
-            recon = torch.sigmoid(down * (h_pos @ W.T) + b)
-            recon_error = (v - recon).pow(2).sum(-1).mean()
-            h, v_neg, h_neg = h_pos, v, h_pos
-            for _ in range(self.pretrain_cd_k):
-                h = torch.bernoulli(h_neg)
-                v_neg = torch.sigmoid(down * (h @ W.T) + b)  # probabilities, as Salakhutdinov's code
-                h_neg = torch.sigmoid(up * (v_neg @ W) + c)
-        terms: dict[str, Tensor] = {"recon_error": recon_error}
-        if stage == "train":
-            # surrogate whose gradient is the CD-k update: <v h'>_data - <v h'>_model on W, and the biases.
-            def energy(vv: Tensor, hh: Tensor) -> Tensor:
-                return -((vv @ W) * hh).sum(-1) - vv @ b - hh @ c
-
-            loss = energy(v, h_pos).mean() - energy(v_neg, h_neg).mean()
-            if self.weight_cost > 0:
-                loss = loss + 0.5 * self.weight_cost * W.pow(2).sum()
-            terms["loss"] = loss
-        else:
-            terms["loss"] = recon_error
-        return terms
-
-    @torch.no_grad()
-    def compose(self) -> None:
-        r"""Compose the pretrained RBMs into the DBM: :math:`W_1 = R_1`, :math:`W_L = R_L`, middle :math:`R_l/2`;
-        :math:`b_0 = \beta_1`, :math:`b_L = \gamma_L`, shared layers :math:`(\gamma_l + \beta_{l+1})/2`."""
-        L = self.num_layers
-        for l in range(1, L + 1):
-            scale = 1.0 if (l == 1 or l == L) else 0.5
-            self.dbm.W(l).copy_(scale * self.pre_W[l - 1])
-        self.dbm.biases[0].copy_(self.pre_b[0])
-        self.dbm.biases[L].copy_(self.pre_c[L - 1])
-        for l in range(1, L):
-            self.dbm.biases[l].copy_(0.5 * (self.pre_c[l - 1] + self.pre_b[l]))
-        self.composed.fill_(True)
 
     # ------------------------------------------------------------------ joint training
     def chains(self) -> list[Tensor]:
