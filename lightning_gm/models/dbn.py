@@ -66,6 +66,7 @@ from lightning_gm.models.energy import (
 )
 from lightning_gm.models.greedy import GreedySchedule, layer_sizes
 from lightning_gm.models.migration import GroupedHyperparameters
+from lightning_gm.models.momentum import FLAT_MOMENTUM_KEYS, MomentumWarmup
 from lightning_gm.models.rbm import cd_step
 from lightning_gm.nn.rbm import CD, BernoulliRBM, bernoulli
 
@@ -90,8 +91,8 @@ class DBN(GroupedHyperparameters, GreedySchedule, ChainStream, PartitionMixin, G
             number of persistent chains per layer and process); CD-k by default.
         propagate: ``mean`` (probabilities) or ``sample`` (binary states) as the data of the next layer.
         weight_std, weight_cost: initial weight scale and L2 cost on the weights (as :class:`~lightning_gm.models.RBM`).
-        initial_momentum: momentum of the first ``momentum_warmup_epochs`` epochs of every layer.
-        momentum_warmup_epochs: see ``initial_momentum``.
+        momentum: the warm-up (:class:`~lightning_gm.models.momentum.MomentumWarmup`: momentum ``initial`` for the
+            first ``epochs`` epochs of every layer's phase, then the optimiser's own).
         init_visible_bias: at the start of each layer's phase, set its visible biases to the log-odds of its
             training input (also the AIS base-rate model of the top layer).
         sample_steps: Gibbs sweeps in the top RBM behind :meth:`sample`.
@@ -106,8 +107,8 @@ class DBN(GroupedHyperparameters, GreedySchedule, ChainStream, PartitionMixin, G
     """
 
     family = "dbn"
-    groups = ("cd", "ais")
-    flat_keys = {**FLAT_CD_KEYS, **FLAT_AIS_KEYS}  # checkpoints written before the groups still load
+    groups = ("cd", "momentum", "ais")
+    flat_keys = {**FLAT_CD_KEYS, **FLAT_MOMENTUM_KEYS, **FLAT_AIS_KEYS}  # checkpoints written before the groups still load
     #: greedy training has no validation objective comparable across layers: the checkpoint tested is
     #: the last one (``val/stack_progress`` = epochs done, only ever increases)
     monitor = "val/stack_progress"
@@ -122,8 +123,7 @@ class DBN(GroupedHyperparameters, GreedySchedule, ChainStream, PartitionMixin, G
         propagate: Literal["mean", "sample"] = "mean",
         weight_std: float = 0.01,
         weight_cost: float = 2e-4,
-        initial_momentum: float = 0.5,
-        momentum_warmup_epochs: int = 5,
+        momentum: MomentumWarmup = MomentumWarmup(),
         init_visible_bias: bool = True,
         sample_steps: int = 1000,
         bound_samples: int = 10,
@@ -133,7 +133,7 @@ class DBN(GroupedHyperparameters, GreedySchedule, ChainStream, PartitionMixin, G
     ) -> None:
         super().__init__(data_shape, optimizer, lr_scheduler)
         self.save_hyperparameters(ignore=["optimizer", "lr_scheduler"], frame=inspect.currentframe())
-        self.cd, self.ais = CD.coerce(cd), AISSchedule.coerce(ais)
+        self.cd, self.momentum, self.ais = CD.coerce(cd), MomentumWarmup.coerce(momentum), AISSchedule.coerce(ais)
         hidden = layer_sizes(hidden)
         self.init_schedule(epochs_per_layer, len(hidden))
         if propagate not in ("mean", "sample"):
@@ -142,7 +142,7 @@ class DBN(GroupedHyperparameters, GreedySchedule, ChainStream, PartitionMixin, G
             raise ConfigError(f"model.init_args.bound_samples must be >= 1, got {bound_samples}")
         self.sizes = [self.data_dim, *hidden]
         self.propagate = propagate
-        self.weight_cost, self.initial_momentum, self.momentum_warmup_epochs = weight_cost, initial_momentum, momentum_warmup_epochs
+        self.weight_cost = weight_cost
         self.init_visible_bias, self.sample_steps, self.bound_samples = init_visible_bias, sample_steps, bound_samples
         self.rbms = nn.ModuleList(
             BernoulliRBM(n_v, n_h, weight_std=weight_std) for n_v, n_h in zip(self.sizes[:-1], self.sizes[1:])
@@ -209,13 +209,7 @@ class DBN(GroupedHyperparameters, GreedySchedule, ChainStream, PartitionMixin, G
             self._init_layer(layer)
             self.forget_momentum()
         self._initialised_layer = layer
-        if self.momentum_warmup_epochs > 0:
-            warm = self.current_epoch - self.phase_start(layer) < self.momentum_warmup_epochs
-            for opt in self.trainer.optimizers:
-                for group in opt.param_groups:
-                    if "momentum" in group:
-                        group.setdefault("final_momentum", group["momentum"])
-                        group["momentum"] = self.initial_momentum if warm else group["final_momentum"]
+        self.momentum.apply(self.trainer.optimizers, self.current_epoch - self.phase_start(layer))
 
     def loss_terms(self, x: Tensor, stage: str) -> dict[str, Tensor]:
         layer = self.current_layer

@@ -79,6 +79,7 @@ from lightning_gm.models.energy import (
 )
 from lightning_gm.models.manual_loop import ClipAlgorithm, ManualLoop
 from lightning_gm.models.migration import fold_flat_hparams, record_groups
+from lightning_gm.models.momentum import FLAT_MOMENTUM_KEYS, MomentumWarmup
 from lightning_gm.nn.rbm import CD, BernoulliRBM, Penalties, RBMBase, with_gradients
 
 __all__ = ["RBMModelBase", "cd_step", "sparsity_penalty"]
@@ -140,9 +141,8 @@ class RBMModelBase(ManualLoop, ChainStream, PartitionMixin, GenerativeModel):
         cd: contrastive divergence (:class:`~lightning_gm.nn.rbm.CD`: sweeps ``k``, ``persistent`` chains, their number).
         penalties: weight cost and sparsity (:class:`~lightning_gm.nn.rbm.Penalties`).
         weight_std: standard deviation of the initial weights (Hinton: 0.01).
-        initial_momentum: momentum of the first ``momentum_warmup_epochs`` epochs (Hinton: 0.5), after
-            which the optimiser's own momentum applies (0 epochs = always the optimiser's).
-        momentum_warmup_epochs: see ``initial_momentum``.
+        momentum: the warm-up (:class:`~lightning_gm.models.momentum.MomentumWarmup`): momentum ``initial``
+            (Hinton: 0.5) for the first ``epochs`` epochs, then the optimiser's own (0 epochs = always the optimiser's).
         init_visible_bias: set the visible biases from the training data at fit start (the binary RBM:
             :math:`b_i = \\log p_i/(1-p_i)`).
         monitor_examples: size of the fixed training subset for ``val/free_energy_gap``.
@@ -171,8 +171,7 @@ class RBMModelBase(ManualLoop, ChainStream, PartitionMixin, GenerativeModel):
         cd: CD = CD(),
         penalties: Penalties = Penalties(),
         weight_std: float = 0.01,
-        initial_momentum: float = 0.5,
-        momentum_warmup_epochs: int = 5,
+        momentum: MomentumWarmup = MomentumWarmup(),
         init_visible_bias: bool = True,
         monitor_examples: int = 1000,
         sample_steps: int = 1000,
@@ -186,8 +185,9 @@ class RBMModelBase(ManualLoop, ChainStream, PartitionMixin, GenerativeModel):
     ) -> None:
         super().__init__(data_shape, optimizer, lr_scheduler)
         groups = fold_flat_hparams(type(self).__name__, flat, {"cd": CD.coerce(cd), "penalties": Penalties.coerce(penalties),
+                                                               "momentum": MomentumWarmup.coerce(momentum),
                                                                "ais": AISSchedule.coerce(ais)},
-                                   {**FLAT_CD_KEYS, **FLAT_PENALTY_KEYS, **FLAT_AIS_KEYS})
+                                   {**FLAT_CD_KEYS, **FLAT_PENALTY_KEYS, **FLAT_MOMENTUM_KEYS, **FLAT_AIS_KEYS})
         self.save_hyperparameters(ignore=["optimizer", "lr_scheduler"], frame=inspect.currentframe())
         record_groups(self, groups, flat)
         for key, (ok, value) in {"n_hidden": (n_hidden >= 1, n_hidden), "sample_steps": (sample_steps >= 1, sample_steps)}.items():
@@ -197,7 +197,7 @@ class RBMModelBase(ManualLoop, ChainStream, PartitionMixin, GenerativeModel):
         self.penalties: Penalties = groups["penalties"]  # type: ignore[assignment]
         self.ais = groups["ais"]  # type: ignore[assignment]
         self.n_hidden = n_hidden
-        self.initial_momentum, self.momentum_warmup_epochs = initial_momentum, momentum_warmup_epochs
+        self.momentum: MomentumWarmup = groups["momentum"]  # type: ignore[assignment]
         self.init_visible_bias = init_visible_bias
         self.monitor_examples, self.sample_steps = monitor_examples, sample_steps
         self.init_manual_loop(update_batch_size, gradient_clip_val, gradient_clip_algorithm)
@@ -294,17 +294,8 @@ class RBMModelBase(ManualLoop, ChainStream, PartitionMixin, GenerativeModel):
 
     # ------------------------------------------------------------------ training
     def on_train_epoch_start(self) -> None:
-        """Momentum warm-up (Hinton 2010, section 9): ``initial_momentum`` for the first
-        ``momentum_warmup_epochs`` epochs, then the optimiser's configured momentum."""
-        if self.momentum_warmup_epochs <= 0:
-            return
-        for opt in self.trainer.optimizers:
-            for group in opt.param_groups:
-                if "momentum" not in group:
-                    continue
-                group.setdefault("final_momentum", group["momentum"])
-                warm = self.current_epoch < self.momentum_warmup_epochs
-                group["momentum"] = self.initial_momentum if warm else group["final_momentum"]
+        """Momentum warm-up (:class:`~lightning_gm.models.momentum.MomentumWarmup`), from the fit's first epoch."""
+        self.momentum.apply(self.trainer.optimizers, self.current_epoch)
 
     def _negative(self, v: Tensor, data_logits: Optional[Tensor] = None) -> Tensor:
         if not self.cd.persistent:  # CD-k: the chain starts at the data, from the hidden input already computed

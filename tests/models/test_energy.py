@@ -20,6 +20,7 @@ from lightning_gm.data import DigitsDataModule
 from lightning_gm.estimators.ais import AISSchedule, summarize_log_weights
 from lightning_gm.estimators.decoder_ais import HMCAnnealing
 from lightning_gm.estimators.partition import log_partition_enumerate
+from lightning_gm.models.momentum import MomentumWarmup
 from lightning_gm.models import DBM, DBN, GAN, MPDBM, RBM, ConvDBN, ConvRBM, GaussianRBM, SpikeSlabRBM, SubspaceRBM
 from lightning_gm.nn.rbm import CD, Penalties, chain_generator
 from tests.conftest import ROOT
@@ -188,7 +189,7 @@ def test_the_cli_builds_the_groups_it_prints(run_cli, tmp_path) -> None:
 #: hyperparameters as the code before the parameter groups wrote them
 FLAT = {
     RBM: dict(data_shape=[64], n_hidden=5, k=3, persistent=True, num_chains=20, weight_std=0.01, weight_cost=0.001,
-              sparsity_target=0.2, sparsity_cost=0.0, sparsity_decay=0.9, initial_momentum=0.5, momentum_warmup_epochs=5,
+              sparsity_target=0.2, sparsity_cost=0.0, sparsity_decay=0.9, initial_momentum=0.4, momentum_warmup_epochs=3,
               init_visible_bias=True, monitor_examples=1000, sample_steps=10, ais_runs=50, ais_steps=300, ais_seed=4,
               exact_max_units=0, update_batch_size=None),
     DBM: dict(data_shape=[64], hidden=[5, 4], epochs_per_layer=[1, 1], pretrain_cd_k=1, mf_iterations=10, mf_tol=1e-6,
@@ -196,7 +197,7 @@ FLAT = {
               centered=False, offset_rate=0.01, weight_std=0.01, sample_steps=1000, ais_runs=30, ais_steps=200,
               ais_seed=1, exact_max_units=0),
     DBN: dict(data_shape=[64], hidden=[5, 4], epochs_per_layer=[1, 1], k=2, persistent=True, num_chains=7, propagate="mean",
-              weight_std=0.01, weight_cost=2e-4, initial_momentum=0.5, momentum_warmup_epochs=5, init_visible_bias=True,
+              weight_std=0.01, weight_cost=2e-4, initial_momentum=0.3, momentum_warmup_epochs=2, init_visible_bias=True,
               sample_steps=10, bound_samples=3, ais_runs=20, ais_steps=100, ais_seed=2, exact_max_units=0),
     MPDBM: dict(data_shape=[64], hidden=[5, 4], n_classes=0, mf_steps=3, mask_prob=0.5, mask_per_example=True,
                 classify_prob=0.0, multi_inference=False, centered=True, weight_cost=0.0, weight_std=0.05, eval_seed=0,
@@ -213,9 +214,9 @@ FLAT = {
 }
 GROUPS = {
     RBM: {"cd": CD(k=3, chains=20), "penalties": Penalties(weight_cost=0.001, sparsity_target=0.2, sparsity_decay=0.9),
-          "ais": AISSchedule(runs=50, steps=300, seed=4, exact_max_units=0)},
+          "momentum": MomentumWarmup(initial=0.4, epochs=3), "ais": AISSchedule(runs=50, steps=300, seed=4, exact_max_units=0)},
     DBM: {"ais": AISSchedule(runs=30, steps=200, seed=1, exact_max_units=0)},
-    DBN: {"cd": CD(k=2, chains=7), "ais": AISSchedule(runs=20, steps=100, seed=2, exact_max_units=0)},
+    DBN: {"cd": CD(k=2, chains=7), "momentum": MomentumWarmup(initial=0.3, epochs=2), "ais": AISSchedule(runs=20, steps=100, seed=2, exact_max_units=0)},
     MPDBM: {"ais": AISSchedule(runs=12, steps=90, seed=3, exact_max_units=0)},
     ConvRBM: {"cd": CD(k=2, chains=6), "ais": AISSchedule(runs=9, steps=80, seed=5, exact_max_units=0)},
     ConvDBN: {"cd": CD(k=4, persistent=False)},
@@ -253,7 +254,7 @@ def test_a_checkpoint_with_flat_hyperparameters_still_loads(cls: type, cli: bool
         assert m.hparams[name] == group.as_dict()  # written back in the new format
     flat_keys = {"k", "persistent", "ais_runs", "ais_steps", "ais_seed", "exact_max_units", "weight_cost",
                  "sparsity_target", "sparsity_cost", "sparsity_decay", "ais_chains", "ais_leapfrog_steps",
-                 "ais_step_size", "ais_target_accept", "eval_seed"}
+                 "ais_step_size", "ais_target_accept", "eval_seed", "initial_momentum", "momentum_warmup_epochs"}
     if cls not in (DBM, MPDBM):  # the DBMs keep their own num_chains (not the RBM groups)
         flat_keys.add("num_chains")
     if cls is not RBM:  # only the RBM has a penalties group; the others keep their own weight cost and sparsity
@@ -337,3 +338,26 @@ def test_a_dbn_stopped_early_is_scored_as_the_dbn_it_trained(tmp_path) -> None:
     trainer = _digits_trainer(tmp_path / "full", 3)  # the top layer's phase begins: the whole recipe
     trainer.fit(m, dm)
     assert m.depth == 3 and m.estimator == "bound" and "phase" not in m.summary_fields()
+
+
+def test_the_dbn_warms_its_momentum_up_again_in_every_layers_phase(tmp_path) -> None:
+    """MomentumWarmup: ``initial`` for the first ``epochs`` epochs of each greedy phase (every layer is a new RBM,
+    with no momentum from the one below), then the optimiser's own; the RBM counts from the fit's start."""
+    seen: list[float] = []
+
+    class Record(pl.Callback):
+        def on_train_batch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch, batch_idx: int) -> None:
+            if batch_idx == 0:  # (after the model's on_train_epoch_start)
+                seen.append(trainer.optimizers[0].param_groups[0]["momentum"])
+
+    torch.manual_seed(0)
+    data = torch.bernoulli(torch.full((20, 16), 0.3))
+    loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(data), batch_size=10)
+    model = DBN(data_shape=(16,), hidden=[6, 4], epochs_per_layer=[3, 3], momentum=MomentumWarmup(initial=0.2, epochs=2),
+                optimizer=lambda p: torch.optim.SGD(p, lr=0.01, momentum=0.8), init_visible_bias=False)
+    trainer = pl.Trainer(max_epochs=6, accelerator="cpu", logger=False, enable_checkpointing=False,
+                         enable_progress_bar=False, enable_model_summary=False, limit_val_batches=0, callbacks=[Record()])
+    trainer.fit(model, loader)
+    assert seen == [0.2, 0.2, 0.8, 0.2, 0.2, 0.8]
+    with pytest.raises(ValueError, match="model.init_args.momentum.initial"):
+        MomentumWarmup(initial=1.0)
