@@ -25,11 +25,11 @@ from torch import Tensor, nn
 from lightning_gm.errors import ConfigError
 from lightning_gm.models.base import GenerativeModel
 from lightning_gm.models.conv_rbm import ConvCD, check_positive, image_shape, scale_rows
-from lightning_gm.models.energy import FLAT_CD_KEYS, batch_data, seeded_rng, sgd_conv_rbm
+from lightning_gm.models.energy import FLAT_CD_KEYS, FLAT_PENALTY_KEYS, batch_data, seeded_rng, sgd_conv_rbm
 from lightning_gm.models.greedy import GreedySchedule
 from lightning_gm.models.migration import GroupedHyperparameters
 from lightning_gm.nn.conv_rbm import ConvolutionalRBM, VisibleType
-from lightning_gm.nn.rbm import CD
+from lightning_gm.nn.rbm import CD, Penalties
 
 __all__ = ["ConvDBN"]
 
@@ -55,7 +55,7 @@ class ConvDBN(GroupedHyperparameters, GreedySchedule, ConvCD, GenerativeModel):
         epochs_per_layer: training epochs of each layer (``trainer.max_epochs`` should be their sum).
         visible: visibles of the first layer, ``binary`` or ``gaussian``.
         cd: as :class:`ConvRBM` (``cd.k`` sweeps of CD-k from the data; every layer trains without persistent chains).
-        weight_std, weight_cost, sparsity_target, sparsity_cost, init_visible_bias: as :class:`ConvRBM`
+        weight_std, penalties, init_visible_bias: as :class:`ConvRBM`
             (the same for every layer).
         sample_steps: Gibbs sweeps in the top layer behind :meth:`sample`.
         down_steps: clamped Gibbs sweeps per lower layer behind :meth:`sample`.
@@ -67,8 +67,8 @@ class ConvDBN(GroupedHyperparameters, GreedySchedule, ConvCD, GenerativeModel):
     """
 
     family = "dbn"
-    groups = ("cd",)
-    flat_keys = {"k": FLAT_CD_KEYS["k"]}  # checkpoints written before the groups still load
+    groups = ("cd", "penalties")
+    flat_keys = {"k": FLAT_CD_KEYS["k"], **FLAT_PENALTY_KEYS}  # checkpoints written before the groups still load
     #: as the DBN: the latest epoch is the best (recon errors of different layers are not comparable)
     monitor = "val/stack_progress"
     monitor_mode = "max"
@@ -83,9 +83,7 @@ class ConvDBN(GroupedHyperparameters, GreedySchedule, ConvCD, GenerativeModel):
         visible: VisibleType = "binary",
         cd: CD = CD(persistent=False),
         weight_std: float = 0.01,
-        weight_cost: float = 1e-4,
-        sparsity_target: float = 0.05,
-        sparsity_cost: float = 1.0,
+        penalties: Penalties = Penalties(weight_cost=1e-4, sparsity_target=0.05, sparsity_cost=1.0),
         init_visible_bias: bool = True,
         sample_steps: int = 200,
         down_steps: int = 20,
@@ -94,7 +92,7 @@ class ConvDBN(GroupedHyperparameters, GreedySchedule, ConvCD, GenerativeModel):
     ) -> None:
         super().__init__(data_shape, optimizer, lr_scheduler)
         self.save_hyperparameters(ignore=["optimizer", "lr_scheduler"])
-        self.cd = CD.coerce(cd)
+        self.cd, self.penalties = CD.coerce(cd), Penalties.coerce(penalties)
         if self.cd.persistent:
             raise ConfigError("model.init_args.cd.persistent: ConvDBN trains every layer by CD-k from the data; set it to false")
         lists = {"n_filters": n_filters, "filter_size": filter_size, "pool_size": pool_size}
@@ -104,8 +102,6 @@ class ConvDBN(GroupedHyperparameters, GreedySchedule, ConvCD, GenerativeModel):
                               f"same length >= 1), got lengths {lengths}")
         check_positive(**lists)
         self.init_schedule(epochs_per_layer, len(n_filters))
-        if not 0 < sparsity_target < 1:
-            raise ConfigError(f"model.init_args.sparsity_target must be in (0, 1), got {sparsity_target}")
         shape = image_shape(data_shape)
         self.image = shape
         layers = []
@@ -116,7 +112,6 @@ class ConvDBN(GroupedHyperparameters, GreedySchedule, ConvCD, GenerativeModel):
             layers.append(ConvolutionalRBM(c, (h, w), nf, fs, ps, visible if l == 0 else "binary", weight_std))
             shape = (nf, *layers[-1].pooled_size)
         self.layers = nn.ModuleList(layers)
-        self.weight_cost, self.sparsity_target, self.sparsity_cost = weight_cost, sparsity_target, sparsity_cost
         self.init_visible_bias, self.sample_steps, self.down_steps = init_visible_bias, sample_steps, down_steps
         self._initialised_layer = -1
         self._picture_example: Optional[Tensor] = None

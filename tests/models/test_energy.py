@@ -206,7 +206,7 @@ FLAT = {
                   num_chains=6, weight_std=0.01, weight_cost=1e-4, sparsity_target=0.05, sparsity_cost=1.0,
                   init_visible_bias=True, sample_steps=10, ais_runs=9, ais_steps=80, ais_seed=5, exact_max_units=0),
     ConvDBN: dict(data_shape=[1, 12, 12], n_filters=[3, 2], filter_size=[3, 2], pool_size=[2, 1], epochs_per_layer=[1, 1],
-                  visible="binary", k=4, weight_std=0.01, weight_cost=1e-4, sparsity_target=0.05, sparsity_cost=1.0,
+                  visible="binary", k=4, weight_std=0.01, weight_cost=1e-4, sparsity_target=0.05, sparsity_cost=2.0,
                   init_visible_bias=True, sample_steps=10, down_steps=2),
     GAN: dict(data_shape=[64], latent_dim=3, generator=None, discriminator=None, hidden=[8], discriminator_hidden=[8],
               generator_loss="non_saturating", d_steps=1, obs_sigma=0.2, ais_chains=4, ais_steps=7, ais_leapfrog_steps=2,
@@ -218,8 +218,10 @@ GROUPS = {
     DBM: {"ais": AISSchedule(runs=30, steps=200, seed=1, exact_max_units=0)},
     DBN: {"cd": CD(k=2, chains=7), "momentum": MomentumWarmup(initial=0.3, epochs=2), "ais": AISSchedule(runs=20, steps=100, seed=2, exact_max_units=0)},
     MPDBM: {"ais": AISSchedule(runs=12, steps=90, seed=3, exact_max_units=0)},
-    ConvRBM: {"cd": CD(k=2, chains=6), "ais": AISSchedule(runs=9, steps=80, seed=5, exact_max_units=0)},
-    ConvDBN: {"cd": CD(k=4, persistent=False)},
+    ConvRBM: {"cd": CD(k=2, chains=6), "penalties": Penalties(weight_cost=1e-4, sparsity_target=0.05, sparsity_cost=1.0),
+              "ais": AISSchedule(runs=9, steps=80, seed=5, exact_max_units=0)},
+    ConvDBN: {"cd": CD(k=4, persistent=False),
+              "penalties": Penalties(weight_cost=1e-4, sparsity_target=0.05, sparsity_cost=2.0)},
     GAN: {"ais": HMCAnnealing(chains=4, steps=7, leapfrog_steps=2, step_size=0.1, target_accept=0.6, seed=5)},
 }
 
@@ -257,7 +259,7 @@ def test_a_checkpoint_with_flat_hyperparameters_still_loads(cls: type, cli: bool
                  "ais_step_size", "ais_target_accept", "eval_seed", "initial_momentum", "momentum_warmup_epochs"}
     if cls not in (DBM, MPDBM):  # the DBMs keep their own num_chains (not the RBM groups)
         flat_keys.add("num_chains")
-    if cls is not RBM:  # only the RBM has a penalties group; the others keep their own weight cost and sparsity
+    if cls not in (RBM, ConvRBM, ConvDBN):  # the others keep their own weight cost (no penalties group)
         flat_keys -= {"weight_cost", "sparsity_target", "sparsity_cost"}
     if cls is MPDBM:  # its own eval_seed (the masks'), not the GAN's AIS seed
         flat_keys -= {"eval_seed"}
