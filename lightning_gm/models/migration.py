@@ -4,10 +4,10 @@ Old checkpoints record flat hyperparameters (``k=``, ``ais_runs=``, ``beta=``, `
 into the groups (:class:`~lightning_gm.groups.ParameterGroup`), side by side here:
 
 * a family whose ``__init__`` still accepts the old names as ``**flat`` folds them in with
-  :func:`fold_flat_hparams` and stores the groups with :func:`record_groups` (the RBM family, the GAN);
+  :func:`fold_flat_hparams` and stores the groups with :func:`record_groups` (the RBM family);
 * a family that dropped them lists them in a :data:`FlatKeys` table and mixes in :class:`GroupedHyperparameters`,
   whose ``load_from_checkpoint`` rewrites the checkpoint's hyperparameters in memory first (the VAE family, the
-  SBN, the DBN, DBM, MP-DBM, convolutional RBM and DBN); the command does the same for a checkpoint it rebuilds a
+  SBN, the DBN, DBM, MP-DBM, convolutional RBM and DBN, the GAN and GMMN); the command does the same for a checkpoint it rebuilds a
   model from (:meth:`GroupedHyperparameters.upgrade_hparams`).
 """
 
@@ -161,9 +161,12 @@ class GroupedHyperparameters:
     @classmethod
     def group_defaults(cls) -> dict[str, ParameterGroup]:
         """The ``__init__`` defaults of the groups (where a group rebuilt from flat keys starts)."""
-        params = inspect.signature(cls.__init__).parameters
-        return {name: params[name].default for name in cls.groups
-                if name in params and isinstance(params[name].default, ParameterGroup)}
+        out: dict[str, ParameterGroup] = {}
+        for klass in reversed(cls.__mro__):  # a subclass's default (passed on through **kwargs) wins
+            params = inspect.signature(klass.__init__).parameters if "__init__" in vars(klass) else {}
+            out.update({name: params[name].default for name in cls.groups
+                        if name in params and isinstance(params[name].default, ParameterGroup)})
+        return out
 
     @classmethod
     def upgrade_hparams(cls, hparams: dict[str, Any]) -> dict[str, Any]:

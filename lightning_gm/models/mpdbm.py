@@ -39,14 +39,13 @@ import inspect
 from typing import Any, Optional, Sequence
 
 import torch
-from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from torch import Tensor, nn
 
 from lightning_gm.errors import ConfigError
 from lightning_gm.estimators.ais import AISSchedule, AnnealingPath, base_rate_log_odds
 from lightning_gm.estimators.dbm import DBMAnnealingPath, dbm_exact_log_partition, dbm_reverse_start
 from lightning_gm.estimators.reverse import ReverseStart
-from lightning_gm.models.base import GenerativeModel
+from lightning_gm.models.base import GenerativeModel, adam
 from lightning_gm.models.energy import FLAT_AIS_KEYS, PartitionMixin
 from lightning_gm.models.greedy import layer_sizes
 from lightning_gm.models.migration import GroupedHyperparameters
@@ -56,8 +55,7 @@ from lightning_gm.nn.mpdbm import MaskedMeanField, label_logits, layer_condition
 __all__ = ["MPDBM"]
 
 
-def _adam(params: Any) -> torch.optim.Optimizer:
-    return torch.optim.Adam(params, lr=1e-3)
+_adam = adam  # the name configs written before the optimiser became the base's resolve
 
 
 class MPDBM(GroupedHyperparameters, PartitionMixin, GenerativeModel):
@@ -84,8 +82,8 @@ class MPDBM(GroupedHyperparameters, PartitionMixin, GenerativeModel):
         sample_steps: Gibbs sweeps for :meth:`sample`.
         ais: :math:`\log Z` for ``test_loglik`` (:class:`~lightning_gm.estimators.ais.AISSchedule`; exact when the smaller
             odd/even layer set has at most ``ais.exact_max_units`` units).
-        optimizer: optimiser factory (default Adam, lr 1e-3).
-        lr_scheduler: optional scheduler factory.
+        **kwargs: ``optimizer`` (default Adam, lr 1e-3) and ``lr_scheduler`` of
+            :class:`~lightning_gm.models.base.GenerativeModel`.
     """
 
     family = "dbm"
@@ -111,10 +109,9 @@ class MPDBM(GroupedHyperparameters, PartitionMixin, GenerativeModel):
         test_loglik: bool = False,
         sample_steps: int = 1000,
         ais: AISSchedule = AISSchedule(),
-        optimizer: OptimizerCallable = _adam,
-        lr_scheduler: Optional[LRSchedulerCallable] = None,
+        **kwargs: Any,
     ) -> None:
-        super().__init__(data_shape, optimizer, lr_scheduler)
+        super().__init__(data_shape=data_shape, **kwargs)
         self.ais = AISSchedule.coerce(ais)
         hidden = layer_sizes(hidden)
         if n_classes < 0 or n_classes == 1:
