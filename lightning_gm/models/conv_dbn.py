@@ -24,8 +24,8 @@ from torch import Tensor, nn
 
 from lightning_gm.errors import ConfigError
 from lightning_gm.models.base import GenerativeModel
-from lightning_gm.models.conv_rbm import ConvCD, check_positive, image_shape, scale_rows
-from lightning_gm.models.energy import FLAT_CD_KEYS, FLAT_PENALTY_KEYS, batch_data, seeded_rng, sgd_conv_rbm
+from lightning_gm.models.conv_rbm import ConvCD, check_positive, image_shape
+from lightning_gm.models.energy import FLAT_CD_KEYS, FLAT_PENALTY_KEYS, batch_data, scale_rows, seeded_rng, sgd_conv_rbm
 from lightning_gm.models.greedy import GreedySchedule
 from lightning_gm.models.migration import GroupedHyperparameters
 from lightning_gm.nn.conv_rbm import ConvolutionalRBM, VisibleType

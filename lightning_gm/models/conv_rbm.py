@@ -50,6 +50,7 @@ from lightning_gm.models.energy import (
     ChainStream,
     PartitionMixin,
     batch_data,
+    scale_rows,
     seeded_rng,
     sgd_conv_rbm,
 )
@@ -57,7 +58,7 @@ from lightning_gm.models.migration import GroupedHyperparameters
 from lightning_gm.nn.conv_rbm import ConvolutionalRBM, VisibleType
 from lightning_gm.nn.rbm import CD, Penalties
 
-__all__ = ["ConvRBM", "ConvCD", "image_shape", "scale_rows", "check_positive"]
+__all__ = ["ConvRBM", "ConvCD", "image_shape", "check_positive"]
 
 
 def image_shape(data_shape: Sequence[int]) -> tuple[int, int, int]:
@@ -70,12 +71,6 @@ def image_shape(data_shape: Sequence[int]) -> tuple[int, int, int]:
         return (1, s, s)
     raise ConfigError(f"model.init_args.data_shape={list(shape)}: a convolutional RBM needs images (C, H, W) "
                       f"or square vectors; use data.init_args.flatten=false")
-
-
-def scale_rows(x: Tensor) -> Tensor:
-    """Min-max scale every row of ``(N, D)`` to [0, 1] (for pictures of filters and maps)."""
-    lo, hi = x.min(1, keepdim=True).values, x.max(1, keepdim=True).values
-    return ((x - lo) / (hi - lo).clamp_min(1e-12)).float().cpu()
 
 
 def check_positive(**kw: Any) -> None:

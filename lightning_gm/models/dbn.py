@@ -61,6 +61,7 @@ from lightning_gm.models.energy import (
     ChainStream,
     PartitionMixin,
     batch_data,
+    scale_rows,
     seeded_rng,
     sgd_binary_rbm,
 )
@@ -274,9 +275,7 @@ class DBN(GroupedHyperparameters, GreedySchedule, ChainStream, PartitionMixin, G
     @torch.no_grad()
     def pictures(self, n: int = 64) -> dict[str, Tensor]:
         """First-layer filters (columns of ``W_0``, min-max scaled), for :class:`~lightning_gm.callbacks.RBMPictures`."""
-        w = self.rbms[0].W.detach().T[:100]
-        lo, hi = w.min(1, keepdim=True).values, w.max(1, keepdim=True).values
-        return {"filters": ((w - lo) / (hi - lo).clamp_min(1e-12)).float().cpu()}
+        return {"filters": scale_rows(self.rbms[0].W.T[:100])}
 
     # ------------------------------------------------------------------ the bound
     def annealing_path(self) -> AnnealingPath:

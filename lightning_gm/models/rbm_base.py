@@ -74,6 +74,7 @@ from lightning_gm.models.energy import (
     ChainStream,
     PartitionMixin,
     batch_data,
+    scale_rows,
     seeded_rng,
     sgd_binary_rbm,
 )
@@ -408,9 +409,20 @@ class RBMModelBase(ManualLoop, ChainStream, PartitionMixin, GenerativeModel):
     def gibbs_samples(self, n: int, steps: Optional[int] = None, generator: Optional[torch.Generator] = None) -> Tensor:
         """``n`` visibles after ``steps`` Gibbs sweeps from the model's visible marginals at ``h = 0``:
         the conditional mean of the last sweep (model space), ``(n, D)``."""
-        h0 = torch.zeros(n, self.n_hidden, device=self.device, dtype=self.rbm.W.dtype)
-        v = self.rbm.sample_visibles(h0, generator=generator)
+        v = self.rbm.sample_visibles(self.zero_hidden(n), generator=generator)
         return self.rbm.gibbs_vhv(v, steps or self.sample_steps, generator).v_mean
+
+    def zero_hidden(self, n: int) -> Tensor:
+        """The all-off hidden state of ``n`` chains (sampling starts at the visible marginals there)."""
+        return torch.zeros(n, self.n_hidden, device=self.device, dtype=self.rbm.W.dtype)
+
+    def hidden_means(self, v: Tensor) -> Tensor:
+        """The hidden means given visibles ``(B, D)`` that a mean-field up-down pass sends back down."""
+        return self.rbm.mean_hiddens(v)
+
+    def filter_rows(self) -> Tensor:
+        """The filters, one row of ``D`` weights each (the columns of ``W``), no gradient."""
+        return self.rbm.W.detach().T
 
     @torch.no_grad()
     def sample(self, n: int) -> Tensor:
@@ -420,19 +432,16 @@ class RBMModelBase(ManualLoop, ChainStream, PartitionMixin, GenerativeModel):
     def reconstruct(self, x: Tensor) -> Tensor:
         """One mean-field up-down pass, in data space."""
         v = self.to_model_space(x)
-        return self.to_data_space(self.rbm.mean_visibles(self.rbm.mean_hiddens(v))).reshape(x.shape)
+        return self.to_data_space(self.rbm.mean_visibles(self.hidden_means(v))).reshape(x.shape)
 
     @torch.no_grad()
     def pictures(self, n: int = 64) -> dict[str, Tensor]:
         """Extra pictures for :class:`~lightning_gm.callbacks.rbm.RBMPictures`, ``name -> (N, D)`` in data space
         scaled to [0, 1]: ``filters`` (columns of ``W``, one per hidden unit, each min-max scaled) and
         ``fantasy`` (the persistent chains' conditional means, PCD only)."""
-        w = self.rbm.W.detach().T[: max(n, 100)]
-        lo, hi = w.min(1, keepdim=True).values, w.max(1, keepdim=True).values
-        out = {"filters": ((w - lo) / (hi - lo).clamp_min(1e-12)).float().cpu()}
+        out = {"filters": scale_rows(self.filter_rows()[: max(n, 100)])}
         if self.cd.persistent and bool(self.chains_ready):
-            v = self.rbm.mean_visibles(self.rbm.mean_hiddens(self.chains[:n]))
-            out["fantasy"] = self._display(v)
+            out["fantasy"] = self._display(self.rbm.mean_visibles(self.hidden_means(self.chains[:n])))
         return out
 
     def _display(self, v: Tensor) -> Tensor:
