@@ -151,17 +151,12 @@ class ConvDBN(GroupedHyperparameters, GreedySchedule, ConvCD, GenerativeModel):
         layer = self.current_layer
         rbm = self.layers[layer]
         v = self.up(x, layer)
-        with torch.no_grad():
-            recon = rbm.reconstruction_error(v)
-        layer_t = torch.tensor(float(layer))
+        terms = self.layer_terms(rbm, v, stage)
+        if stage == "val" and self._picture_example is None:
+            self._picture_example = x[:1].detach().clone()
         if stage != "train":
-            terms = {"loss": rbm.free_energy(v).mean(), "recon_error": recon, "layer": layer_t}
-            if stage == "val":
-                if self._picture_example is None:
-                    self._picture_example = x[:1].detach().clone()
-                terms["stack_progress"] = torch.tensor(float(self.current_epoch + 1))
             return terms
-        return {**self._cd_terms(rbm, v, None, self.cd.k), "recon_error": recon, "layer": layer_t}
+        return {**self._cd_terms(rbm, v, None, self.cd.k), **terms}
 
     # ------------------------------------------------------------------ test: no likelihood
     @property

@@ -216,13 +216,8 @@ class DBN(GroupedHyperparameters, GreedySchedule, ChainStream, PartitionMixin, G
         layer = self.current_layer
         rbm = self.rbms[layer]
         v = self.up(x, layer, generator=self.generator if stage == "train" else None)
-        with torch.no_grad():
-            recon = rbm.reconstruction_error(v)
-        layer_t = torch.tensor(float(layer))
+        terms = self.layer_terms(rbm, v, stage)
         if stage != "train":
-            terms = {"loss": rbm.free_energy(v).mean(), "recon_error": recon, "layer": layer_t}
-            if stage == "val":
-                terms["stack_progress"] = torch.tensor(float(self.current_epoch + 1))
             return terms
         chains = None
         if self.cd.persistent:
@@ -236,7 +231,7 @@ class DBN(GroupedHyperparameters, GreedySchedule, ChainStream, PartitionMixin, G
         loss = rbm.cd_loss(v, v_model)
         if self.weight_cost > 0:
             loss = loss + 0.5 * self.weight_cost * rbm.W.pow(2).sum()
-        return {"loss": loss, "recon_error": recon, "layer": layer_t}
+        return {**terms, "loss": loss}
 
     # ------------------------------------------------------------------ checkpoints
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:

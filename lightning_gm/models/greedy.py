@@ -15,7 +15,9 @@ from __future__ import annotations
 import itertools
 from typing import Any, Sequence
 
+import torch
 from lightning.pytorch.utilities import rank_zero_warn
+from torch import Tensor
 
 from lightning_gm.errors import ConfigError
 
@@ -74,6 +76,19 @@ class GreedySchedule:
     def starts_phase(self) -> bool:
         """Whether the current epoch is the first of its layer's phase."""
         return self.current_epoch == self.phase_start(self.current_layer)
+
+    def layer_terms(self, rbm: Any, v: Tensor, stage: str) -> dict[str, Tensor]:
+        """What every stage logs of the layer in training, ``rbm`` (an RBM with ``free_energy`` and
+        ``reconstruction_error``) on its input ``v``: ``recon_error`` and ``layer``; outside training also the
+        ``loss`` (its mean free energy) and, at validation, ``stack_progress`` (epochs done: the checkpoint monitor,
+        since no objective is comparable across layers). In training the model adds its CD ``loss``."""
+        with torch.no_grad():
+            terms = {"recon_error": rbm.reconstruction_error(v), "layer": torch.tensor(float(self.current_layer))}
+        if stage != "train":
+            terms["loss"] = rbm.free_energy(v).mean()
+        if stage == "val":
+            terms["stack_progress"] = torch.tensor(float(self.current_epoch + 1))
+        return terms
 
     def forget_momentum(self) -> None:
         """Drop the optimisers' state (momentum buffers): a new layer starts with none from the old one."""
