@@ -66,10 +66,68 @@ from lightning_gm.models.greedy import layer_sizes
 from lightning_gm.models.migration import GroupedHyperparameters
 from lightning_gm.nn.dbm import BinaryDBM
 
-__all__ = ["DBM"]
+__all__ = ["DBM", "DBMLikelihood"]
 
 
-class DBM(GroupedHyperparameters, DBMPretraining, PartitionMixin, GenerativeModel):
+class DBMLikelihood(GroupedHyperparameters, PartitionMixin, GenerativeModel):
+    r"""The test log-likelihood of the binary DBM models (:class:`DBM`, :class:`~lightning_gm.models.mpdbm.MPDBM`):
+    the mean-field lower bound :math:`-E(v, \mu) + \sum_l \mathcal H(\mu_l)` minus :math:`\log Z`, with the
+    :class:`~lightning_gm.models.energy.PartitionMixin` hooks (exact enumeration, AIS from the visibles' base-rate
+    model with the visible and top layers summed out, RAISE from the data) written once.
+
+    A model sets ``dbm`` (:class:`~lightning_gm.nn.dbm.BinaryDBM`) and ``ais``, and implements
+    :meth:`visible_base_log_odds` and :meth:`posterior_means`; :meth:`check_log_partition` refuses a configuration
+    without a :math:`\log Z` (the MP-DBM's label units).
+    """
+
+    family = "dbm"
+    groups = ("ais",)
+    flat_keys = dict(FLAT_AIS_KEYS)  # checkpoints written before the groups still load
+    dbm: BinaryDBM
+    ais: AISSchedule
+
+    def visible_base_log_odds(self) -> Tensor:
+        """Log-odds of the AIS base-rate model of the visibles, ``(D,)``."""
+        raise NotImplementedError
+
+    def posterior_means(self, v: Tensor) -> list[Tensor]:
+        """The mean-field means ``[v, mu_1, ..., mu_L]`` for visibles ``(B, D)`` (no gradient)."""
+        raise NotImplementedError
+
+    def check_log_partition(self) -> None:
+        """Raise when this configuration has no :math:`\log Z` (every binary DBM has one)."""
+
+    def visibles(self, x: Tensor) -> Tensor:
+        """Data ``(B, *data_shape)`` as flat visibles ``(B, D)`` in the DBM's dtype."""
+        return x.reshape(x.shape[0], -1).to(self.dbm.weights[0].dtype)
+
+    def exact_log_partition(self) -> Optional[float]:
+        self.check_log_partition()
+        return dbm_exact_log_partition(self.dbm, self.ais.exact_max_units)
+
+    def annealing_path(self) -> AnnealingPath:
+        """From the visibles' base-rate model, visible and top layers summed out (Salakhutdinov & Hinton 2009)."""
+        self.check_log_partition()
+        return DBMAnnealingPath(self.dbm, self.visible_base_log_odds())
+
+    def log_prob_unnormalized(self, x: Tensor) -> Tensor:
+        """Per-example mean-field lower bound on :math:`\log p(v) + \log Z` (``(B,)``)."""
+        return self.dbm.mean_field_bound(self.posterior_means(self.visibles(x)))
+
+    def reverse_annealing_start(self, x: Tensor, chains: int, generator: Optional[torch.Generator] = None) -> ReverseStart:
+        """RAISE from the data with the even hidden layers drawn from the mean-field posterior
+        (:func:`~lightning_gm.estimators.dbm.dbm_reverse_start`)."""
+        self.check_log_partition()
+        v = self.visibles(x)
+        return dbm_reverse_start(self.dbm, self.visible_base_log_odds(), v, self.posterior_means(v), chains, generator)
+
+    @property
+    def meanfield_label(self) -> str:
+        """The estimator label of the bound: ``exact+meanfield`` or ``ais+meanfield <runs>x<steps>``."""
+        return self.partition_label(exact="exact+meanfield", ais="ais+meanfield")
+
+
+class DBM(DBMPretraining, DBMLikelihood):
     r"""Deep Boltzmann machine with binary units (family ``dbm``, test estimator ``ais+meanfield``).
 
     Args:
@@ -98,9 +156,6 @@ class DBM(GroupedHyperparameters, DBMPretraining, PartitionMixin, GenerativeMode
         lr_scheduler: optional scheduler factory.
     """
 
-    family = "dbm"
-    groups = ("ais",)
-    flat_keys = dict(FLAT_AIS_KEYS)  # checkpoints written before the groups still load
     #: no validation objective is comparable across phases: the checkpoint tested is the last one
     #: (``val/progress`` = epochs done, only ever increases)
     monitor = "val/progress"
@@ -187,13 +242,18 @@ class DBM(GroupedHyperparameters, DBMPretraining, PartitionMixin, GenerativeMode
             buf.copy_(s)
         self.chains_ready.fill_(True)
 
-    def mean_field(self, x: Tensor) -> list[Tensor]:
-        """``[v, mu_1, ..., mu_L]`` for data ``x`` (no gradient)."""
+    def posterior_means(self, v: Tensor) -> list[Tensor]:
+        """``[v, mu_1, ..., mu_L]`` for visibles ``(B, D)``: ``mf_iterations`` rounds at most, stopping below
+        ``mf_tol`` (no gradient)."""
         with torch.no_grad():
-            return self.dbm.mean_field(x.reshape(x.shape[0], -1), self.mf_iterations, self.mf_tol)[0]
+            return self.dbm.mean_field(v, self.mf_iterations, self.mf_tol)[0]
+
+    def visible_base_log_odds(self) -> Tensor:
+        """The training data's log-odds (set at the first epoch)."""
+        return self.base_log_odds
 
     def _joint_terms(self, x: Tensor, stage: str) -> dict[str, Tensor]:
-        mus = self.mean_field(x)
+        mus = self.posterior_means(x.reshape(x.shape[0], -1))
         with torch.no_grad():
             v = mus[0]
             recon = torch.sigmoid(self.dbm.layer_input(mus, 0))
@@ -322,17 +382,10 @@ class DBM(GroupedHyperparameters, DBMPretraining, PartitionMixin, GenerativeMode
     @torch.no_grad()
     def reconstruct(self, x: Tensor) -> Tensor:
         r"""Mean-field reconstruction :math:`\sigma(b_0 + W_1 \mu_1)`."""
-        mus = self.mean_field(x.reshape(x.shape[0], -1).to(self.dbm.weights[0].dtype))
+        mus = self.posterior_means(self.visibles(x))
         return torch.sigmoid(self.dbm.layer_input(mus, 0)).reshape(x.shape[0], *self.data_shape)
 
     # ------------------------------------------------------------------ evaluation
-    def exact_log_partition(self) -> Optional[float]:
-        return dbm_exact_log_partition(self.dbm, self.ais.exact_max_units)
-
-    def annealing_path(self) -> AnnealingPath:
-        """From the data's base-rate model, visible and top layers summed out (Salakhutdinov & Hinton 2009)."""
-        return DBMAnnealingPath(self.dbm, self.base_log_odds)
-
     @property
     def has_test_likelihood(self) -> bool:
         """Whether the fit reached the joint phase (the pretrained RBMs were composed into the DBM), or the DBM was
@@ -351,7 +404,7 @@ class DBM(GroupedHyperparameters, DBMPretraining, PartitionMixin, GenerativeMode
     def estimator(self) -> str:
         if not self.has_test_likelihood:
             return f"none ({self.phase_description})"
-        return self.partition_label(exact="exact+meanfield", ais="ais+meanfield")
+        return self.meanfield_label
 
     def summary_fields(self) -> dict[str, Any]:
         """The base's warnings and, when the fit stopped in pretraining, the phase and why no NLL is given."""
@@ -362,14 +415,3 @@ class DBM(GroupedHyperparameters, DBMPretraining, PartitionMixin, GenerativeMode
                 f"DBM: the fit stopped in {self.phase_description} (epoch {int(self.epochs_started)} of the recipe's "
                 f"{self.joint_start} pretraining epochs); no test NLL is given: fit past sum(epochs_per_layer) for one")
         return out
-
-    def log_prob_unnormalized(self, x: Tensor) -> Tensor:
-        """Per-example mean-field lower bound on :math:`\log p(v) + \log Z` (``(B,)``)."""
-        mus = self.mean_field(x.reshape(x.shape[0], -1).to(self.dbm.weights[0].dtype))
-        return self.dbm.mean_field_bound(mus)
-
-    def reverse_annealing_start(self, x: Tensor, chains: int, generator: Optional[torch.Generator] = None) -> ReverseStart:
-        """RAISE from the data with the even hidden layers drawn from the mean-field posterior
-        (:func:`~lightning_gm.estimators.dbm.dbm_reverse_start`)."""
-        v = x.reshape(x.shape[0], -1).to(self.dbm.weights[0].dtype)
-        return dbm_reverse_start(self.dbm, self.base_log_odds, v, self.mean_field(v), chains, generator)

@@ -80,7 +80,7 @@ NO_LIKELIHOOD = {"Autoencoder", "ConvDBN", "Hopfield"}
 
 #: abstract-in-practice bases (no family of their own) and the classifier (not a density model)
 BASES = {"GenerativeModel", "LatentVariableModel", "RBMModelBase", "ImplicitGenerativeModel", "LinearGaussianModel",
-         "AutoregressiveBinaryModel"}
+         "AutoregressiveBinaryModel", "DBMLikelihood"}
 
 
 def _families_in_the_package() -> set[str]:
