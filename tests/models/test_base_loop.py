@@ -18,6 +18,7 @@ from lightning_gm.nn.rbm import CD, Penalties
 from lightning_gm.errors import ConfigError
 from lightning_gm.models.base import GenerativeModel
 from lightning_gm.models.manual_loop import ManualLoop
+from lightning_gm.models.momentum import MomentumWarmup
 
 
 class _Quadratic(GenerativeModel):
@@ -130,7 +131,7 @@ def _rbm_fit(load_batch: int, update_batch_size: int | None, persistent: bool) -
     pl.seed_everything(3, verbose=False)
     x = (torch.rand(64, 12, generator=torch.Generator().manual_seed(0)) < 0.3).float()
     model = RBM(data_shape=(12,), n_hidden=5, cd=CD(persistent=persistent, chains=8, k=2), weight_std=0.1,
-                init_visible_bias=False, penalties=Penalties(sparsity_cost=0.1), momentum_warmup_epochs=0, update_batch_size=update_batch_size,
+                init_visible_bias=False, penalties=Penalties(sparsity_cost=0.1), momentum=MomentumWarmup(epochs=0), update_batch_size=update_batch_size,
                 optimizer=lambda p: torch.optim.SGD(p, lr=0.1, momentum=0.5))
     trainer = pl.Trainer(max_epochs=2, accelerator="cpu", logger=False, enable_checkpointing=False,
                          enable_progress_bar=False, enable_model_summary=False, limit_val_batches=0)
