@@ -99,11 +99,9 @@ class CheckpointArguments:
             return self._apply_model_options(sub)
         class_path = hparams.pop("_class_path")
         cls = imported_class(class_path)
-        flat_keys = getattr(cls, "flat_keys", None)
-        if flat_keys:
-            from lightning_gm.models.migration import upgrade_hparams
-
-            hparams = upgrade_hparams(hparams, flat_keys, getattr(cls, "introduced", None))
+        upgrade = getattr(cls, "upgrade_hparams", None)  # a family whose checkpoints may hold old flat keys
+        if upgrade is not None:
+            hparams = upgrade(hparams)
         try:
             self.config = self.parser.parse_object({sub: {"model": {"class_path": class_path, "dict_kwargs": hparams}}},
                                                    self.config)

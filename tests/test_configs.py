@@ -88,7 +88,7 @@ def test_iwae_is_vae_trained_on_the_k50_bound(parser):
                                      "model.init_args.q_update": ("both", "sleep")}),
     ("rbm.yaml", "rbm_cd25.yaml", {"trainer.max_epochs": (100, 200), "model.init_args.cd.k": (1, 25),
                                    "model.init_args.cd.persistent": (True, False),
-                                   "model.init_args.momentum_warmup_epochs": (0, 5),
+                                   "model.init_args.momentum.epochs": (0, 5),
                                    "model.init_args.optimizer.init_args.momentum": (0.5, 0.9)}),
 ])
 def test_an_overlay_differs_from_its_base_in_its_own_keys_only(parser, base, overlay, expected):

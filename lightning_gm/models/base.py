@@ -79,7 +79,13 @@ class GenerativeModel(RecordedHyperparameters):
 
     @property
     def estimator(self) -> str:
-        """Name of the test log-likelihood estimator (``exact``, ``ais``, ``iwae-5000``, ``bound``...)."""
+        """Name of the test log-likelihood estimator (``exact``, ``ais``, ``iwae-5000``, ``bound``...), as
+        ``summary.json["estimator"]`` and the dashboard's ``est`` column show it.
+
+        A family (or a configuration) with no log-likelihood estimate still names what its test reports instead,
+        as ``none (<what it reports>)``: e.g. ``none (reconstruction error)`` for the autoencoder,
+        ``none (retrieval metrics)`` for the Hopfield network; its :meth:`log_prob` raises ``NotImplementedError``
+        and its test logs no ``test/nll``. (This base raises ``NotImplementedError``: a family must say.)"""
         raise NotImplementedError
 
     def log_prob(self, x: Tensor) -> Tensor:
@@ -179,8 +185,10 @@ class GenerativeModel(RecordedHyperparameters):
         opt = self.optimizer_factory(self.parameters())
         if self.lr_scheduler_factory is None:
             return opt
-        sched = self.lr_scheduler_factory(opt)
-        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "monitor": self.monitor}}
+        config: dict[str, Any] = {"scheduler": self.lr_scheduler_factory(opt)}
+        if self.automatic_optimization:  # what a ReduceLROnPlateau watches; the manual loop steps it itself
+            config["monitor"] = self.monitor
+        return {"optimizer": opt, "lr_scheduler": config}
 
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters())

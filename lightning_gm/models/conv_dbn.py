@@ -15,27 +15,26 @@ References:
 
 from __future__ import annotations
 
-import itertools
 from typing import Any, Optional, Sequence
 
 import torch
 import torch.nn.functional as F
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
-from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor, nn
 
 from lightning_gm.errors import ConfigError
 from lightning_gm.models.base import GenerativeModel
-from lightning_gm.models.conv_rbm import ConvCD, check_positive, image_shape, scale_rows
-from lightning_gm.models.energy import FLAT_CD_KEYS, batch_data, seeded_rng, sgd_conv_rbm
-from lightning_gm.models.migration import fold_flat_hparams, record_groups
+from lightning_gm.models.conv_rbm import ConvCD, check_positive, image_shape
+from lightning_gm.models.energy import FLAT_CD_KEYS, FLAT_PENALTY_KEYS, batch_data, scale_rows, seeded_rng, sgd_conv_rbm
+from lightning_gm.models.greedy import GreedySchedule
+from lightning_gm.models.migration import GroupedHyperparameters
 from lightning_gm.nn.conv_rbm import ConvolutionalRBM, VisibleType
-from lightning_gm.nn.rbm import CD
+from lightning_gm.nn.rbm import CD, Penalties
 
 __all__ = ["ConvDBN"]
 
 
-class ConvDBN(ConvCD, GenerativeModel):
+class ConvDBN(GroupedHyperparameters, GreedySchedule, ConvCD, GenerativeModel):
     r"""Convolutional deep belief network: greedy layer-wise stack of :class:`~lightning_gm.nn.conv_rbm.ConvolutionalRBM`.
 
     Layer 0 sees the data; layer :math:`l > 0` sees the pooling-unit probabilities of layer :math:`l - 1`
@@ -56,7 +55,7 @@ class ConvDBN(ConvCD, GenerativeModel):
         epochs_per_layer: training epochs of each layer (``trainer.max_epochs`` should be their sum).
         visible: visibles of the first layer, ``binary`` or ``gaussian``.
         cd: as :class:`ConvRBM` (``cd.k`` sweeps of CD-k from the data; every layer trains without persistent chains).
-        weight_std, weight_cost, sparsity_target, sparsity_cost, init_visible_bias: as :class:`ConvRBM`
+        weight_std, penalties, init_visible_bias: as :class:`ConvRBM`
             (the same for every layer).
         sample_steps: Gibbs sweeps in the top layer behind :meth:`sample`.
         down_steps: clamped Gibbs sweeps per lower layer behind :meth:`sample`.
@@ -68,6 +67,8 @@ class ConvDBN(ConvCD, GenerativeModel):
     """
 
     family = "dbn"
+    groups = ("cd", "penalties")
+    flat_keys = {"k": FLAT_CD_KEYS["k"], **FLAT_PENALTY_KEYS}  # checkpoints written before the groups still load
     #: as the DBN: the latest epoch is the best (recon errors of different layers are not comparable)
     monitor = "val/stack_progress"
     monitor_mode = "max"
@@ -82,31 +83,25 @@ class ConvDBN(ConvCD, GenerativeModel):
         visible: VisibleType = "binary",
         cd: CD = CD(persistent=False),
         weight_std: float = 0.01,
-        weight_cost: float = 1e-4,
-        sparsity_target: float = 0.05,
-        sparsity_cost: float = 1.0,
+        penalties: Penalties = Penalties(weight_cost=1e-4, sparsity_target=0.05, sparsity_cost=1.0),
         init_visible_bias: bool = True,
         sample_steps: int = 200,
         down_steps: int = 20,
         optimizer: OptimizerCallable = sgd_conv_rbm,
         lr_scheduler: Optional[LRSchedulerCallable] = None,
-        **flat: Any,
     ) -> None:
         super().__init__(data_shape, optimizer, lr_scheduler)
-        self.cd: CD = fold_flat_hparams("ConvDBN", flat, {"cd": CD.coerce(cd)}, {"k": FLAT_CD_KEYS["k"]})["cd"]  # type: ignore[assignment]
         self.save_hyperparameters(ignore=["optimizer", "lr_scheduler"])
-        record_groups(self, {"cd": self.cd}, flat)
+        self.cd, self.penalties = CD.coerce(cd), Penalties.coerce(penalties)
         if self.cd.persistent:
             raise ConfigError("model.init_args.cd.persistent: ConvDBN trains every layer by CD-k from the data; set it to false")
-        lists = {"n_filters": n_filters, "filter_size": filter_size, "pool_size": pool_size,
-                 "epochs_per_layer": epochs_per_layer}
+        lists = {"n_filters": n_filters, "filter_size": filter_size, "pool_size": pool_size}
         lengths = {key: len(v) for key, v in lists.items()}
         if len(set(lengths.values())) != 1 or lengths["n_filters"] < 1:
-            raise ConfigError(f"model.init_args n_filters, filter_size, pool_size and epochs_per_layer need one entry "
-                              f"per layer (the same length >= 1), got lengths {lengths}")
+            raise ConfigError(f"model.init_args n_filters, filter_size and pool_size need one entry per layer (the "
+                              f"same length >= 1), got lengths {lengths}")
         check_positive(**lists)
-        if not 0 < sparsity_target < 1:
-            raise ConfigError(f"model.init_args.sparsity_target must be in (0, 1), got {sparsity_target}")
+        self.init_schedule(epochs_per_layer, len(n_filters))
         shape = image_shape(data_shape)
         self.image = shape
         layers = []
@@ -117,26 +112,9 @@ class ConvDBN(ConvCD, GenerativeModel):
             layers.append(ConvolutionalRBM(c, (h, w), nf, fs, ps, visible if l == 0 else "binary", weight_std))
             shape = (nf, *layers[-1].pooled_size)
         self.layers = nn.ModuleList(layers)
-        self.epochs_per_layer = [int(e) for e in epochs_per_layer]
-        self.weight_cost, self.sparsity_target, self.sparsity_cost = weight_cost, sparsity_target, sparsity_cost
         self.init_visible_bias, self.sample_steps, self.down_steps = init_visible_bias, sample_steps, down_steps
         self._initialised_layer = -1
         self._picture_example: Optional[Tensor] = None
-
-    @property
-    def num_layers(self) -> int:
-        return len(self.layers)
-
-    def layer_at(self, epoch: int) -> int:
-        """The layer trained in ``epoch`` (the last one after the schedule)."""
-        for layer, end in enumerate(itertools.accumulate(self.epochs_per_layer)):
-            if epoch < end:
-                return layer
-        return self.num_layers - 1
-
-    @property
-    def current_layer(self) -> int:
-        return self.layer_at(self.current_epoch)
 
     def up(self, x: Tensor, layer: int) -> Tensor:
         """Input of ``layer``: the data (``layer = 0``) or the pooling probabilities of the layer below."""
@@ -144,11 +122,6 @@ class ConvDBN(ConvCD, GenerativeModel):
         for rbm in list(self.layers)[:layer]:
             h = rbm.pool_probs(h).detach()
         return h
-
-    def on_fit_start(self) -> None:
-        if self.trainer.max_epochs is not None and 0 < self.trainer.max_epochs < sum(self.epochs_per_layer):
-            rank_zero_warn(f"ConvDBN: trainer.max_epochs={self.trainer.max_epochs} < sum(epochs_per_layer)="
-                           f"{sum(self.epochs_per_layer)}: the top layers will not be trained")
 
     def _init_layer(self, layer: int) -> None:
         dm = getattr(self.trainer, "datamodule", None)
@@ -169,35 +142,28 @@ class ConvDBN(ConvCD, GenerativeModel):
 
     def on_train_epoch_start(self) -> None:
         layer = self.current_layer
-        start = sum(self.epochs_per_layer[:layer])
-        if self.current_epoch == start and self._initialised_layer != layer:
+        if self.starts_phase() and self._initialised_layer != layer:
             self._init_layer(layer)
-            for opt in self.trainer.optimizers:  # a new layer starts with no momentum from the old one
-                for group in opt.param_groups:
-                    for p in group["params"]:
-                        opt.state.pop(p, None)
+            self.forget_momentum()
         self._initialised_layer = layer
 
     def loss_terms(self, x: Tensor, stage: str) -> dict[str, Tensor]:
         layer = self.current_layer
         rbm = self.layers[layer]
         v = self.up(x, layer)
-        with torch.no_grad():
-            recon = rbm.reconstruction_error(v)
-        layer_t = torch.tensor(float(layer))
+        terms = self.layer_terms(rbm, v, stage)
+        if stage == "val" and self._picture_example is None:
+            self._picture_example = x[:1].detach().clone()
         if stage != "train":
-            terms = {"loss": rbm.free_energy(v).mean(), "recon_error": recon, "layer": layer_t}
-            if stage == "val":
-                if self._picture_example is None:
-                    self._picture_example = x[:1].detach().clone()
-                terms["stack_progress"] = torch.tensor(float(self.current_epoch + 1))
             return terms
-        return {**self._cd_terms(rbm, v, None, self.cd.k), "recon_error": recon, "layer": layer_t}
+        return {**self._cd_terms(rbm, v, None, self.cd.k), **terms}
 
     # ------------------------------------------------------------------ test: no likelihood
     @property
     def estimator(self) -> str:
-        raise NotImplementedError("ConvDBN has no tractable log-likelihood estimate")
+        """No tractable likelihood: its test reports per-layer free energies and reconstruction errors (see
+        :attr:`GenerativeModel.estimator`)."""
+        return "none (free energy, reconstruction error)"
 
     def log_prob(self, x: Tensor) -> Tensor:
         raise NotImplementedError("ConvDBN has no tractable log-likelihood: see test/free_energy_<l>, test/recon_error_<l>")

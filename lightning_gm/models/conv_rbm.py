@@ -46,17 +46,19 @@ from lightning_gm.models.base import GenerativeModel
 from lightning_gm.models.energy import (
     FLAT_AIS_KEYS,
     FLAT_CD_KEYS,
+    FLAT_PENALTY_KEYS,
     ChainStream,
     PartitionMixin,
     batch_data,
+    scale_rows,
     seeded_rng,
     sgd_conv_rbm,
 )
-from lightning_gm.models.migration import fold_flat_hparams, record_groups
+from lightning_gm.models.migration import GroupedHyperparameters
 from lightning_gm.nn.conv_rbm import ConvolutionalRBM, VisibleType
-from lightning_gm.nn.rbm import CD
+from lightning_gm.nn.rbm import CD, Penalties
 
-__all__ = ["ConvRBM", "ConvCD", "image_shape", "scale_rows", "check_positive"]
+__all__ = ["ConvRBM", "ConvCD", "image_shape", "check_positive"]
 
 
 def image_shape(data_shape: Sequence[int]) -> tuple[int, int, int]:
@@ -71,12 +73,6 @@ def image_shape(data_shape: Sequence[int]) -> tuple[int, int, int]:
                       f"or square vectors; use data.init_args.flatten=false")
 
 
-def scale_rows(x: Tensor) -> Tensor:
-    """Min-max scale every row of ``(N, D)`` to [0, 1] (for pictures of filters and maps)."""
-    lo, hi = x.min(1, keepdim=True).values, x.max(1, keepdim=True).values
-    return ((x - lo) / (hi - lo).clamp_min(1e-12)).float().cpu()
-
-
 def check_positive(**kw: Any) -> None:
     for key, value in kw.items():
         values = value if isinstance(value, (list, tuple)) else [value]
@@ -87,9 +83,7 @@ def check_positive(**kw: Any) -> None:
 class ConvCD(ChainStream):
     """CD-k/PCD update, sparsity surrogate and chain random stream shared by :class:`ConvRBM` and :class:`ConvDBN`."""
 
-    weight_cost: float
-    sparsity_target: float
-    sparsity_cost: float
+    penalties: Penalties
 
     def _cd_terms(self, rbm: ConvolutionalRBM, v: Tensor, chains: Optional[Tensor], k: int) -> dict[str, Tensor]:
         start = v if chains is None else chains
@@ -100,14 +94,15 @@ class ConvCD(ChainStream):
         loss = rbm.cd_loss(v, v_model) / (rbm.hidden_size[0] * rbm.hidden_size[1])
         h_mean, p_mean = rbm.mean_hiddens(v.detach())
         q = h_mean.detach().mean((0, 2, 3))
-        if self.weight_cost > 0:
-            loss = loss + 0.5 * self.weight_cost * rbm.W.pow(2).sum()
-        if self.sparsity_cost > 0:
-            loss = loss + self.sparsity_cost * ((q - self.sparsity_target) * rbm.b).sum()
+        penalties = self.penalties
+        if penalties.weight_cost > 0:
+            loss = loss + 0.5 * penalties.weight_cost * rbm.W.pow(2).sum()
+        if penalties.sparsity_cost > 0:
+            loss = loss + penalties.sparsity_cost * ((q - penalties.sparsity_target) * rbm.b).sum()
         return {"loss": loss, "hidden_activity": q.mean(), "pool_activity": p_mean.detach().mean()}
 
 
-class ConvRBM(ConvCD, PartitionMixin, GenerativeModel):
+class ConvRBM(GroupedHyperparameters, ConvCD, PartitionMixin, GenerativeModel):
     r"""Convolutional RBM with probabilistic max-pooling (family ``rbm``), trained by CD-k or PCD.
 
     .. math::
@@ -116,7 +111,7 @@ class ConvRBM(ConvCD, PartitionMixin, GenerativeModel):
         \qquad F(v) = U(v) - \sum_{k,\alpha}\log\Big(1 + \sum_{B_\alpha} e^{I^k_{ij}}\Big).
 
     Monitors: ``{stage}/recon_error`` (checkpoint monitor), ``{stage}/free_energy``, ``{stage}/hidden_activity``
-    (mean detector probability, driven towards ``sparsity_target``), ``{stage}/pool_activity``; at test
+    (mean detector probability, driven towards ``penalties.sparsity_target``), ``{stage}/pool_activity``; at test
     ``test/nll`` (estimator ``exact`` or ``ais``), ``test/logZ``, its standard error and AIS effective sample size.
     Pictures (:class:`~lightning_gm.callbacks.rbm.RBMPictures`): ``filters`` (first-layer filters) and
     ``pooled`` (the pooling-unit probabilities of one validation image, one map per group).
@@ -130,9 +125,10 @@ class ConvRBM(ConvCD, PartitionMixin, GenerativeModel):
         cd: contrastive divergence (:class:`~lightning_gm.nn.rbm.CD`: sweeps ``k``, PCD chains instead of CD-k from the
             data, their number); CD-k by default.
         weight_std: standard deviation of the initial filters.
-        weight_cost: L2 cost :math:`\lambda_W` on the filters.
-        sparsity_target: target mean detector activation :math:`p` per group.
-        sparsity_cost: :math:`\lambda_s` (0 = no sparsity regulariser).
+        penalties: the regularisers (:class:`~lightning_gm.nn.rbm.Penalties`): ``weight_cost`` :math:`\lambda_W` (L2 on
+            the filters), ``sparsity_target`` :math:`p` (target mean detector activation per group) and ``sparsity_cost``
+            :math:`\lambda_s` (0 = no sparsity regulariser); ``sparsity_decay`` is not used: :math:`q_k` is each
+            batch's mean activation, as in Lee et al.'s code.
         init_visible_bias: set the per-channel visible bias to the log-odds of the training data's mean at fit start.
         sample_steps: Gibbs sweeps behind :meth:`sample`.
         ais: the test :math:`\log Z` (:class:`~lightning_gm.estimators.ais.AISSchedule`; literature 100 x 14,500, a
@@ -140,13 +136,14 @@ class ConvRBM(ConvCD, PartitionMixin, GenerativeModel):
             ``ais.exact_max_units`` units).
         optimizer: optimiser factory (default SGD, lr 0.01, momentum 0.9).
         lr_scheduler: optional scheduler factory.
-        **flat: flat keys of old checkpoints (``k``, ``ais_runs``, ...), folded into the groups.
 
     References:
         Lee, Grosse, Ranganath & Ng (2009); Lee, Ekanadham & Ng (2008); Salakhutdinov & Murray (2008).
     """
 
     family = "rbm"
+    groups = ("cd", "penalties", "ais")
+    flat_keys = {**FLAT_CD_KEYS, **FLAT_PENALTY_KEYS, **FLAT_AIS_KEYS}  # checkpoints written before the groups still load
     monitor = "val/recon_error"
     monitor_mode = "min"
     ais_base: Tensor
@@ -161,31 +158,21 @@ class ConvRBM(ConvCD, PartitionMixin, GenerativeModel):
         visible: VisibleType = "binary",
         cd: CD = CD(persistent=False),
         weight_std: float = 0.01,
-        weight_cost: float = 1e-4,
-        sparsity_target: float = 0.05,
-        sparsity_cost: float = 1.0,
+        penalties: Penalties = Penalties(weight_cost=1e-4, sparsity_target=0.05, sparsity_cost=1.0),
         init_visible_bias: bool = True,
         sample_steps: int = 500,
         ais: AISSchedule = AISSchedule(),
         optimizer: OptimizerCallable = sgd_conv_rbm,
         lr_scheduler: Optional[LRSchedulerCallable] = None,
-        **flat: Any,
     ) -> None:
         super().__init__(data_shape, optimizer, lr_scheduler)
-        groups = fold_flat_hparams("ConvRBM", flat, {"cd": CD.coerce(cd), "ais": AISSchedule.coerce(ais)},
-                                   {**FLAT_CD_KEYS, **FLAT_AIS_KEYS})
         self.save_hyperparameters(ignore=["optimizer", "lr_scheduler"], frame=inspect.currentframe())
-        record_groups(self, groups, flat)
-        self.cd: CD = groups["cd"]  # type: ignore[assignment]
-        self.ais = groups["ais"]  # type: ignore[assignment]
+        self.cd, self.penalties, self.ais = CD.coerce(cd), Penalties.coerce(penalties), AISSchedule.coerce(ais)
         check_positive(n_filters=n_filters, filter_size=filter_size, pool_size=pool_size)
-        if not 0 < sparsity_target < 1:
-            raise ConfigError(f"model.init_args.sparsity_target must be in (0, 1), got {sparsity_target}")
         c, h, w = self.image = image_shape(data_shape)
         if filter_size > min(h, w):
             raise ConfigError(f"model.init_args.filter_size={filter_size} is larger than the images ({h}x{w})")
         self.rbm = ConvolutionalRBM(c, (h, w), n_filters, filter_size, pool_size, visible, weight_std)
-        self.weight_cost, self.sparsity_target, self.sparsity_cost = weight_cost, sparsity_target, sparsity_cost
         self.init_visible_bias, self.sample_steps = init_visible_bias, sample_steps
         self.register_buffer("ais_base", torch.zeros(self.rbm.n_visible))
         self.register_buffer("chains", torch.zeros(self.cd.chains if self.cd.persistent else 0, c, h, w))

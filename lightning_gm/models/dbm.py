@@ -6,20 +6,11 @@ recipe of Salakhutdinov & Hinton (2009, 2012) as *phases* derived from ``current
 from ``last.ckpt`` continues in its phase), logged as ``train/phase`` (``0 .. L-1``: pretraining RBM
 ``l + 1``; ``L``: joint training) with ``train/epochs_in_phase``:
 
-1. **Pretraining** of modified RBMs :math:`R_l` (weights :math:`R_l`, visible bias :math:`\beta_l`, hidden bias
-   :math:`\gamma_l`) by CD-k on the hidden probabilities of the RBM below:
+1. **Pretraining** of modified RBMs :math:`R_l` by CD-k on the hidden probabilities of the RBM below (the
+   bottom and top ones with doubled inputs), and
 
-   * bottom (:math:`l = 1`), doubled bottom-up input: :math:`p(h \mid v) = \sigma(2R_1^\top v + \gamma_1)`,
-     :math:`p(v \mid h) = \sigma(R_1 h + \beta_1)`;
-   * top (:math:`l = L`), doubled top-down input: :math:`p(h \mid x) = \sigma(R_L^\top x + \gamma_L)`,
-     :math:`p(x \mid h) = \sigma(2R_L h + \beta_L)`;
-   * middle layers: ordinary RBMs (input doubled in both directions relative to the DBM weights :math:`R_l/2`);
-   * a 1-layer "DBM" is an ordinary RBM.
-
-2. **Composition** at the first joint epoch: :math:`W_1 = R_1`, :math:`W_L = R_L`, middle :math:`W_l = R_l / 2`
-   (halved); :math:`b_0 = \beta_1`, :math:`b_L = \gamma_L` and, for a layer shared by two RBMs, the mean of the
-   two biases, :math:`b_l = (\gamma_l + \beta_{l+1}) / 2` (each RBM's doubled input stood in for half the
-   DBM's input, bias included).
+2. **Composition** of them into the DBM at the first joint epoch (middle weights halved, shared biases
+   averaged): both in :mod:`lightning_gm.models.dbm_pretraining`.
 
 3. **Joint training**: the gradient of the log-likelihood with a mean-field positive phase (``mf_iterations``
    rounds at most, stop below ``mf_tol``, initialised by a doubled bottom-up pass) and a persistent-chain
@@ -62,21 +53,81 @@ from typing import Any, Optional, Sequence
 import torch
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
-from torch import Tensor, nn
+from torch import Tensor
 
 from lightning_gm.errors import ConfigError
 from lightning_gm.estimators.ais import AISSchedule, AnnealingPath, base_rate_log_odds
 from lightning_gm.estimators.dbm import DBMAnnealingPath, dbm_exact_log_partition, dbm_reverse_start
 from lightning_gm.estimators.reverse import ReverseStart
 from lightning_gm.models.base import GenerativeModel
+from lightning_gm.models.dbm_pretraining import DBMPretraining
 from lightning_gm.models.energy import FLAT_AIS_KEYS, PartitionMixin, batch_data, sgd_dbm
-from lightning_gm.models.migration import fold_flat_hparams, record_groups
+from lightning_gm.models.greedy import layer_sizes
+from lightning_gm.models.migration import GroupedHyperparameters
 from lightning_gm.nn.dbm import BinaryDBM
 
-__all__ = ["DBM"]
+__all__ = ["DBM", "DBMLikelihood"]
 
 
-class DBM(PartitionMixin, GenerativeModel):
+class DBMLikelihood(GroupedHyperparameters, PartitionMixin, GenerativeModel):
+    r"""The test log-likelihood of the binary DBM models (:class:`DBM`, :class:`~lightning_gm.models.mpdbm.MPDBM`):
+    the mean-field lower bound :math:`-E(v, \mu) + \sum_l \mathcal H(\mu_l)` minus :math:`\log Z`, with the
+    :class:`~lightning_gm.models.energy.PartitionMixin` hooks (exact enumeration, AIS from the visibles' base-rate
+    model with the visible and top layers summed out, RAISE from the data) written once.
+
+    A model sets ``dbm`` (:class:`~lightning_gm.nn.dbm.BinaryDBM`) and ``ais``, and implements
+    :meth:`visible_base_log_odds` and :meth:`posterior_means`; :meth:`check_log_partition` refuses a configuration
+    without a :math:`\log Z` (the MP-DBM's label units).
+    """
+
+    family = "dbm"
+    groups = ("ais",)
+    flat_keys = dict(FLAT_AIS_KEYS)  # checkpoints written before the groups still load
+    dbm: BinaryDBM
+    ais: AISSchedule
+
+    def visible_base_log_odds(self) -> Tensor:
+        """Log-odds of the AIS base-rate model of the visibles, ``(D,)``."""
+        raise NotImplementedError
+
+    def posterior_means(self, v: Tensor) -> list[Tensor]:
+        """The mean-field means ``[v, mu_1, ..., mu_L]`` for visibles ``(B, D)`` (no gradient)."""
+        raise NotImplementedError
+
+    def check_log_partition(self) -> None:
+        """Raise when this configuration has no :math:`\log Z` (every binary DBM has one)."""
+
+    def visibles(self, x: Tensor) -> Tensor:
+        """Data ``(B, *data_shape)`` as flat visibles ``(B, D)`` in the DBM's dtype."""
+        return x.reshape(x.shape[0], -1).to(self.dbm.weights[0].dtype)
+
+    def exact_log_partition(self) -> Optional[float]:
+        self.check_log_partition()
+        return dbm_exact_log_partition(self.dbm, self.ais.exact_max_units)
+
+    def annealing_path(self) -> AnnealingPath:
+        """From the visibles' base-rate model, visible and top layers summed out (Salakhutdinov & Hinton 2009)."""
+        self.check_log_partition()
+        return DBMAnnealingPath(self.dbm, self.visible_base_log_odds())
+
+    def log_prob_unnormalized(self, x: Tensor) -> Tensor:
+        """Per-example mean-field lower bound on :math:`\log p(v) + \log Z` (``(B,)``)."""
+        return self.dbm.mean_field_bound(self.posterior_means(self.visibles(x)))
+
+    def reverse_annealing_start(self, x: Tensor, chains: int, generator: Optional[torch.Generator] = None) -> ReverseStart:
+        """RAISE from the data with the even hidden layers drawn from the mean-field posterior
+        (:func:`~lightning_gm.estimators.dbm.dbm_reverse_start`)."""
+        self.check_log_partition()
+        v = self.visibles(x)
+        return dbm_reverse_start(self.dbm, self.visible_base_log_odds(), v, self.posterior_means(v), chains, generator)
+
+    @property
+    def meanfield_label(self) -> str:
+        """The estimator label of the bound: ``exact+meanfield`` or ``ais+meanfield <runs>x<steps>``."""
+        return self.partition_label(exact="exact+meanfield", ais="ais+meanfield")
+
+
+class DBM(DBMPretraining, DBMLikelihood):
     r"""Deep Boltzmann machine with binary units (family ``dbm``, test estimator ``ais+meanfield``).
 
     Args:
@@ -103,10 +154,8 @@ class DBM(PartitionMixin, GenerativeModel):
             layer set has at most ``ais.exact_max_units`` units).
         optimizer: optimiser factory (default SGD lr 0.05, momentum 0.9).
         lr_scheduler: optional scheduler factory.
-        **flat: flat keys of old checkpoints (``ais_runs``, ...), folded into ``ais``.
     """
 
-    family = "dbm"
     #: no validation objective is comparable across phases: the checkpoint tested is the last one
     #: (``val/progress`` = epochs done, only ever increases)
     monitor = "val/progress"
@@ -133,13 +182,10 @@ class DBM(PartitionMixin, GenerativeModel):
         ais: AISSchedule = AISSchedule(),
         optimizer: OptimizerCallable = sgd_dbm,
         lr_scheduler: Optional[LRSchedulerCallable] = None,
-        **flat: Any,
     ) -> None:
         super().__init__(data_shape=data_shape, optimizer=optimizer, lr_scheduler=lr_scheduler)
-        self.ais = fold_flat_hparams("DBM", flat, {"ais": AISSchedule.coerce(ais)}, FLAT_AIS_KEYS)["ais"]  # type: ignore[assignment]
-        hidden = [int(h) for h in hidden]
-        if not hidden or any(h < 1 for h in hidden):
-            raise ConfigError(f"DBM: hidden must be a non-empty list of positive sizes, got {hidden}")
+        self.ais = AISSchedule.coerce(ais)
+        hidden = layer_sizes(hidden)
         epochs_per_layer = [int(e) for e in epochs_per_layer]
         if len(epochs_per_layer) != len(hidden) or any(e < 0 for e in epochs_per_layer):
             raise ConfigError(
@@ -156,7 +202,6 @@ class DBM(PartitionMixin, GenerativeModel):
         if max_norm is not None and max_norm <= 0:
             raise ConfigError(f"DBM: max_norm must be positive or null, got {max_norm}")
         self.save_hyperparameters(ignore=["optimizer", "lr_scheduler"], frame=inspect.currentframe())
-        record_groups(self, {"ais": self.ais}, flat)
         self.hidden, self.epochs_per_layer = hidden, epochs_per_layer
         self.sizes = [self.data_dim, *hidden]
         self.pretrain_cd_k, self.mf_iterations, self.mf_tol = pretrain_cd_k, mf_iterations, mf_tol
@@ -168,13 +213,7 @@ class DBM(PartitionMixin, GenerativeModel):
         self.centered, self.offset_rate = centered, offset_rate
         self.sample_steps = sample_steps
         self.dbm = BinaryDBM(self.sizes, weight_std=weight_std, centered=centered)
-        L = len(hidden)
-        # the modified RBMs of the pretraining phases (R_l, visible bias, hidden bias)
-        self.pre_W = nn.ParameterList(
-            [nn.Parameter(torch.randn(self.sizes[l - 1], self.sizes[l]) * weight_std) for l in range(1, L + 1)]
-        )
-        self.pre_b = nn.ParameterList([nn.Parameter(torch.zeros(self.sizes[l - 1])) for l in range(1, L + 1)])
-        self.pre_c = nn.ParameterList([nn.Parameter(torch.zeros(self.sizes[l])) for l in range(1, L + 1)])
+        self.init_pretraining(weight_std)
         for l, s in enumerate(self.sizes):
             self.register_buffer(f"chains_{l}", torch.zeros(num_chains, s))
         self.register_buffer("chains_ready", torch.tensor(False))
@@ -186,88 +225,8 @@ class DBM(PartitionMixin, GenerativeModel):
 
     # ------------------------------------------------------------------ phases
     @property
-    def num_layers(self) -> int:
-        return len(self.hidden)
-
-    @property
-    def joint_start(self) -> int:
-        """First epoch of joint training."""
-        return sum(self.epochs_per_layer)
-
-    def phase_at(self, epoch: int) -> int:
-        """Phase at ``epoch``: ``l`` (0-based) while pretraining RBM ``l + 1``, ``L`` in joint training."""
-        start = 0
-        for l, e in enumerate(self.epochs_per_layer):
-            if epoch < start + e:
-                return l
-            start += e
-        return self.num_layers
-
-    @property
     def phase(self) -> int:
         return self.phase_at(self.current_epoch) if self._trainer is not None else self.num_layers
-
-    def _up_factors(self, l: int) -> tuple[float, float]:
-        """(bottom-up, top-down) input multipliers of pretraining RBM ``l`` (1-based)."""
-        L = self.num_layers
-        if L == 1:
-            return 1.0, 1.0
-        if l == 1:
-            return 2.0, 1.0
-        if l == L:
-            return 1.0, 2.0
-        return 1.0, 1.0  # middle: an ordinary RBM with weights R_l = 2 W_l
-
-    # ------------------------------------------------------------------ pretraining
-    @torch.no_grad()
-    def pretrain_input(self, x: Tensor, l: int) -> Tensor:
-        """Input of pretraining RBM ``l`` (1-based): hidden probabilities of the RBMs below."""
-        h = x.reshape(x.shape[0], -1).to(self.pre_W[0].dtype)
-        for k in range(1, l):
-            up, _ = self._up_factors(k)
-            h = torch.sigmoid(up * (h @ self.pre_W[k - 1]) + self.pre_c[k - 1])
-        return h
-
-    def _pretrain_terms(self, x: Tensor, l: int, stage: str) -> dict[str, Tensor]:
-        W, b, c = self.pre_W[l - 1], self.pre_b[l - 1], self.pre_c[l - 1]
-        up, down = self._up_factors(l)
-        v = self.pretrain_input(x, l)
-        with torch.no_grad():
-            h_pos = torch.sigmoid(up * (v @ W) + c)
-            recon = torch.sigmoid(down * (h_pos @ W.T) + b)
-            recon_error = (v - recon).pow(2).sum(-1).mean()
-            h, v_neg, h_neg = h_pos, v, h_pos
-            for _ in range(self.pretrain_cd_k):
-                h = torch.bernoulli(h_neg)
-                v_neg = torch.sigmoid(down * (h @ W.T) + b)  # probabilities, as Salakhutdinov's code
-                h_neg = torch.sigmoid(up * (v_neg @ W) + c)
-        terms: dict[str, Tensor] = {"recon_error": recon_error}
-        if stage == "train":
-            # surrogate whose gradient is the CD-k update: <v h'>_data - <v h'>_model on W, and the biases.
-            def energy(vv: Tensor, hh: Tensor) -> Tensor:
-                return -((vv @ W) * hh).sum(-1) - vv @ b - hh @ c
-
-            loss = energy(v, h_pos).mean() - energy(v_neg, h_neg).mean()
-            if self.weight_cost > 0:
-                loss = loss + 0.5 * self.weight_cost * W.pow(2).sum()
-            terms["loss"] = loss
-        else:
-            terms["loss"] = recon_error
-        return terms
-
-    @torch.no_grad()
-    def compose(self) -> None:
-        r"""Compose the pretrained RBMs into the DBM: :math:`W_1 = R_1`, :math:`W_L = R_L`, middle :math:`R_l/2`;
-        :math:`b_0 = \beta_1`, :math:`b_L = \gamma_L`, shared layers :math:`(\gamma_l + \beta_{l+1})/2`."""
-        L = self.num_layers
-        for l in range(1, L + 1):
-            scale = 1.0 if (l == 1 or l == L) else 0.5
-            self.dbm.W(l).copy_(scale * self.pre_W[l - 1])
-        self.dbm.biases[0].copy_(self.pre_b[0])
-        self.dbm.biases[L].copy_(self.pre_c[L - 1])
-        for l in range(1, L):
-            self.dbm.biases[l].copy_(0.5 * (self.pre_c[l - 1] + self.pre_b[l]))
-        self.composed.fill_(True)
 
     # ------------------------------------------------------------------ joint training
     def chains(self) -> list[Tensor]:
@@ -283,13 +242,18 @@ class DBM(PartitionMixin, GenerativeModel):
             buf.copy_(s)
         self.chains_ready.fill_(True)
 
-    def mean_field(self, x: Tensor) -> list[Tensor]:
-        """``[v, mu_1, ..., mu_L]`` for data ``x`` (no gradient)."""
+    def posterior_means(self, v: Tensor) -> list[Tensor]:
+        """``[v, mu_1, ..., mu_L]`` for visibles ``(B, D)``: ``mf_iterations`` rounds at most, stopping below
+        ``mf_tol`` (no gradient)."""
         with torch.no_grad():
-            return self.dbm.mean_field(x.reshape(x.shape[0], -1), self.mf_iterations, self.mf_tol)[0]
+            return self.dbm.mean_field(v, self.mf_iterations, self.mf_tol)[0]
+
+    def visible_base_log_odds(self) -> Tensor:
+        """The training data's log-odds (set at the first epoch)."""
+        return self.base_log_odds
 
     def _joint_terms(self, x: Tensor, stage: str) -> dict[str, Tensor]:
-        mus = self.mean_field(x)
+        mus = self.posterior_means(x.reshape(x.shape[0], -1))
         with torch.no_grad():
             v = mus[0]
             recon = torch.sigmoid(self.dbm.layer_input(mus, 0))
@@ -418,17 +382,10 @@ class DBM(PartitionMixin, GenerativeModel):
     @torch.no_grad()
     def reconstruct(self, x: Tensor) -> Tensor:
         r"""Mean-field reconstruction :math:`\sigma(b_0 + W_1 \mu_1)`."""
-        mus = self.mean_field(x.reshape(x.shape[0], -1).to(self.dbm.weights[0].dtype))
+        mus = self.posterior_means(self.visibles(x))
         return torch.sigmoid(self.dbm.layer_input(mus, 0)).reshape(x.shape[0], *self.data_shape)
 
     # ------------------------------------------------------------------ evaluation
-    def exact_log_partition(self) -> Optional[float]:
-        return dbm_exact_log_partition(self.dbm, self.ais.exact_max_units)
-
-    def annealing_path(self) -> AnnealingPath:
-        """From the data's base-rate model, visible and top layers summed out (Salakhutdinov & Hinton 2009)."""
-        return DBMAnnealingPath(self.dbm, self.base_log_odds)
-
     @property
     def has_test_likelihood(self) -> bool:
         """Whether the fit reached the joint phase (the pretrained RBMs were composed into the DBM), or the DBM was
@@ -447,7 +404,7 @@ class DBM(PartitionMixin, GenerativeModel):
     def estimator(self) -> str:
         if not self.has_test_likelihood:
             return f"none ({self.phase_description})"
-        return self.partition_label(exact="exact+meanfield", ais="ais+meanfield")
+        return self.meanfield_label
 
     def summary_fields(self) -> dict[str, Any]:
         """The base's warnings and, when the fit stopped in pretraining, the phase and why no NLL is given."""
@@ -458,14 +415,3 @@ class DBM(PartitionMixin, GenerativeModel):
                 f"DBM: the fit stopped in {self.phase_description} (epoch {int(self.epochs_started)} of the recipe's "
                 f"{self.joint_start} pretraining epochs); no test NLL is given: fit past sum(epochs_per_layer) for one")
         return out
-
-    def log_prob_unnormalized(self, x: Tensor) -> Tensor:
-        """Per-example mean-field lower bound on :math:`\log p(v) + \log Z` (``(B,)``)."""
-        mus = self.mean_field(x.reshape(x.shape[0], -1).to(self.dbm.weights[0].dtype))
-        return self.dbm.mean_field_bound(mus)
-
-    def reverse_annealing_start(self, x: Tensor, chains: int, generator: Optional[torch.Generator] = None) -> ReverseStart:
-        """RAISE from the data with the even hidden layers drawn from the mean-field posterior
-        (:func:`~lightning_gm.estimators.dbm.dbm_reverse_start`)."""
-        v = x.reshape(x.shape[0], -1).to(self.dbm.weights[0].dtype)
-        return dbm_reverse_start(self.dbm, self.base_log_odds, v, self.mean_field(v), chains, generator)

@@ -40,7 +40,6 @@ References:
 from __future__ import annotations
 
 import inspect
-import itertools
 import math
 from typing import Any, Literal, Optional, Sequence
 
@@ -62,10 +61,13 @@ from lightning_gm.models.energy import (
     ChainStream,
     PartitionMixin,
     batch_data,
+    scale_rows,
     seeded_rng,
     sgd_binary_rbm,
 )
-from lightning_gm.models.migration import fold_flat_hparams, record_groups
+from lightning_gm.models.greedy import GreedySchedule, layer_sizes
+from lightning_gm.models.migration import GroupedHyperparameters
+from lightning_gm.models.momentum import FLAT_MOMENTUM_KEYS, MomentumWarmup
 from lightning_gm.models.rbm import cd_step
 from lightning_gm.nn.rbm import CD, BernoulliRBM, bernoulli
 
@@ -78,7 +80,7 @@ def bernoulli_log_prob(x: Tensor, logits: Tensor) -> Tensor:
     return (x * logits - F.softplus(logits)).sum(-1)
 
 
-class DBN(ChainStream, PartitionMixin, GenerativeModel):
+class DBN(GroupedHyperparameters, GreedySchedule, ChainStream, PartitionMixin, GenerativeModel):
     r"""Deep belief network: greedy layer-wise RBMs (family ``dbn``), test bound ``ais+bound``.
 
     Args:
@@ -90,8 +92,8 @@ class DBN(ChainStream, PartitionMixin, GenerativeModel):
             number of persistent chains per layer and process); CD-k by default.
         propagate: ``mean`` (probabilities) or ``sample`` (binary states) as the data of the next layer.
         weight_std, weight_cost: initial weight scale and L2 cost on the weights (as :class:`~lightning_gm.models.RBM`).
-        initial_momentum: momentum of the first ``momentum_warmup_epochs`` epochs of every layer.
-        momentum_warmup_epochs: see ``initial_momentum``.
+        momentum: the warm-up (:class:`~lightning_gm.models.momentum.MomentumWarmup`: momentum ``initial`` for the
+            first ``epochs`` epochs of every layer's phase, then the optimiser's own).
         init_visible_bias: at the start of each layer's phase, set its visible biases to the log-odds of its
             training input (also the AIS base-rate model of the top layer).
         sample_steps: Gibbs sweeps in the top RBM behind :meth:`sample`.
@@ -100,13 +102,14 @@ class DBN(ChainStream, PartitionMixin, GenerativeModel):
             exact when the top RBM's smaller layer has at most ``ais.exact_max_units`` units).
         optimizer: optimiser factory (default SGD, lr 0.1, momentum 0.9).
         lr_scheduler: optional scheduler factory.
-        **flat: flat keys of old checkpoints (``k``, ``ais_runs``, ...), folded into the groups.
 
     References:
         Hinton, Osindero & Teh (2006); Salakhutdinov & Murray (2008).
     """
 
     family = "dbn"
+    groups = ("cd", "momentum", "ais")
+    flat_keys = {**FLAT_CD_KEYS, **FLAT_MOMENTUM_KEYS, **FLAT_AIS_KEYS}  # checkpoints written before the groups still load
     #: greedy training has no validation objective comparable across layers: the checkpoint tested is
     #: the last one (``val/stack_progress`` = epochs done, only ever increases)
     monitor = "val/stack_progress"
@@ -121,39 +124,26 @@ class DBN(ChainStream, PartitionMixin, GenerativeModel):
         propagate: Literal["mean", "sample"] = "mean",
         weight_std: float = 0.01,
         weight_cost: float = 2e-4,
-        initial_momentum: float = 0.5,
-        momentum_warmup_epochs: int = 5,
+        momentum: MomentumWarmup = MomentumWarmup(),
         init_visible_bias: bool = True,
         sample_steps: int = 1000,
         bound_samples: int = 10,
         ais: AISSchedule = AISSchedule(),
         optimizer: OptimizerCallable = sgd_binary_rbm,
         lr_scheduler: Optional[LRSchedulerCallable] = None,
-        **flat: Any,
     ) -> None:
         super().__init__(data_shape, optimizer, lr_scheduler)
-        groups = fold_flat_hparams("DBN", flat, {"cd": CD.coerce(cd), "ais": AISSchedule.coerce(ais)},
-                                   {**FLAT_CD_KEYS, **FLAT_AIS_KEYS})
         self.save_hyperparameters(ignore=["optimizer", "lr_scheduler"], frame=inspect.currentframe())
-        record_groups(self, groups, flat)
-        self.cd: CD = groups["cd"]  # type: ignore[assignment]
-        self.ais = groups["ais"]  # type: ignore[assignment]
-        hidden, epochs_per_layer = [int(h) for h in hidden], [int(e) for e in epochs_per_layer]
-        if not hidden or any(h < 1 for h in hidden):
-            raise ConfigError(f"model.init_args.hidden must be a non-empty list of positive sizes, got {hidden}")
-        if len(epochs_per_layer) != len(hidden) or any(e < 1 for e in epochs_per_layer):
-            raise ConfigError(
-                f"model.init_args.epochs_per_layer needs one positive number per hidden layer ({len(hidden)}), "
-                f"got {epochs_per_layer}"
-            )
+        self.cd, self.momentum, self.ais = CD.coerce(cd), MomentumWarmup.coerce(momentum), AISSchedule.coerce(ais)
+        hidden = layer_sizes(hidden)
+        self.init_schedule(epochs_per_layer, len(hidden))
         if propagate not in ("mean", "sample"):
             raise ConfigError(f"model.init_args.propagate must be 'mean' or 'sample', got {propagate!r}")
         if bound_samples < 1:
             raise ConfigError(f"model.init_args.bound_samples must be >= 1, got {bound_samples}")
         self.sizes = [self.data_dim, *hidden]
-        self.epochs_per_layer = epochs_per_layer
         self.propagate = propagate
-        self.weight_cost, self.initial_momentum, self.momentum_warmup_epochs = weight_cost, initial_momentum, momentum_warmup_epochs
+        self.weight_cost = weight_cost
         self.init_visible_bias, self.sample_steps, self.bound_samples = init_visible_bias, sample_steps, bound_samples
         self.rbms = nn.ModuleList(
             BernoulliRBM(n_v, n_h, weight_std=weight_std) for n_v, n_h in zip(self.sizes[:-1], self.sizes[1:])
@@ -167,25 +157,6 @@ class DBN(ChainStream, PartitionMixin, GenerativeModel):
         self._initialised_layer = -1
 
     # ------------------------------------------------------------------ structure
-    @property
-    def num_layers(self) -> int:
-        return len(self.rbms)
-
-    def layer_at(self, epoch: int) -> int:
-        """The layer trained at ``epoch`` (0-based): the phase of the greedy schedule."""
-        for layer, end in enumerate(itertools.accumulate(self.epochs_per_layer)):
-            if epoch < end:
-                return layer
-        return self.num_layers - 1
-
-    def phase_start(self, layer: int) -> int:
-        """First epoch of ``layer``'s phase."""
-        return sum(self.epochs_per_layer[:layer])
-
-    @property
-    def current_layer(self) -> int:
-        return self.layer_at(self.current_epoch)
-
     @property
     def depth(self) -> int:
         """Layers of the model the fit has produced, by the recipe's phase: all of them once the top layer's phase
@@ -210,13 +181,6 @@ class DBN(ChainStream, PartitionMixin, GenerativeModel):
         return h
 
     # ------------------------------------------------------------------ training
-    def on_fit_start(self) -> None:
-        if self.trainer.max_epochs is not None and 0 < self.trainer.max_epochs < sum(self.epochs_per_layer):
-            rank_zero_warn(
-                f"DBN: trainer.max_epochs={self.trainer.max_epochs} < sum(epochs_per_layer)={sum(self.epochs_per_layer)}: "
-                f"the top layers will not be trained"
-            )
-
     def _init_layer(self, layer: int) -> None:
         """Visible biases of RBM ``layer`` (and its AIS base) from the log-odds of its training input.
         Every process reads the whole training set with the same fixed seed, and rank 0's values are
@@ -242,31 +206,18 @@ class DBN(ChainStream, PartitionMixin, GenerativeModel):
     def on_train_epoch_start(self) -> None:
         self.epochs_started.fill_(self.current_epoch + 1)
         layer = self.current_layer
-        if self.current_epoch == self.phase_start(layer) and self._initialised_layer != layer:
+        if self.starts_phase() and self._initialised_layer != layer:
             self._init_layer(layer)
+            self.forget_momentum()
         self._initialised_layer = layer
-        if self.momentum_warmup_epochs > 0:
-            warm = self.current_epoch - self.phase_start(layer) < self.momentum_warmup_epochs
-            for opt in self.trainer.optimizers:
-                for group in opt.param_groups:
-                    if "momentum" in group:
-                        group.setdefault("final_momentum", group["momentum"])
-                        group["momentum"] = self.initial_momentum if warm else group["final_momentum"]
-                    if self.current_epoch == self.phase_start(layer):
-                        for p in group["params"]:  # a new layer starts with no momentum from the old one
-                            opt.state.pop(p, None)
+        self.momentum.apply(self.trainer.optimizers, self.current_epoch - self.phase_start(layer))
 
     def loss_terms(self, x: Tensor, stage: str) -> dict[str, Tensor]:
         layer = self.current_layer
         rbm = self.rbms[layer]
         v = self.up(x, layer, generator=self.generator if stage == "train" else None)
-        with torch.no_grad():
-            recon = rbm.reconstruction_error(v)
-        layer_t = torch.tensor(float(layer))
+        terms = self.layer_terms(rbm, v, stage)
         if stage != "train":
-            terms = {"loss": rbm.free_energy(v).mean(), "recon_error": recon, "layer": layer_t}
-            if stage == "val":
-                terms["stack_progress"] = torch.tensor(float(self.current_epoch + 1))
             return terms
         chains = None
         if self.cd.persistent:
@@ -280,7 +231,7 @@ class DBN(ChainStream, PartitionMixin, GenerativeModel):
         loss = rbm.cd_loss(v, v_model)
         if self.weight_cost > 0:
             loss = loss + 0.5 * self.weight_cost * rbm.W.pow(2).sum()
-        return {"loss": loss, "recon_error": recon, "layer": layer_t}
+        return {**terms, "loss": loss}
 
     # ------------------------------------------------------------------ checkpoints
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
@@ -319,9 +270,7 @@ class DBN(ChainStream, PartitionMixin, GenerativeModel):
     @torch.no_grad()
     def pictures(self, n: int = 64) -> dict[str, Tensor]:
         """First-layer filters (columns of ``W_0``, min-max scaled), for :class:`~lightning_gm.callbacks.RBMPictures`."""
-        w = self.rbms[0].W.detach().T[:100]
-        lo, hi = w.min(1, keepdim=True).values, w.max(1, keepdim=True).values
-        return {"filters": ((w - lo) / (hi - lo).clamp_min(1e-12)).float().cpu()}
+        return {"filters": scale_rows(self.rbms[0].W.T[:100])}
 
     # ------------------------------------------------------------------ the bound
     def annealing_path(self) -> AnnealingPath:

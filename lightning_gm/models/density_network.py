@@ -11,7 +11,7 @@ over prior samples.
 which is the importance-weighted estimator with the prior as proposal (:math:`q = p(z)`, so the
 log-weights are :math:`\log p(x|z_s)`), and, like it, a stochastic lower bound whose expectation
 rises to :math:`\log p(x)` as :math:`S \to \infty`. Training maximises it directly; the test uses
-``test_samples`` prior samples through :func:`~lightning_gm.estimators.importance.importance_weighted_log_prob`
+``samples.test`` prior samples through :func:`~lightning_gm.estimators.importance.importance_weighted_log_prob`
 (estimator ``prior-S``).
 
 Why it fails in high dimension: in a high-dimensional data space almost every prior sample explains
@@ -34,17 +34,46 @@ References: MacKay (1995), Bayesian neural networks and density networks, NIM A 
 
 from __future__ import annotations
 
-from typing import Any, Optional, Sequence
+from dataclasses import dataclass
+from typing import Any, ClassVar, Optional, Sequence
 
 import torch
 from torch import Tensor
 
 from lightning_gm.estimators.importance import importance_weighted_log_prob, log_mean_exp
+from lightning_gm.groups import ParameterGroup
 from lightning_gm.models.base import GenerativeModel
+from lightning_gm.models.migration import GroupedHyperparameters
 from lightning_gm.nn.likelihoods import BernoulliLikelihood, Likelihood
 from lightning_gm.nn.mlp import MLP
 
-__all__ = ["DensityNetwork", "effective_sample_size"]
+__all__ = ["DensityNetwork", "PriorSamples", "effective_sample_size"]
+
+
+@dataclass(frozen=True)
+class PriorSamples(ParameterGroup):
+    r"""How many prior samples :math:`z_s \sim \mathcal N(0, I)` the estimate :math:`\log \frac1S \sum_s p(x \mid z_s)`
+    uses at each stage, and how many are decoded at once.
+
+    Args:
+        train: :math:`S` per training batch, >= 1.
+        val: :math:`S` of the validation estimate (``val/nll``, ``val/ess``), >= 1.
+        test: :math:`S` of ``test/nll`` (the estimator label ``prior-<test>``), >= 1.
+        chunk: samples decoded and scored at once (bounds memory: ``chunk * B * D``), >= 1.
+
+    References:
+        MacKay (1995), Bayesian neural networks and density networks.
+    """
+
+    key: ClassVar[str] = "model.init_args.samples"
+    train: int = 100
+    val: int = 1000
+    test: int = 5000
+    chunk: int = 100
+
+    def __post_init__(self) -> None:
+        for name in ("train", "val", "test", "chunk"):
+            self.require(name, getattr(self, name) >= 1, ">= 1")
 
 
 def effective_sample_size(log_weights: Tensor, dim: int = 0) -> Tensor:
@@ -53,7 +82,7 @@ def effective_sample_size(log_weights: Tensor, dim: int = 0) -> Tensor:
     return torch.exp(2 * torch.logsumexp(log_weights, dim) - torch.logsumexp(2 * log_weights, dim))
 
 
-class DensityNetwork(GenerativeModel):
+class DensityNetwork(GroupedHyperparameters, GenerativeModel):
     """Neural decoder :math:`p(x|z)`, prior :math:`\\mathcal N(0, I)`, trained on the prior-sample estimate.
 
     Args:
@@ -64,15 +93,17 @@ class DensityNetwork(GenerativeModel):
         init: weight initialisation of the decoder (:data:`~lightning_gm.nn.mlp.INITS`; ``torch`` = PyTorch's
             default; ``conf/density_network.yaml`` uses ``xavier_uniform`` as the VAE it is compared with).
         likelihood: observation model :math:`p(x|z)` (default Bernoulli).
-        num_samples: prior samples :math:`S` per training batch.
-        val_samples: prior samples for the validation estimate (``val/nll``, ``val/ess``).
-        test_samples: prior samples for ``test/nll``.
-        chunk_size: prior samples decoded and scored at once (bounds memory: ``chunk * B * D``).
+        samples: the prior samples of each stage's estimate (:class:`PriorSamples`: ``train``, ``val``, ``test``,
+            ``chunk``).
         **kwargs: ``optimizer`` (default Adam, lr 1e-3) and ``lr_scheduler`` of
             :class:`~lightning_gm.models.base.GenerativeModel`.
     """
 
     family = "density_network"
+    groups = ("samples",)
+    #: the flat keys of checkpoints written before the group, and where they live now
+    flat_keys = {"num_samples": ("samples", "train"), "val_samples": ("samples", "val"),
+                 "test_samples": ("samples", "test"), "chunk_size": ("samples", "chunk")}
     monitor = "val/nll"
     monitor_mode = "min"
 
@@ -84,36 +115,28 @@ class DensityNetwork(GenerativeModel):
         activation: str = "tanh",
         init: str = "torch",
         likelihood: Optional[Likelihood] = None,
-        num_samples: int = 100,
-        val_samples: int = 1000,
-        test_samples: int = 5000,
-        chunk_size: int = 100,
+        samples: PriorSamples = PriorSamples(),
         **kwargs: Any,
     ) -> None:
         super().__init__(data_shape=data_shape, **kwargs)
         self.save_hyperparameters(ignore=["likelihood", "optimizer", "lr_scheduler"])
-        for key, value in (("num_samples", num_samples), ("val_samples", val_samples),
-                           ("test_samples", test_samples), ("chunk_size", chunk_size)):
-            if value < 1:
-                raise ValueError(f"model.init_args.{key} must be >= 1, got {value}")
+        self.samples = PriorSamples.coerce(samples)
         self.latent_dim = latent_dim
         self.likelihood = likelihood if likelihood is not None else BernoulliLikelihood()
         self.decoder = MLP([latent_dim, *hidden, self.likelihood.num_params(self.data_dim)], activation, init)
-        self.num_samples, self.val_samples, self.test_samples = num_samples, val_samples, test_samples
-        self.chunk_size = chunk_size
 
     def log_weights(self, x: Tensor, n: int) -> Tensor:
         r"""``log p(x | z_s)`` for ``n`` prior samples shared by the batch: ``(n, B)`` (decoded in chunks)."""
         flat = x.flatten(1)
         out = []
-        for start in range(0, n, self.chunk_size):
-            z = torch.randn(min(self.chunk_size, n - start), self.latent_dim, device=flat.device, dtype=flat.dtype)
+        for start in range(0, n, self.samples.chunk):
+            z = torch.randn(min(self.samples.chunk, n - start), self.latent_dim, device=flat.device, dtype=flat.dtype)
             params = self.decoder(z)  # (c, P)
             out.append(self.likelihood.log_prob(flat[None], params[:, None].expand(-1, flat.shape[0], -1)))
         return torch.cat(out)
 
     def loss_terms(self, x: Tensor, stage: str) -> dict[str, Tensor]:
-        n = self.num_samples if stage == "train" else self.val_samples
+        n = self.samples.train if stage == "train" else self.samples.val
         if stage == "train":
             lw = self.log_weights(x, n)
         else:
@@ -130,10 +153,10 @@ class DensityNetwork(GenerativeModel):
 
     @property
     def estimator(self) -> str:
-        return f"prior-{self.test_samples}"
+        return f"prior-{self.samples.test}"
 
     def log_prob(self, x: Tensor) -> Tensor:
-        return importance_weighted_log_prob(self.log_weights, x, self.test_samples, self.chunk_size).log_prob.to(x.dtype)
+        return importance_weighted_log_prob(self.log_weights, x, self.samples.test, self.samples.chunk).log_prob.to(x.dtype)
 
     @torch.no_grad()
     def sample(self, n: int) -> Tensor:

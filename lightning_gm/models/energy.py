@@ -50,6 +50,7 @@ __all__ = [
     "FLAT_CD_KEYS",
     "FLAT_PENALTY_KEYS",
     "batch_data",
+    "scale_rows",
     "seeded_rng",
     "sgd_binary_rbm",
     "sgd_real_rbm",
@@ -86,6 +87,13 @@ def sgd_dbm(params: Any) -> torch.optim.Optimizer:
 def batch_data(batch: Any) -> Tensor:
     """The data tensor of a batch (``x`` or ``(x, y, ...)``)."""
     return batch[0] if isinstance(batch, (tuple, list)) else batch
+
+
+def scale_rows(x: Tensor) -> Tensor:
+    """Min-max scale every row of ``(N, D)`` to [0, 1], on the CPU (pictures of filters and maps)."""
+    x = x.detach()
+    lo, hi = x.min(1, keepdim=True).values, x.max(1, keepdim=True).values
+    return ((x - lo) / (hi - lo).clamp_min(1e-12)).float().cpu()
 
 
 class seeded_rng:  # noqa: N801 - a context manager used like a function

@@ -42,6 +42,7 @@ from torch import Tensor
 from lightning_gm.errors import ConfigError
 from lightning_gm.models.base import adam
 from lightning_gm.models.implicit import ImplicitGenerativeModel, NetFactory
+from lightning_gm.models.manual_loop import ClipAlgorithm, ManualLoop
 from lightning_gm.nn.generators import MLPDiscriminator
 
 __all__ = ["GAN", "GeneratorLoss", "discriminator_loss", "generator_loss", "value_function"]
@@ -68,7 +69,7 @@ def generator_loss(fake_logits: Tensor, kind: GeneratorLoss = "non_saturating") 
     raise ConfigError(f"model.init_args.generator_loss must be 'minimax' or 'non_saturating', got {kind!r}")
 
 
-class GAN(ImplicitGenerativeModel):
+class GAN(ManualLoop, ImplicitGenerativeModel):
     r"""Generator and discriminator trained by the minimax game (two optimisers, manual optimisation).
 
     Args:
@@ -81,12 +82,16 @@ class GAN(ImplicitGenerativeModel):
             ``non_saturating`` (:math:`\min -\log D(G(z))`, default).
         d_steps: discriminator steps per generator step (``k`` of Goodfellow et al.'s Algorithm 1; each on its own batch).
         discriminator_optimizer: optimiser factory of the discriminator (default Adam, lr 1e-3).
+        gradient_clip_val, gradient_clip_algorithm: clipping of every generator and discriminator update (``None``:
+            none), as :class:`~lightning_gm.models.manual_loop.ManualLoop`'s (Lightning does not clip under manual
+            optimisation, so it is a model argument; the command refuses ``trainer.gradient_clip_val``).
         **kwargs: the arguments of :class:`~lightning_gm.models.implicit.ImplicitGenerativeModel` (``data_shape``,
             ``latent_dim``, ``hidden``, ``obs_sigma``, ``ais``, ``val_ais_examples``, ``optimizer`` of the generator,
             ``lr_scheduler`` applied to both optimisers and stepped every epoch), by keyword.
     """
 
     family = "gan"
+    introduced = {**ImplicitGenerativeModel.introduced, **ManualLoop.introduced}
 
     def __init__(
         self,
@@ -96,6 +101,8 @@ class GAN(ImplicitGenerativeModel):
         generator_loss: GeneratorLoss = "non_saturating",
         d_steps: int = 1,
         discriminator_optimizer: OptimizerCallable = adam,
+        gradient_clip_val: Optional[float] = None,
+        gradient_clip_algorithm: ClipAlgorithm = "norm",
         **kwargs: Any,
     ) -> None:
         if generator_loss not in ("minimax", "non_saturating"):
@@ -107,7 +114,7 @@ class GAN(ImplicitGenerativeModel):
         super().__init__(generator=generator, **kwargs)
         self.save_hyperparameters(ignore=["generator", "discriminator", "optimizer", "discriminator_optimizer",
                                           "lr_scheduler"])
-        self.automatic_optimization = False
+        self.init_manual_loop(None, gradient_clip_val, gradient_clip_algorithm)  # (the GAN's own step below)
         self.generator_loss, self.d_steps = generator_loss, int(d_steps)
         self.discriminator_optimizer_factory = discriminator_optimizer
         factory = discriminator or (lambda i, o: MLPDiscriminator(i, o, hidden=discriminator_hidden))
@@ -169,12 +176,10 @@ class GAN(ImplicitGenerativeModel):
         return d_loss.detach()
 
     def _clip(self, opt: Any) -> None:
-        """Clip gradients if the CLI handed ``trainer.gradient_clip_val`` to the model (manual optimisation:
-        Lightning does not clip by itself)."""
-        value = getattr(self, "gradient_clip_val", None)
-        if value:
-            self.clip_gradients(opt, gradient_clip_val=value,
-                                gradient_clip_algorithm=getattr(self, "gradient_clip_algorithm", None) or "norm")
+        """Clip the gradients of ``opt``'s update at ``gradient_clip_val`` (when set)."""
+        if self.gradient_clip_val:
+            self.clip_gradients(opt, gradient_clip_val=self.gradient_clip_val,
+                                gradient_clip_algorithm=self.gradient_clip_algorithm)
 
     def configure_optimizers(self) -> Any:
         opt_g = self.optimizer_factory(self.generator.parameters())
@@ -182,15 +187,3 @@ class GAN(ImplicitGenerativeModel):
         if self.lr_scheduler_factory is None:
             return [opt_g, opt_d]
         return [opt_g, opt_d], [self.lr_scheduler_factory(opt_g), self.lr_scheduler_factory(opt_d)]
-
-    def on_train_epoch_end(self) -> None:
-        schedulers = self.lr_schedulers()
-        if schedulers is None:
-            return
-        for sched in schedulers if isinstance(schedulers, list) else [schedulers]:
-            if isinstance(sched, torch.optim.lr_scheduler.ReduceLROnPlateau):
-                metric = self.trainer.callback_metrics.get(self.monitor)
-                if metric is not None:
-                    sched.step(metric)
-            else:
-                sched.step()

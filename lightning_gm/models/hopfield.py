@@ -8,11 +8,12 @@ configured) and the epoch stops as soon as the patterns are stored.
 
 The Hopfield network is *not* a density model with a tractable :math:`\log p` (its Boltzmann distribution at
 zero temperature is the set of attractors), so no ``test/nll`` is logged. Validation and test measure
-retrieval: every stored pattern is corrupted ``cue_repeats`` times by flipping each bit with probability
-``cue_noise``, the dynamics (``update`` = ``async`` or ``sync``) run until convergence, and
+retrieval (the protocol is the ``retrieval_test`` group, :class:`RetrievalTest`): every stored pattern is corrupted
+``cue_repeats`` times by flipping each bit with probability ``cue_noise``, the dynamics (``update`` = ``async`` or
+``sync``) run until convergence, and
 
 * ``{stage}/retrieval_rate``: fraction of cues whose final state has overlap
-  :math:`m = s^\top\xi/N \ge` ``retrieval_overlap`` with their own pattern (the checkpoint monitor);
+  :math:`m = s^\top\xi/N \ge` ``overlap`` with their own pattern (the checkpoint monitor);
 * ``{stage}/bit_error`` and ``{stage}/cue_bit_error``: fraction of wrong bits after and before the dynamics;
 * ``{stage}/overlap``: mean final overlap; ``{stage}/fixed_points``: fraction of stored patterns that are fixed points;
 * ``{stage}/energy_cue`` and ``{stage}/energy_final``: mean :math:`E = -\tfrac12 s^\top W s` before and after
@@ -25,24 +26,48 @@ References:
 
 from __future__ import annotations
 
-from typing import Any, Optional, Sequence
+from dataclasses import dataclass
+from typing import Any, ClassVar, Optional, Sequence
 
 import torch
-from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from torch import Tensor
 
 from lightning_gm.errors import ConfigError
+from lightning_gm.groups import ParameterGroup
 from lightning_gm.models.base import GenerativeModel
+from lightning_gm.models.migration import GroupedHyperparameters
 from lightning_gm.nn.hopfield import HopfieldNetwork, HopfieldRun, UpdateMode, corrupt, overlap, to_spins
 
-__all__ = ["Hopfield"]
+__all__ = ["Hopfield", "RetrievalTest"]
 
 
-def _no_optimizer(params: Any) -> Optional[torch.optim.Optimizer]:
-    return None
+@dataclass(frozen=True)
+class RetrievalTest(ParameterGroup):
+    """How validation and test measure retrieval: the cues, and when a final state counts as retrieved.
+
+    Args:
+        cue_noise: probability of flipping each bit of a cue, in [0, 0.5].
+        cue_repeats: corrupted cues per stored pattern, >= 1.
+        overlap: overlap :math:`m = s^\\top\\xi/N` from which a final state counts as the retrieved pattern, in [-1, 1].
+        seed: seed of the cue corruption and update orders (the same cues every evaluation).
+
+    References:
+        Amit, Gutfreund & Sompolinsky (1985) (retrieval at overlap close to 1 below capacity).
+    """
+
+    key: ClassVar[str] = "model.init_args.retrieval_test"
+    cue_noise: float = 0.1
+    cue_repeats: int = 10
+    overlap: float = 0.9
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        self.require("cue_noise", 0.0 <= self.cue_noise <= 0.5, "in [0, 0.5] (a flip probability)")
+        self.require("cue_repeats", self.cue_repeats >= 1, ">= 1")
+        self.require("overlap", -1.0 <= self.overlap <= 1.0, "in [-1, 1]")
 
 
-class Hopfield(GenerativeModel):
+class Hopfield(GroupedHyperparameters, GenerativeModel):
     r"""Hopfield network with Hebbian storage of training patterns and retrieval from corrupted cues.
 
     .. math:: W = \frac1N\sum_{\mu=1}^{P}\xi^\mu\xi^{\mu\top},\ W_{ii} = 0, \qquad E(s) = -\tfrac12 s^\top W s,
@@ -55,20 +80,22 @@ class Hopfield(GenerativeModel):
         balanced_classes: store the classes in turn (the pattern ``i`` has label ``i mod num_classes`` when the
             labels allow it) instead of the first ``num_patterns`` examples.
         num_classes: number of labels for ``balanced_classes``.
-        cue_noise: probability of flipping each bit of a cue.
-        cue_repeats: corrupted cues per stored pattern at validation/test.
         update: ``async`` (random-order single-unit updates; the energy never rises) or ``sync``.
         max_sweeps: sweep limit of the dynamics.
-        retrieval_overlap: overlap :math:`m` from which a final state counts as the retrieved pattern.
-        eval_seed: seed of the cue corruption and update orders (the same cues every evaluation).
-        optimizer: unused (storage is not optimisation); kept for the shared signature.
-        lr_scheduler: unused.
+        retrieval_test: the validation/test protocol (:class:`RetrievalTest`: ``cue_noise``, ``cue_repeats``,
+            ``overlap``, ``seed``).
+
+    Storage is not optimisation: there is no optimiser to configure.
 
     References:
         Hopfield (1982); Amit, Gutfreund & Sompolinsky (1985).
     """
 
     family = "hopfield"
+    groups = ("retrieval_test",)
+    #: the flat keys of checkpoints written before the group, and where they live now
+    flat_keys = {"cue_noise": ("retrieval_test", "cue_noise"), "cue_repeats": ("retrieval_test", "cue_repeats"),
+                 "retrieval_overlap": ("retrieval_test", "overlap"), "eval_seed": ("retrieval_test", "seed")}
     monitor = "val/retrieval_rate"
     monitor_mode = "max"
     patterns: Tensor
@@ -81,32 +108,22 @@ class Hopfield(GenerativeModel):
         num_patterns: int = 5,
         balanced_classes: bool = True,
         num_classes: int = 10,
-        cue_noise: float = 0.1,
-        cue_repeats: int = 10,
         update: UpdateMode = "async",
         max_sweeps: int = 50,
-        retrieval_overlap: float = 0.9,
-        eval_seed: int = 0,
-        optimizer: OptimizerCallable = _no_optimizer,
-        lr_scheduler: Optional[LRSchedulerCallable] = None,
+        retrieval_test: RetrievalTest = RetrievalTest(),
     ) -> None:
-        super().__init__(data_shape, optimizer, lr_scheduler)
-        self.save_hyperparameters(ignore=["optimizer", "lr_scheduler"])
-        for key, value in (("num_patterns", num_patterns), ("cue_repeats", cue_repeats), ("max_sweeps", max_sweeps),
-                           ("num_classes", num_classes)):
+        super().__init__(data_shape)
+        self.save_hyperparameters()
+        for key, value in (("num_patterns", num_patterns), ("max_sweeps", max_sweeps), ("num_classes", num_classes)):
             if value < 1:
                 raise ConfigError(f"model.init_args.{key} must be >= 1, got {value}")
-        if not 0.0 <= cue_noise <= 0.5:
-            raise ConfigError(f"model.init_args.cue_noise must be in [0, 0.5] (a flip probability), got {cue_noise}")
         if update not in ("async", "sync"):
             raise ConfigError(f"model.init_args.update must be 'async' or 'sync', got {update!r}")
-        if not -1.0 <= retrieval_overlap <= 1.0:
-            raise ConfigError(f"model.init_args.retrieval_overlap must be in [-1, 1], got {retrieval_overlap}")
         self.automatic_optimization = False
         self.net = HopfieldNetwork(self.data_dim)
         self.num_patterns, self.balanced_classes, self.num_classes = num_patterns, balanced_classes, num_classes
-        self.cue_noise, self.cue_repeats, self.update, self.max_sweeps = cue_noise, cue_repeats, update, max_sweeps
-        self.retrieval_overlap, self.eval_seed = retrieval_overlap, eval_seed
+        self.update, self.max_sweeps = update, max_sweeps
+        self.retrieval_test = RetrievalTest.coerce(retrieval_test)
         self.register_buffer("patterns", torch.zeros(num_patterns, self.data_dim))
         self.register_buffer("labels", torch.full((num_patterns,), -1, dtype=torch.long))
         self.register_buffer("n_stored", torch.tensor(0))
@@ -156,16 +173,18 @@ class Hopfield(GenerativeModel):
     # ------------------------------------------------------------------ retrieval
     @torch.no_grad()
     def retrieval(self, noise: Optional[float] = None, repeats: Optional[int] = None) -> dict[str, Tensor]:
-        """Corrupt every stored pattern ``repeats`` times, run the dynamics, return the metrics (see module docstring)."""
-        g = torch.Generator(device=self.device).manual_seed(self.eval_seed)
-        targets = self.patterns.repeat_interleave(repeats or self.cue_repeats, 0)
-        cues = corrupt(targets, self.cue_noise if noise is None else noise, g).to(self.patterns)
+        """Corrupt every stored pattern ``repeats`` times (default ``retrieval_test.cue_repeats``, with
+        ``retrieval_test.cue_noise``), run the dynamics, return the metrics (see module docstring)."""
+        test = self.retrieval_test
+        g = torch.Generator(device=self.device).manual_seed(test.seed)
+        targets = self.patterns.repeat_interleave(repeats or test.cue_repeats, 0)
+        cues = corrupt(targets, test.cue_noise if noise is None else noise, g).to(self.patterns)
         run = self.net.run(cues, self.update, self.max_sweeps, g)
         self.last_retrieval = (cues, targets, run)
         m = overlap(run.state, targets)
         fixed = (self.net.sync_step(self.patterns) == self.patterns).all(-1).float().mean()
         return {
-            "retrieval_rate": (m >= self.retrieval_overlap).float().mean(),
+            "retrieval_rate": (m >= test.overlap).float().mean(),
             "bit_error": (run.state != targets).float().mean(),
             "cue_bit_error": (cues != targets).float().mean(),
             "overlap": m.mean(),
@@ -195,7 +214,8 @@ class Hopfield(GenerativeModel):
     # ------------------------------------------------------------------ not a density model
     @property
     def estimator(self) -> str:
-        raise NotImplementedError("Hopfield is not a density model: it logs retrieval metrics, no log-likelihood")
+        """Not a density model: its test reports retrieval metrics (see :attr:`GenerativeModel.estimator`)."""
+        return "none (retrieval metrics)"
 
     def log_prob(self, x: Tensor) -> Tensor:
         raise NotImplementedError("Hopfield is not a density model: it logs retrieval metrics, no log-likelihood")
@@ -204,13 +224,13 @@ class Hopfield(GenerativeModel):
     @torch.no_grad()
     def sample(self, n: int) -> Tensor:
         """Attractors reached from ``n`` random states (stored patterns, their negatives or spurious mixtures), in [0, 1]."""
-        g = torch.Generator(device=self.device).manual_seed(self.eval_seed + 1)
+        g = torch.Generator(device=self.device).manual_seed(self.retrieval_test.seed + 1)
         s0 = torch.where(torch.rand(n, self.data_dim, generator=g, device=self.device) < 0.5, -1.0, 1.0)
         return ((self.net.run(s0, self.update, self.max_sweeps, g).state + 1) / 2).reshape(n, *self.data_shape)
 
     @torch.no_grad()
     def reconstruct(self, x: Tensor) -> Tensor:
         """The attractor reached from each (binarised) example, in [0, 1]."""
-        g = torch.Generator(device=self.device).manual_seed(self.eval_seed)
+        g = torch.Generator(device=self.device).manual_seed(self.retrieval_test.seed)
         s = self.net.run(to_spins(x).to(self.patterns), self.update, self.max_sweeps, g).state
         return ((s + 1) / 2).reshape(x.shape)

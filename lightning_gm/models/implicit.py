@@ -32,19 +32,17 @@ Generative Models; Goodfellow et al. (2014); Li, Swersky & Zemel (2015).
 
 from __future__ import annotations
 
-import inspect
 from typing import Any, Callable, Optional, Sequence
 
 import torch
-from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from torch import Tensor, nn
 
 from lightning_gm.errors import ConfigError
 from lightning_gm.estimators.decoder_ais import HMCAnnealing, decoder_ais_log_prob, decoder_bdmc, gaussian_observation
 from lightning_gm.estimators.hmc import frozen_parameters
 from lightning_gm.estimators.mmd import DEFAULT_BANDWIDTHS, mmd2
-from lightning_gm.models.base import GenerativeModel, adam
-from lightning_gm.models.migration import fold_flat_hparams, record_groups
+from lightning_gm.models.base import GenerativeModel
+from lightning_gm.models.migration import GroupedHyperparameters
 from lightning_gm.nn.generators import MLPGenerator
 from lightning_gm.progress import trainer_progress
 
@@ -59,7 +57,7 @@ FLAT_HMC_KEYS = {"ais_chains": ("ais", "chains"), "ais_steps": ("ais", "steps"),
                  "ais_target_accept": ("ais", "target_accept"), "eval_seed": ("ais", "seed")}
 
 
-class ImplicitGenerativeModel(GenerativeModel):
+class ImplicitGenerativeModel(GroupedHyperparameters, GenerativeModel):
     r"""A generator :math:`x = G(z)`, :math:`z \sim \mathcal N(0, I)`, with a decoder-AIS test log-likelihood.
 
     Choosing ``obs_sigma`` on validation data (Wu et al. 2017), for a trained run::
@@ -83,9 +81,8 @@ class ImplicitGenerativeModel(GenerativeModel):
             validation (0 = never; > 0 to choose ``obs_sigma`` on validation data).
         bdmc_examples: simulated examples of the bidirectional Monte Carlo bracket at test (0 = none); it costs
             twice the decoder AIS of as many test examples.
-        optimizer: optimiser factory of the generator (default Adam, lr 1e-3).
-        lr_scheduler: optional scheduler factory.
-        **flat: flat keys of old checkpoints (``ais_chains``, ``eval_seed``, ...), folded into ``ais``.
+        **kwargs: ``optimizer`` (of the generator; default Adam, lr 1e-3) and ``lr_scheduler`` of
+            :class:`~lightning_gm.models.base.GenerativeModel`.
     """
 
     family = "implicit"
@@ -93,6 +90,8 @@ class ImplicitGenerativeModel(GenerativeModel):
     monitor_mode = "min"
 
     introduced = {"bdmc_examples": 0}  # checkpoints from before the BDMC bracket test as they did then
+    groups = ("ais",)
+    flat_keys = FLAT_HMC_KEYS  # checkpoints written before the group still load
 
     def __init__(
         self,
@@ -104,14 +103,10 @@ class ImplicitGenerativeModel(GenerativeModel):
         ais: HMCAnnealing = HMCAnnealing(),
         val_ais_examples: int = 0,
         bdmc_examples: int = 20,
-        optimizer: OptimizerCallable = adam,
-        lr_scheduler: Optional[LRSchedulerCallable] = None,
-        **flat: Any,
+        **kwargs: Any,
     ) -> None:
-        super().__init__(data_shape, optimizer, lr_scheduler)
-        self._flat_hparams = dict(flat)
-        self.ais: HMCAnnealing = fold_flat_hparams(type(self).__name__, flat, {"ais": HMCAnnealing.coerce(ais)},
-                                                   FLAT_HMC_KEYS)["ais"]  # type: ignore[assignment]
+        super().__init__(data_shape=data_shape, **kwargs)
+        self.ais = HMCAnnealing.coerce(ais)
         checks = {
             "latent_dim": (latent_dim >= 1, latent_dim), "obs_sigma": (obs_sigma > 0, obs_sigma),
             "val_ais_examples": (val_ais_examples >= 0, val_ais_examples),
@@ -128,12 +123,6 @@ class ImplicitGenerativeModel(GenerativeModel):
         factory = generator or (lambda i, o: MLPGenerator(i, o, hidden=hidden))
         self.generator = factory(self.latent_dim, self.data_dim)
         self.last_accept_rate: Optional[float] = None
-
-    def save_hyperparameters(self, *args: Any, ignore: Any = None, frame: Any = None, logger: bool = True) -> None:
-        """The base's, with the ``ais`` group stored in place of the flat keys of an old checkpoint."""
-        super().save_hyperparameters(*args, ignore=ignore, frame=frame or inspect.currentframe().f_back,  # type: ignore[union-attr]
-                                     logger=logger)
-        record_groups(self, {"ais": self.ais}, self._flat_hparams)
 
     # --- the generator ---------------------------------------------------------------------------
     def prior_noise(self, n: int) -> Tensor:

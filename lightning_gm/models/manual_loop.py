@@ -109,13 +109,14 @@ class ManualLoop:
         for config in trainer.lr_scheduler_configs:
             if config.interval != interval or count % max(1, config.frequency or 1):
                 continue
-            if config.reduce_on_plateau:
-                value = trainer.callback_metrics.get(config.monitor or self.monitor)
+            # (under manual optimisation Lightning records neither ``monitor`` nor ``reduce_on_plateau``)
+            if isinstance(config.scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
+                value = trainer.callback_metrics.get(self.monitor)
                 if value is None:
                     if trainer.sanity_checking or not trainer.val_dataloaders:
                         continue
                     raise ConfigError(
-                        f"model.init_args.lr_scheduler: ReduceLROnPlateau monitors {config.monitor!r}, which "
+                        f"model.init_args.lr_scheduler: ReduceLROnPlateau monitors {self.monitor!r}, which "
                         f"was not logged; logged metrics: {sorted(trainer.callback_metrics)}")
                 config.scheduler.step(value)
             else:

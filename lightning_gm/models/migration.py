@@ -4,10 +4,11 @@ Old checkpoints record flat hyperparameters (``k=``, ``ais_runs=``, ``beta=``, `
 into the groups (:class:`~lightning_gm.groups.ParameterGroup`), side by side here:
 
 * a family whose ``__init__`` still accepts the old names as ``**flat`` folds them in with
-  :func:`fold_flat_hparams` and stores the groups with :func:`record_groups` (the energy families, the GAN);
+  :func:`fold_flat_hparams` and stores the groups with :func:`record_groups` (the RBM family);
 * a family that dropped them lists them in a :data:`FlatKeys` table and mixes in :class:`GroupedHyperparameters`,
   whose ``load_from_checkpoint`` rewrites the checkpoint's hyperparameters in memory first (the VAE family, the
-  SBN); the command does the same for a checkpoint it rebuilds a model from (:func:`upgrade_hparams`).
+  SBN, the DBN, DBM, MP-DBM, convolutional RBM and DBN, the GAN and GMMN); the command does the same for a checkpoint it rebuilds a
+  model from (:meth:`GroupedHyperparameters.upgrade_hparams`).
 """
 
 from __future__ import annotations
@@ -72,11 +73,16 @@ def _needs_upgrade(hparams: dict[str, Any], keys: FlatKeys, introduced: dict[str
     return any(k in hparams for k in keys) or any(k not in hparams for k in introduced)
 
 
-def upgrade_hparams(hparams: dict[str, Any], keys: FlatKeys, introduced: Optional[dict[str, Any]] = None
-                    ) -> dict[str, Any]:
+def upgrade_hparams(hparams: dict[str, Any], keys: FlatKeys, introduced: Optional[dict[str, Any]] = None,
+                    defaults: Optional[Mapping[str, ParameterGroup]] = None) -> dict[str, Any]:
     """``hparams`` with every flat key of ``keys`` moved into its group (fields already in a group win), and every
-    argument of ``introduced`` that it lacks set to the value that reproduces the model it was written by."""
+    argument of ``introduced`` that it lacks set to the value that reproduces the model it was written by.
+
+    A group built from flat keys starts from its ``defaults`` entry (the ``__init__`` default, e.g. ConvDBN's
+    ``CD(persistent=False)``: an old checkpoint recording only ``k`` was trained without persistent chains), else
+    from the group class's defaults."""
     introduced = introduced or {}
+    defaults = defaults or {}
     if not _needs_upgrade(hparams, keys, introduced):
         return hparams
     out = {**{k: v for k, v in introduced.items() if k not in hparams}, **hparams}
@@ -91,13 +97,14 @@ def upgrade_hparams(hparams: dict[str, Any], keys: FlatKeys, introduced: Optiona
         existing = out.get(name) or {}
         if dataclasses.is_dataclass(existing):
             existing = dataclasses.asdict(existing)
-        out[name] = {**fields, **dict(existing)}
+        start = defaults[name].as_dict() if name in defaults else {}
+        out[name] = {**start, **fields, **dict(existing)}
     return out
 
 
 def upgraded_checkpoint(checkpoint_path: Union[str, Path, IO], keys: FlatKeys,
-                        weights_only: Optional[bool] = None, introduced: Optional[dict[str, Any]] = None
-                        ) -> Union[str, Path, IO]:
+                        weights_only: Optional[bool] = None, introduced: Optional[dict[str, Any]] = None,
+                        defaults: Optional[Mapping[str, ParameterGroup]] = None) -> Union[str, Path, IO]:
     """``checkpoint_path`` itself when its hyperparameters need no upgrade, else an in-memory copy whose
     ``hyper_parameters`` are upgraded by :func:`upgrade_hparams` (read with ``weights_only`` as Lightning would:
     ``None`` is torch's default, ``True``)."""
@@ -113,7 +120,7 @@ def upgraded_checkpoint(checkpoint_path: Union[str, Path, IO], keys: FlatKeys,
     hparams = ckpt.get("hyper_parameters") or {}
     if not _needs_upgrade(hparams, keys, introduced or {}):
         return checkpoint_path
-    ckpt["hyper_parameters"] = upgrade_hparams(hparams, keys, introduced)
+    ckpt["hyper_parameters"] = upgrade_hparams(hparams, keys, introduced, defaults)
     buffer = io.BytesIO()
     torch.save(ckpt, buffer)
     buffer.seek(0)
@@ -147,13 +154,28 @@ class GroupedHyperparameters:
     def load_from_checkpoint(cls, checkpoint_path: Any, *args: Any, **kwargs: Any):  # type: ignore[no-untyped-def]
         """The base's ``load_from_checkpoint``, flat hyperparameters folded into their groups first."""
         # (arguments introduced since are the base's: GenerativeModel.load_from_checkpoint fills them in)
-        upgraded = upgraded_checkpoint(checkpoint_path, cls.flat_keys, kwargs.get("weights_only"))
+        upgraded = upgraded_checkpoint(checkpoint_path, cls.flat_keys, kwargs.get("weights_only"),
+                                       defaults=cls.group_defaults())
         return super().load_from_checkpoint(upgraded, *args, **kwargs)  # type: ignore[misc]
 
     @classmethod
+    def group_defaults(cls) -> dict[str, ParameterGroup]:
+        """The ``__init__`` defaults of the groups (where a group rebuilt from flat keys starts)."""
+        out: dict[str, ParameterGroup] = {}
+        for klass in reversed(cls.__mro__):  # a subclass's default (passed on through **kwargs) wins
+            params = inspect.signature(klass.__init__).parameters if "__init__" in vars(klass) else {}
+            out.update({name: params[name].default for name in cls.groups
+                        if name in params and isinstance(params[name].default, ParameterGroup)})
+        return out
+
+    @classmethod
+    def upgrade_hparams(cls, hparams: dict[str, Any]) -> dict[str, Any]:
+        """A checkpoint's hyperparameters in today's format (:func:`upgrade_hparams` with this class's tables)."""
+        return upgrade_hparams(hparams, cls.flat_keys, cls.introduced, cls.group_defaults())
+
+    @classmethod
     def unrecorded_init_args(cls, hparams: dict[str, Any]) -> list[str]:
-        upgraded = upgrade_hparams(hparams, cls.flat_keys, cls.introduced)
-        return super().unrecorded_init_args(upgraded)  # type: ignore[misc]
+        return super().unrecorded_init_args(cls.upgrade_hparams(hparams))  # type: ignore[misc]
 
     def save_hyperparameters(self, *args: Any, **kwargs: Any) -> None:
         """The base's ``save_hyperparameters``, with the groups stored as plain mappings (a checkpoint then loads

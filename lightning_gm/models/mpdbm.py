@@ -39,27 +39,23 @@ import inspect
 from typing import Any, Optional, Sequence
 
 import torch
-from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from torch import Tensor, nn
 
 from lightning_gm.errors import ConfigError
-from lightning_gm.estimators.ais import AISSchedule, AnnealingPath, base_rate_log_odds
-from lightning_gm.estimators.dbm import DBMAnnealingPath, dbm_exact_log_partition, dbm_reverse_start
-from lightning_gm.estimators.reverse import ReverseStart
-from lightning_gm.models.base import GenerativeModel
-from lightning_gm.models.energy import FLAT_AIS_KEYS, PartitionMixin
-from lightning_gm.models.migration import fold_flat_hparams, record_groups
+from lightning_gm.estimators.ais import AISSchedule, base_rate_log_odds
+from lightning_gm.models.base import adam
+from lightning_gm.models.dbm import DBMLikelihood
+from lightning_gm.models.greedy import layer_sizes
 from lightning_gm.nn.dbm import BinaryDBM
 from lightning_gm.nn.mpdbm import MaskedMeanField, label_logits, layer_conditional, masked_mean_field, multi_prediction_loss, sample_missing
 
 __all__ = ["MPDBM"]
 
 
-def _adam(params: Any) -> torch.optim.Optimizer:
-    return torch.optim.Adam(params, lr=1e-3)
+_adam = adam  # the name configs written before the optimiser became the base's resolve
 
 
-class MPDBM(PartitionMixin, GenerativeModel):
+class MPDBM(DBMLikelihood):
     r"""Multi-prediction DBM with binary units and optional label units (module docstring).
 
     Args:
@@ -83,12 +79,10 @@ class MPDBM(PartitionMixin, GenerativeModel):
         sample_steps: Gibbs sweeps for :meth:`sample`.
         ais: :math:`\log Z` for ``test_loglik`` (:class:`~lightning_gm.estimators.ais.AISSchedule`; exact when the smaller
             odd/even layer set has at most ``ais.exact_max_units`` units).
-        optimizer: optimiser factory (default Adam, lr 1e-3).
-        lr_scheduler: optional scheduler factory.
-        **flat: flat keys of old checkpoints (``ais_runs``, ...), folded into ``ais``.
+        **kwargs: ``optimizer`` (default Adam, lr 1e-3) and ``lr_scheduler`` of
+            :class:`~lightning_gm.models.base.GenerativeModel`.
     """
 
-    family = "dbm"
     monitor = "val/loss"
     monitor_mode = "min"
 
@@ -109,15 +103,11 @@ class MPDBM(PartitionMixin, GenerativeModel):
         test_loglik: bool = False,
         sample_steps: int = 1000,
         ais: AISSchedule = AISSchedule(),
-        optimizer: OptimizerCallable = _adam,
-        lr_scheduler: Optional[LRSchedulerCallable] = None,
-        **flat: Any,
+        **kwargs: Any,
     ) -> None:
-        super().__init__(data_shape, optimizer, lr_scheduler)
-        self.ais = fold_flat_hparams("MPDBM", flat, {"ais": AISSchedule.coerce(ais)}, FLAT_AIS_KEYS)["ais"]  # type: ignore[assignment]
-        hidden = [int(h) for h in hidden]
-        if not hidden or any(h < 1 for h in hidden):
-            raise ConfigError(f"model.hidden must be a non-empty list of positive sizes, got {hidden}")
+        super().__init__(data_shape=data_shape, **kwargs)
+        self.ais = AISSchedule.coerce(ais)
+        hidden = layer_sizes(hidden)
         if n_classes < 0 or n_classes == 1:
             raise ConfigError(f"model.n_classes must be 0 (no labels) or >= 2, got {n_classes}")
         if mf_steps < 1:
@@ -134,7 +124,6 @@ class MPDBM(PartitionMixin, GenerativeModel):
                 "units, so no test log-likelihood is available; set test_loglik=false or n_classes=0"
             )
         self.save_hyperparameters(ignore=["optimizer", "lr_scheduler"], frame=inspect.currentframe())
-        record_groups(self, {"ais": self.ais}, flat)
         self.hidden, self.n_classes, self.mf_steps = hidden, int(n_classes), int(mf_steps)
         self.mask_prob, self.mask_per_example, self.classify_prob = float(mask_prob), mask_per_example, float(classify_prob)
         self.multi_inference, self.weight_cost = multi_inference, float(weight_cost)
@@ -156,20 +145,17 @@ class MPDBM(PartitionMixin, GenerativeModel):
         self._eval_generator: Optional[torch.Generator] = None
 
     # ------------------------------------------------------------------ inference
-    def _flat(self, x: Tensor) -> Tensor:
-        return x.reshape(x.shape[0], -1).to(self.dbm.weights[0].dtype)
-
     def infer(self, x: Tensor, missing: Tensor, y: Optional[Tensor] = None, label_missing: Optional[Tensor] = None,
               steps: Optional[int] = None) -> MaskedMeanField:
         """Masked mean field (:func:`~lightning_gm.nn.mpdbm.masked_mean_field`) with this model's labels and options."""
-        return masked_mean_field(self.dbm, self._flat(x), missing, steps or self.mf_steps,
+        return masked_mean_field(self.dbm, self.visibles(x), missing, steps or self.mf_steps,
                                  self.label_weights, self.label_bias, y, label_missing, self.multi_inference)
 
     @torch.no_grad()
     def inpaint(self, x: Tensor, missing: Tensor, steps: Optional[int] = None) -> Tensor:
         """``(B, D)`` probabilities: ``x`` on observed pixels (``missing = 0``), the mean-field prediction on missing ones
         (the label, if any, is missing too)."""
-        v = self._flat(x)
+        v = self.visibles(x)
         out = self.infer(v, missing, steps=steps)
         miss = missing.to(v.dtype).expand_as(v)
         return (1 - miss) * v + miss * torch.sigmoid(out.visible_logits)
@@ -179,7 +165,7 @@ class MPDBM(PartitionMixin, GenerativeModel):
         """``(B, C)`` class probabilities: label inference with every pixel observed."""
         if not self.n_classes:
             raise ConfigError("MPDBM.classify needs label units: set model.n_classes > 0")
-        v = self._flat(x)
+        v = self.visibles(x)
         out = self.infer(v, torch.zeros_like(v), steps=steps)
         return torch.softmax(out.label_logits, -1)  # type: ignore[arg-type]
 
@@ -244,7 +230,7 @@ class MPDBM(PartitionMixin, GenerativeModel):
         return y
 
     def loss_terms(self, x: Tensor, stage: str) -> dict[str, Tensor]:
-        v = self._flat(x)
+        v = self.visibles(x)
         y = self._labels(v.shape[0])
         missing, label_missing = self._masks(v, stage)
         if y is None:
@@ -295,50 +281,31 @@ class MPDBM(PartitionMixin, GenerativeModel):
     @torch.no_grad()
     def reconstruct(self, x: Tensor) -> Tensor:
         """Inpainting of a random ``mask_prob`` of the pixels (seeded by ``eval_seed``): observed pixels kept."""
-        v = self._flat(x)
+        v = self.visibles(x)
         gen = torch.Generator().manual_seed(self.eval_seed)
         missing = sample_missing(v.shape, self.mask_prob, True, gen).to(v)
         return self.inpaint(v, missing).reshape(x.shape[0], *self.data_shape)
 
     # ------------------------------------------------------------------ test
-    def exact_log_partition(self) -> Optional[float]:
-        self._check_loglik()
-        return dbm_exact_log_partition(self.dbm, self.ais.exact_max_units)
+    def posterior_means(self, v: Tensor) -> list[Tensor]:
+        """The label-free DBM's mean-field means for the bound, ``max(mf_steps, 30)`` rounds (no gradient)."""
+        with torch.no_grad():
+            return self.dbm.mean_field(v, iterations=max(self.mf_steps, 30))[0]
 
-    def _base_log_odds(self) -> Tensor:
+    def visible_base_log_odds(self) -> Tensor:
+        """The base-rate model of the visible means: the centring offset, or the visible biases' probabilities."""
         mean = self.dbm.offset(0) if self.centered else torch.sigmoid(self.dbm.biases[0].detach())
         return base_rate_log_odds(mean.double().unsqueeze(0))
 
-    def annealing_path(self) -> AnnealingPath:
-        """The label-free DBM's path from the base-rate model of the visible means (the centring offset, or the
-        visible biases' probabilities)."""
-        self._check_loglik()
-        return DBMAnnealingPath(self.dbm, self._base_log_odds())
-
-    def reverse_annealing_start(self, x: Tensor, chains: int, generator: Optional[torch.Generator] = None) -> ReverseStart:
-        """RAISE from the data, the even hidden layers drawn from the mean-field posterior (as the DBM)."""
-        self._check_loglik()
-        v = self._flat(x)
-        with torch.no_grad():
-            means = self.dbm.mean_field(v, iterations=max(self.mf_steps, 30))[0]
-        return dbm_reverse_start(self.dbm, self._base_log_odds(), v, means, chains, generator)
-
-    def _check_loglik(self) -> None:
+    def check_log_partition(self) -> None:
         if self.n_classes:
             raise ConfigError("MPDBM: no log Z with label units (model.init_args.n_classes > 0)")
 
     @property
     def estimator(self) -> str:
-        if not self.test_loglik:
-            raise NotImplementedError("MPDBM: no test log-likelihood (test_loglik=false)")
-        return self.partition_label(exact="exact+meanfield", ais="ais+meanfield")
-
-    def log_prob_unnormalized(self, x: Tensor) -> Tensor:
-        """Mean-field lower bound on :math:`\log p(v) + \log Z` (no labels; ``(B,)``)."""
-        v = self._flat(x)
-        with torch.no_grad():
-            mus = self.dbm.mean_field(v, iterations=max(self.mf_steps, 30))[0]
-            return self.dbm.mean_field_bound(mus)
+        if not self.test_loglik:  # (see GenerativeModel.estimator)
+            return "none (accuracy)" if self.n_classes else "none (multi-prediction loss)"
+        return self.meanfield_label
 
     @property
     def has_test_likelihood(self) -> bool:

@@ -74,11 +74,13 @@ from lightning_gm.models.energy import (
     ChainStream,
     PartitionMixin,
     batch_data,
+    scale_rows,
     seeded_rng,
     sgd_binary_rbm,
 )
 from lightning_gm.models.manual_loop import ClipAlgorithm, ManualLoop
 from lightning_gm.models.migration import fold_flat_hparams, record_groups
+from lightning_gm.models.momentum import FLAT_MOMENTUM_KEYS, MomentumWarmup
 from lightning_gm.nn.rbm import CD, BernoulliRBM, Penalties, RBMBase, with_gradients
 
 __all__ = ["RBMModelBase", "cd_step", "sparsity_penalty"]
@@ -140,9 +142,8 @@ class RBMModelBase(ManualLoop, ChainStream, PartitionMixin, GenerativeModel):
         cd: contrastive divergence (:class:`~lightning_gm.nn.rbm.CD`: sweeps ``k``, ``persistent`` chains, their number).
         penalties: weight cost and sparsity (:class:`~lightning_gm.nn.rbm.Penalties`).
         weight_std: standard deviation of the initial weights (Hinton: 0.01).
-        initial_momentum: momentum of the first ``momentum_warmup_epochs`` epochs (Hinton: 0.5), after
-            which the optimiser's own momentum applies (0 epochs = always the optimiser's).
-        momentum_warmup_epochs: see ``initial_momentum``.
+        momentum: the warm-up (:class:`~lightning_gm.models.momentum.MomentumWarmup`): momentum ``initial``
+            (Hinton: 0.5) for the first ``epochs`` epochs, then the optimiser's own (0 epochs = always the optimiser's).
         init_visible_bias: set the visible biases from the training data at fit start (the binary RBM:
             :math:`b_i = \\log p_i/(1-p_i)`).
         monitor_examples: size of the fixed training subset for ``val/free_energy_gap``.
@@ -171,8 +172,7 @@ class RBMModelBase(ManualLoop, ChainStream, PartitionMixin, GenerativeModel):
         cd: CD = CD(),
         penalties: Penalties = Penalties(),
         weight_std: float = 0.01,
-        initial_momentum: float = 0.5,
-        momentum_warmup_epochs: int = 5,
+        momentum: MomentumWarmup = MomentumWarmup(),
         init_visible_bias: bool = True,
         monitor_examples: int = 1000,
         sample_steps: int = 1000,
@@ -186,8 +186,9 @@ class RBMModelBase(ManualLoop, ChainStream, PartitionMixin, GenerativeModel):
     ) -> None:
         super().__init__(data_shape, optimizer, lr_scheduler)
         groups = fold_flat_hparams(type(self).__name__, flat, {"cd": CD.coerce(cd), "penalties": Penalties.coerce(penalties),
+                                                               "momentum": MomentumWarmup.coerce(momentum),
                                                                "ais": AISSchedule.coerce(ais)},
-                                   {**FLAT_CD_KEYS, **FLAT_PENALTY_KEYS, **FLAT_AIS_KEYS})
+                                   {**FLAT_CD_KEYS, **FLAT_PENALTY_KEYS, **FLAT_MOMENTUM_KEYS, **FLAT_AIS_KEYS})
         self.save_hyperparameters(ignore=["optimizer", "lr_scheduler"], frame=inspect.currentframe())
         record_groups(self, groups, flat)
         for key, (ok, value) in {"n_hidden": (n_hidden >= 1, n_hidden), "sample_steps": (sample_steps >= 1, sample_steps)}.items():
@@ -197,7 +198,7 @@ class RBMModelBase(ManualLoop, ChainStream, PartitionMixin, GenerativeModel):
         self.penalties: Penalties = groups["penalties"]  # type: ignore[assignment]
         self.ais = groups["ais"]  # type: ignore[assignment]
         self.n_hidden = n_hidden
-        self.initial_momentum, self.momentum_warmup_epochs = initial_momentum, momentum_warmup_epochs
+        self.momentum: MomentumWarmup = groups["momentum"]  # type: ignore[assignment]
         self.init_visible_bias = init_visible_bias
         self.monitor_examples, self.sample_steps = monitor_examples, sample_steps
         self.init_manual_loop(update_batch_size, gradient_clip_val, gradient_clip_algorithm)
@@ -294,17 +295,8 @@ class RBMModelBase(ManualLoop, ChainStream, PartitionMixin, GenerativeModel):
 
     # ------------------------------------------------------------------ training
     def on_train_epoch_start(self) -> None:
-        """Momentum warm-up (Hinton 2010, section 9): ``initial_momentum`` for the first
-        ``momentum_warmup_epochs`` epochs, then the optimiser's configured momentum."""
-        if self.momentum_warmup_epochs <= 0:
-            return
-        for opt in self.trainer.optimizers:
-            for group in opt.param_groups:
-                if "momentum" not in group:
-                    continue
-                group.setdefault("final_momentum", group["momentum"])
-                warm = self.current_epoch < self.momentum_warmup_epochs
-                group["momentum"] = self.initial_momentum if warm else group["final_momentum"]
+        """Momentum warm-up (:class:`~lightning_gm.models.momentum.MomentumWarmup`), from the fit's first epoch."""
+        self.momentum.apply(self.trainer.optimizers, self.current_epoch)
 
     def _negative(self, v: Tensor, data_logits: Optional[Tensor] = None) -> Tensor:
         if not self.cd.persistent:  # CD-k: the chain starts at the data, from the hidden input already computed
@@ -417,9 +409,20 @@ class RBMModelBase(ManualLoop, ChainStream, PartitionMixin, GenerativeModel):
     def gibbs_samples(self, n: int, steps: Optional[int] = None, generator: Optional[torch.Generator] = None) -> Tensor:
         """``n`` visibles after ``steps`` Gibbs sweeps from the model's visible marginals at ``h = 0``:
         the conditional mean of the last sweep (model space), ``(n, D)``."""
-        h0 = torch.zeros(n, self.n_hidden, device=self.device, dtype=self.rbm.W.dtype)
-        v = self.rbm.sample_visibles(h0, generator=generator)
+        v = self.rbm.sample_visibles(self.zero_hidden(n), generator=generator)
         return self.rbm.gibbs_vhv(v, steps or self.sample_steps, generator).v_mean
+
+    def zero_hidden(self, n: int) -> Tensor:
+        """The all-off hidden state of ``n`` chains (sampling starts at the visible marginals there)."""
+        return torch.zeros(n, self.n_hidden, device=self.device, dtype=self.rbm.W.dtype)
+
+    def hidden_means(self, v: Tensor) -> Tensor:
+        """The hidden means given visibles ``(B, D)`` that a mean-field up-down pass sends back down."""
+        return self.rbm.mean_hiddens(v)
+
+    def filter_rows(self) -> Tensor:
+        """The filters, one row of ``D`` weights each (the columns of ``W``), no gradient."""
+        return self.rbm.W.detach().T
 
     @torch.no_grad()
     def sample(self, n: int) -> Tensor:
@@ -429,19 +432,16 @@ class RBMModelBase(ManualLoop, ChainStream, PartitionMixin, GenerativeModel):
     def reconstruct(self, x: Tensor) -> Tensor:
         """One mean-field up-down pass, in data space."""
         v = self.to_model_space(x)
-        return self.to_data_space(self.rbm.mean_visibles(self.rbm.mean_hiddens(v))).reshape(x.shape)
+        return self.to_data_space(self.rbm.mean_visibles(self.hidden_means(v))).reshape(x.shape)
 
     @torch.no_grad()
     def pictures(self, n: int = 64) -> dict[str, Tensor]:
         """Extra pictures for :class:`~lightning_gm.callbacks.rbm.RBMPictures`, ``name -> (N, D)`` in data space
         scaled to [0, 1]: ``filters`` (columns of ``W``, one per hidden unit, each min-max scaled) and
         ``fantasy`` (the persistent chains' conditional means, PCD only)."""
-        w = self.rbm.W.detach().T[: max(n, 100)]
-        lo, hi = w.min(1, keepdim=True).values, w.max(1, keepdim=True).values
-        out = {"filters": ((w - lo) / (hi - lo).clamp_min(1e-12)).float().cpu()}
+        out = {"filters": scale_rows(self.filter_rows()[: max(n, 100)])}
         if self.cd.persistent and bool(self.chains_ready):
-            v = self.rbm.mean_visibles(self.rbm.mean_hiddens(self.chains[:n]))
-            out["fantasy"] = self._display(v)
+            out["fantasy"] = self._display(self.rbm.mean_visibles(self.hidden_means(self.chains[:n])))
         return out
 
     def _display(self, v: Tensor) -> Tensor:

@@ -25,7 +25,7 @@ from torch import Tensor
 from lightning_gm.errors import ConfigError
 from lightning_gm.estimators.ais import AISSchedule, AnnealingPath
 from lightning_gm.estimators.rbm_variants import SpikeSlabAnnealingPath, ssrbm_log_partition_enumerate
-from lightning_gm.models.energy import StandardizedVisibles, sgd_real_rbm
+from lightning_gm.models.energy import StandardizedVisibles, scale_rows, sgd_real_rbm
 from lightning_gm.models.rbm_base import RBMModelBase
 from lightning_gm.nn.ssrbm import SpikeSlabRBMNet
 
@@ -182,9 +182,7 @@ class SpikeSlabRBM(StandardizedVisibles, RBMModelBase):
     @torch.no_grad()
     def pictures(self, n: int = 64) -> dict[str, Tensor]:
         """``filters`` (columns of ``W``, min-max scaled) and ``fantasy`` (persistent chains, data space)."""
-        w = self.rbm.W.detach().T[: max(n, 100)]
-        lo, hi = w.min(1, keepdim=True).values, w.max(1, keepdim=True).values
-        out = {"filters": ((w - lo) / (hi - lo).clamp_min(1e-12)).float().cpu()}
+        out = {"filters": scale_rows(self.filter_rows()[: max(n, 100)])}
         if self.cd.persistent and bool(self.chains_ready):
             out["fantasy"] = self._display(self.chains[:n])
         return out

@@ -102,26 +102,15 @@ class SubspaceRBM(RBMModelBase):
                 self.chains_ready.fill_(True)
         return cd_step(self.rbm, v, self.cd.k, self.chains, self.generator)  # type: ignore[arg-type]
 
-    # ------------------------------------------------------------------ sampling and pictures
-    @torch.no_grad()
-    def gibbs_samples(self, n: int, steps: Optional[int] = None, generator: Optional[torch.Generator] = None) -> Tensor:
-        """``n`` visibles after ``steps`` Gibbs sweeps from the gates-off visible marginals (conditional means), ``(n, D)``."""
-        v = self.rbm.sample_visibles(self.rbm.zero_hidden(n), generator=generator)
-        return self.rbm.gibbs_vhv(v, steps or self.sample_steps, generator).v_mean
+    # ------------------------------------------------------------------ sampling and pictures: the base's, on gated hiddens
+    def zero_hidden(self, n: int) -> Tensor:
+        """Every gate off, ``(n, M, K)``: sampling starts at the gates-off visible marginals."""
+        return self.rbm.zero_hidden(n)
 
-    @torch.no_grad()
-    def reconstruct(self, x: Tensor) -> Tensor:
-        """One mean-field up-down pass, in data space."""
-        v = self.to_model_space(x)
-        return self.to_data_space(self.rbm.mean_visibles(self.rbm.mean_z(v))).reshape(x.shape)
+    def hidden_means(self, v: Tensor) -> Tensor:
+        """:math:`E[z \\mid v]`, the gated subspace means ``(B, M, K)`` the up-down pass sends down."""
+        return self.rbm.mean_z(v)
 
-    @torch.no_grad()
-    def pictures(self, n: int = 64) -> dict[str, Tensor]:
-        """``filters``: :math:`W_{:jk}` for the first gates, the ``K`` filters of each gate consecutive, each
-        min-max scaled, ``(M K, D)`` (at most ``max(n, 100)`` rows); ``fantasy``: the persistent chains' means."""
-        w = self.rbm.W.detach().permute(1, 2, 0).reshape(-1, self.data_dim)[: max(n, 100)]
-        lo, hi = w.min(1, keepdim=True).values, w.max(1, keepdim=True).values
-        out = {"filters": ((w - lo) / (hi - lo).clamp_min(1e-12)).float().cpu()}
-        if self.cd.persistent and bool(self.chains_ready):
-            out["fantasy"] = self._display(self.rbm.mean_visibles(self.rbm.mean_z(self.chains[:n])))
-        return out
+    def filter_rows(self) -> Tensor:
+        """:math:`W_{:jk}`, the ``K`` filters of each gate consecutive, ``(M K, D)``."""
+        return self.rbm.W.detach().permute(1, 2, 0).reshape(-1, self.data_dim)

@@ -18,6 +18,7 @@ from lightning_gm.data import DigitsDataModule
 from lightning_gm.estimators.ais import base_rate_log_odds
 from lightning_gm.estimators.partition import log_partition_enumerate
 from lightning_gm.models import RBM
+from lightning_gm.models.momentum import MomentumWarmup
 
 
 @pytest.fixture(scope="module")
@@ -27,7 +28,7 @@ def trained(tmp_path_factory):
     pl.seed_everything(0)
     dm = DigitsDataModule(binarize="static", batch_size=50, eval_batch_size=300)
     model = RBM(data_shape=dm.shape, n_hidden=20, cd=CD(persistent=False), sample_steps=10,
-                ais=AISSchedule(exact_max_units=0, runs=100, steps=3000), momentum_warmup_epochs=1,
+                ais=AISSchedule(exact_max_units=0, runs=100, steps=3000), momentum=MomentumWarmup(epochs=1),
                 optimizer=lambda p: torch.optim.SGD(p, lr=0.1, momentum=0.9))
     callback = AISEvaluation(every_n_epochs=15, val_runs=20, val_steps=500, progress=False,
                              bracket=Bracket(examples=60, steps=50, block=40))

@@ -18,6 +18,7 @@ from lightning_gm.nn.rbm import CD, Penalties
 from lightning_gm.errors import ConfigError
 from lightning_gm.models.base import GenerativeModel
 from lightning_gm.models.manual_loop import ManualLoop
+from lightning_gm.models.momentum import MomentumWarmup
 
 
 class _Quadratic(GenerativeModel):
@@ -130,7 +131,7 @@ def _rbm_fit(load_batch: int, update_batch_size: int | None, persistent: bool) -
     pl.seed_everything(3, verbose=False)
     x = (torch.rand(64, 12, generator=torch.Generator().manual_seed(0)) < 0.3).float()
     model = RBM(data_shape=(12,), n_hidden=5, cd=CD(persistent=persistent, chains=8, k=2), weight_std=0.1,
-                init_visible_bias=False, penalties=Penalties(sparsity_cost=0.1), momentum_warmup_epochs=0, update_batch_size=update_batch_size,
+                init_visible_bias=False, penalties=Penalties(sparsity_cost=0.1), momentum=MomentumWarmup(epochs=0), update_batch_size=update_batch_size,
                 optimizer=lambda p: torch.optim.SGD(p, lr=0.1, momentum=0.5))
     trainer = pl.Trainer(max_epochs=2, accelerator="cpu", logger=False, enable_checkpointing=False,
                          enable_progress_bar=False, enable_model_summary=False, limit_val_batches=0)
@@ -251,3 +252,21 @@ def test_exact_families_evaluate_once_per_test_batch_with_unchanged_numbers(name
     assert set(new) == set(old) and {"test/nll", "test/loss", "test/nll_stderr"} <= set(new)
     for key in old:
         assert new[key] == pytest.approx(old[key], rel=1e-6, abs=1e-6), key
+
+
+@pytest.mark.parametrize("cls", [_Quadratic, _QuadraticManual], ids=["automatic", "manual"])
+def test_a_plateau_scheduler_watches_the_monitor_in_both_loops_without_warnings(cls: type, tmp_path: Path) -> None:
+    """ReduceLROnPlateau steps on the model's monitor (``val/loss``) in both loops, and the manual loop's scheduler
+    dict carries no ``monitor`` key for Lightning to warn about ("... keys will be ignored")."""
+    import warnings
+
+    plateau = lambda opt: torch.optim.lr_scheduler.ReduceLROnPlateau(opt, mode="max", factor=0.5, patience=0)  # noqa: E731
+    model = cls(lr_scheduler=plateau)
+    trainer = pl.Trainer(max_epochs=3, accelerator="cpu", logger=False, enable_checkpointing=False,
+                         enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        trainer.fit(model, _loader(), _loader())
+    assert not [w for w in caught if "lr scheduler dict contains" in str(w.message)]
+    # val/loss falls every epoch, which mode="max" reads as no improvement: the rate halves after epochs 2 and 3
+    assert trainer.optimizers[0].param_groups[0]["lr"] == pytest.approx(0.1 * 0.5 ** 2)

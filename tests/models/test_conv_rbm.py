@@ -11,7 +11,7 @@ import torch
 from torch.utils.data import DataLoader, TensorDataset
 
 from lightning_gm.estimators.ais import AISSchedule
-from lightning_gm.nn.rbm import CD
+from lightning_gm.nn.rbm import CD, Penalties
 from lightning_gm.data import DigitsDataModule
 from lightning_gm.errors import ConfigError
 from lightning_gm.estimators.conv_rbm import conv_rbm_log_partition_enumerate
@@ -27,12 +27,12 @@ def _trainer(tmp_path, epochs: int, **kw) -> pl.Trainer:
 def test_sparsity_gradient_is_bias_only(sparsity_cost: float) -> None:
     """The regulariser adds exactly lambda_s (q_k - p) to the gradient of b_k and nothing to W or c."""
     torch.manual_seed(0)
-    m = ConvRBM(data_shape=(1, 6, 6), n_filters=3, filter_size=3, pool_size=2, sparsity_cost=sparsity_cost,
-                sparsity_target=0.1, weight_cost=0.0, weight_std=0.5)
+    m = ConvRBM(data_shape=(1, 6, 6), n_filters=3, filter_size=3, pool_size=2, weight_std=0.5,
+                penalties=Penalties(weight_cost=0.0, sparsity_target=0.1, sparsity_cost=sparsity_cost))
     x = torch.bernoulli(torch.full((8, 1, 6, 6), 0.4))
     grads = []
     for cost in (0.0, sparsity_cost):
-        m.sparsity_cost = cost
+        m.penalties = m.penalties.replace(sparsity_cost=cost)
         m._generator = torch.Generator().manual_seed(1)  # the same negative samples
         m.zero_grad()
         m.loss_terms(x, "train")["loss"].backward()
@@ -64,7 +64,7 @@ def test_conv_rbm_fits_digits_and_draws_pictures(tmp_path, persistent: bool) -> 
     model, the sparsity regulariser pulls the detector activity towards the target, the pictures have the shapes."""
     dm = DigitsDataModule(binarize="threshold", flatten=False, batch_size=50)
     m = ConvRBM(data_shape=(1, 8, 8), n_filters=6, filter_size=3, pool_size=2, cd=CD(persistent=persistent, chains=50),
-                sparsity_target=0.05, sparsity_cost=5.0, sample_steps=5, ais=AISSchedule(runs=10, steps=50),
+                penalties=Penalties(weight_cost=1e-4, sparsity_target=0.05, sparsity_cost=5.0), sample_steps=5, ais=AISSchedule(runs=10, steps=50),
                 optimizer=lambda p: torch.optim.SGD(p, lr=0.05, momentum=0.5))
     trainer = _trainer(tmp_path, 3)
     dm.setup("fit")
@@ -128,7 +128,6 @@ def test_conv_dbn_trains_layers_greedily(tmp_path) -> None:
     [
         (ConvRBM, dict(data_shape=(10,)), "data_shape"),
         (ConvRBM, dict(data_shape=(1, 8, 8), filter_size=9), "filter_size"),
-        (ConvRBM, dict(data_shape=(1, 8, 8), filter_size=3, sparsity_target=1.5), "sparsity_target"),
         (ConvRBM, dict(data_shape=(1, 8, 8), filter_size=3, pool_size=0), "pool_size"),
         (ConvDBN, dict(data_shape=(1, 8, 8), n_filters=(4, 4), filter_size=(3,), pool_size=(2, 2)), "per layer"),
         (ConvDBN, dict(data_shape=(1, 8, 8), n_filters=(4, 4), filter_size=(3, 5), pool_size=(2, 2)), r"filter_size\[1\]"),
@@ -154,3 +153,8 @@ def test_cli_fit_and_test_on_digits(run_cli, tmp_path) -> None:
     summary = json.loads((run / "summary.json").read_text())
     assert summary["estimator"] == "ais 5x20" and summary["test"]["test/nll"] > 0
     assert list((run / "samples").glob("filters_*.png"))  # 4x4 filters; 3x3 pooled maps are too small for a grid
+
+
+def test_a_bad_penalty_names_its_key() -> None:
+    with pytest.raises(ValueError, match=r"model.init_args.penalties.sparsity_target must be in \[0, 1\), got 1.5"):
+        ConvRBM(data_shape=(1, 8, 8), filter_size=3, penalties={"sparsity_target": 1.5})

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from lightning_gm.models import DensityNetwork
-from lightning_gm.models.density_network import effective_sample_size
+from lightning_gm.models.density_network import PriorSamples, effective_sample_size
 from lightning_gm.nn import GaussianLikelihood
 from lightning_gm.nn import linear_gaussian as lg
 
@@ -26,11 +26,11 @@ def _linear(D: int, L: int = 2, sigma: float = 0.7, seed: int = 0, n: int = 300,
 
 @pytest.mark.parametrize("D,seed", [(3, 0), (5, 1)])
 def test_estimate_converges_to_the_exact_marginal_as_s_grows(D, seed):
-    model, x, exact = _linear(D, seed=seed, chunk_size=500)
+    model, x, exact = _linear(D, seed=seed, samples=PriorSamples(chunk=500))
     torch.manual_seed(seed)
     gaps = {}
     for S in (1, 10, 100, 20_000):
-        model.test_samples = S
+        model.samples = model.samples.replace(test=S)
         gaps[S] = (exact - model.log_prob(x)).mean().item()  # >= 0 in expectation (Jensen)
     assert gaps[1] > gaps[10] > gaps[100] > gaps[20_000] - 0.005, gaps
     assert gaps[1] > 0.3 and abs(gaps[20_000]) < 0.02, gaps
@@ -38,7 +38,7 @@ def test_estimate_converges_to_the_exact_marginal_as_s_grows(D, seed):
 
 
 def test_training_loss_is_the_log_mean_exp_over_prior_samples():
-    model, x, exact = _linear(3, n=100, num_samples=20_000, chunk_size=5000)
+    model, x, exact = _linear(3, n=100, samples=PriorSamples(train=20_000, chunk=5000))
     terms = model.loss_terms(x, "train")
     assert terms["loss"].requires_grad
     assert terms["loss"].item() == pytest.approx(-exact.mean().item(), abs=0.03)
@@ -63,8 +63,28 @@ def test_prior_weights_collapse_as_the_dimension_grows():
     """The failure the logs show: with the same S, the effective sample size falls with D."""
     ess = {}
     for D in (2, 20, 200):
-        model, x, _ = _linear(D, L=2, sigma=0.3, n=100, val_samples=1000, chunk_size=1000)
+        model, x, _ = _linear(D, L=2, sigma=0.3, n=100, samples=PriorSamples(val=1000, chunk=1000))
         torch.manual_seed(0)
         ess[D] = model.loss_terms(x, "val")["ess"].item()
     assert ess[2] > 5 * ess[20] > 0 and ess[20] > ess[200], ess
     assert ess[200] < 10.0, ess  # < 1% of the 1000 samples carry the estimate
+
+
+def test_an_old_checkpoint_with_flat_sample_counts_loads_into_the_group(tmp_path):
+    """Checkpoints written before ``samples`` (flat ``num_samples``, ``test_samples``, ...) load with them in the
+    group (the estimator label follows), and a bad count names its key."""
+    import lightning.pytorch as pl
+
+    model = DensityNetwork((4,), latent_dim=2, hidden=(3,))
+    trainer = pl.Trainer(logger=False, enable_progress_bar=False, enable_model_summary=False, accelerator="cpu")
+    trainer.strategy.connect(model)
+    path = tmp_path / "old.ckpt"
+    trainer.save_checkpoint(path)
+    ckpt = torch.load(path, weights_only=False)
+    ckpt["hyper_parameters"] = dict(data_shape=[4], latent_dim=2, hidden=[3], activation="tanh", init="torch",
+                                    num_samples=7, val_samples=8, test_samples=9, chunk_size=3)
+    torch.save(ckpt, path)
+    loaded = DensityNetwork.load_from_checkpoint(path)
+    assert loaded.samples == PriorSamples(train=7, val=8, test=9, chunk=3) and loaded.estimator == "prior-9"
+    with pytest.raises(ValueError, match=r"model.init_args.samples.test must be >= 1, got 0"):
+        DensityNetwork((4,), samples={"test": 0})

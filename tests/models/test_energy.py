@@ -20,7 +20,8 @@ from lightning_gm.data import DigitsDataModule
 from lightning_gm.estimators.ais import AISSchedule, summarize_log_weights
 from lightning_gm.estimators.decoder_ais import HMCAnnealing
 from lightning_gm.estimators.partition import log_partition_enumerate
-from lightning_gm.models import DBM, DBN, GAN, MPDBM, RBM, ConvRBM, GaussianRBM, SpikeSlabRBM, SubspaceRBM
+from lightning_gm.models.momentum import MomentumWarmup
+from lightning_gm.models import DBM, DBN, GAN, MPDBM, RBM, ConvDBN, ConvRBM, GaussianRBM, SpikeSlabRBM, SubspaceRBM
 from lightning_gm.nn.rbm import CD, Penalties, chain_generator
 from tests.conftest import ROOT
 
@@ -188,21 +189,39 @@ def test_the_cli_builds_the_groups_it_prints(run_cli, tmp_path) -> None:
 #: hyperparameters as the code before the parameter groups wrote them
 FLAT = {
     RBM: dict(data_shape=[64], n_hidden=5, k=3, persistent=True, num_chains=20, weight_std=0.01, weight_cost=0.001,
-              sparsity_target=0.2, sparsity_cost=0.0, sparsity_decay=0.9, initial_momentum=0.5, momentum_warmup_epochs=5,
+              sparsity_target=0.2, sparsity_cost=0.0, sparsity_decay=0.9, initial_momentum=0.4, momentum_warmup_epochs=3,
               init_visible_bias=True, monitor_examples=1000, sample_steps=10, ais_runs=50, ais_steps=300, ais_seed=4,
               exact_max_units=0, update_batch_size=None),
     DBM: dict(data_shape=[64], hidden=[5, 4], epochs_per_layer=[1, 1], pretrain_cd_k=1, mf_iterations=10, mf_tol=1e-6,
               num_chains=10, gibbs_steps=5, weight_cost=2e-4, max_norm=None, lr_decay=0.0, joint_lr_scale=0.02,
               centered=False, offset_rate=0.01, weight_std=0.01, sample_steps=1000, ais_runs=30, ais_steps=200,
               ais_seed=1, exact_max_units=0),
+    DBN: dict(data_shape=[64], hidden=[5, 4], epochs_per_layer=[1, 1], k=2, persistent=True, num_chains=7, propagate="mean",
+              weight_std=0.01, weight_cost=2e-4, initial_momentum=0.3, momentum_warmup_epochs=2, init_visible_bias=True,
+              sample_steps=10, bound_samples=3, ais_runs=20, ais_steps=100, ais_seed=2, exact_max_units=0),
+    MPDBM: dict(data_shape=[64], hidden=[5, 4], n_classes=0, mf_steps=3, mask_prob=0.5, mask_per_example=True,
+                classify_prob=0.0, multi_inference=False, centered=True, weight_cost=0.0, weight_std=0.05, eval_seed=0,
+                test_loglik=True, sample_steps=10, ais_runs=12, ais_steps=90, ais_seed=3, exact_max_units=0),
+    ConvRBM: dict(data_shape=[1, 8, 8], n_filters=3, filter_size=3, pool_size=2, visible="binary", k=2, persistent=True,
+                  num_chains=6, weight_std=0.01, weight_cost=1e-4, sparsity_target=0.05, sparsity_cost=1.0,
+                  init_visible_bias=True, sample_steps=10, ais_runs=9, ais_steps=80, ais_seed=5, exact_max_units=0),
+    ConvDBN: dict(data_shape=[1, 12, 12], n_filters=[3, 2], filter_size=[3, 2], pool_size=[2, 1], epochs_per_layer=[1, 1],
+                  visible="binary", k=4, weight_std=0.01, weight_cost=1e-4, sparsity_target=0.05, sparsity_cost=2.0,
+                  init_visible_bias=True, sample_steps=10, down_steps=2),
     GAN: dict(data_shape=[64], latent_dim=3, generator=None, discriminator=None, hidden=[8], discriminator_hidden=[8],
               generator_loss="non_saturating", d_steps=1, obs_sigma=0.2, ais_chains=4, ais_steps=7, ais_leapfrog_steps=2,
               ais_step_size=0.1, ais_target_accept=0.6, val_ais_examples=0, eval_seed=5),
 }
 GROUPS = {
     RBM: {"cd": CD(k=3, chains=20), "penalties": Penalties(weight_cost=0.001, sparsity_target=0.2, sparsity_decay=0.9),
-          "ais": AISSchedule(runs=50, steps=300, seed=4, exact_max_units=0)},
+          "momentum": MomentumWarmup(initial=0.4, epochs=3), "ais": AISSchedule(runs=50, steps=300, seed=4, exact_max_units=0)},
     DBM: {"ais": AISSchedule(runs=30, steps=200, seed=1, exact_max_units=0)},
+    DBN: {"cd": CD(k=2, chains=7), "momentum": MomentumWarmup(initial=0.3, epochs=2), "ais": AISSchedule(runs=20, steps=100, seed=2, exact_max_units=0)},
+    MPDBM: {"ais": AISSchedule(runs=12, steps=90, seed=3, exact_max_units=0)},
+    ConvRBM: {"cd": CD(k=2, chains=6), "penalties": Penalties(weight_cost=1e-4, sparsity_target=0.05, sparsity_cost=1.0),
+              "ais": AISSchedule(runs=9, steps=80, seed=5, exact_max_units=0)},
+    ConvDBN: {"cd": CD(k=4, persistent=False),
+              "penalties": Penalties(weight_cost=1e-4, sparsity_target=0.05, sparsity_cost=2.0)},
     GAN: {"ais": HMCAnnealing(chains=4, steps=7, leapfrog_steps=2, step_size=0.1, target_accept=0.6, seed=5)},
 }
 
@@ -211,7 +230,8 @@ def _old_checkpoint(cls: type, path, cli: bool) -> dict:
     """A checkpoint in the old format: the state of a model built from the flat keys, with flat hyperparameters
     (as written by Python code, or by the lightning_gm command with its class path)."""
     flat = dict(FLAT[cls])
-    model = cls(**flat)
+    upgrade = getattr(cls, "upgrade_hparams", dict)
+    model = cls(**upgrade(flat))  # the same model, built by today's code
     trainer = pl.Trainer(logger=False, enable_progress_bar=False, enable_model_summary=False, accelerator="cpu")
     trainer.strategy.connect(model)
     trainer.save_checkpoint(path)
@@ -225,7 +245,7 @@ def _old_checkpoint(cls: type, path, cli: bool) -> dict:
     return ckpt["state_dict"]
 
 
-@pytest.mark.parametrize("cls", [RBM, DBM, GAN], ids=lambda c: c.__name__)
+@pytest.mark.parametrize("cls", [RBM, DBM, DBN, MPDBM, ConvRBM, ConvDBN, GAN], ids=lambda c: c.__name__)
 @pytest.mark.parametrize("cli", [False, True], ids=["python", "cli"])
 def test_a_checkpoint_with_flat_hyperparameters_still_loads(cls: type, cli: bool, tmp_path) -> None:
     path = tmp_path / "old.ckpt"
@@ -236,11 +256,13 @@ def test_a_checkpoint_with_flat_hyperparameters_still_loads(cls: type, cli: bool
         assert m.hparams[name] == group.as_dict()  # written back in the new format
     flat_keys = {"k", "persistent", "ais_runs", "ais_steps", "ais_seed", "exact_max_units", "weight_cost",
                  "sparsity_target", "sparsity_cost", "sparsity_decay", "ais_chains", "ais_leapfrog_steps",
-                 "ais_step_size", "ais_target_accept", "eval_seed"}
-    if cls is not DBM:  # the DBM keeps its own num_chains and weight_cost (not the RBM groups)
+                 "ais_step_size", "ais_target_accept", "eval_seed", "initial_momentum", "momentum_warmup_epochs"}
+    if cls not in (DBM, MPDBM):  # the DBMs keep their own num_chains (not the RBM groups)
         flat_keys.add("num_chains")
-    else:
-        flat_keys -= {"weight_cost"}
+    if cls not in (RBM, ConvRBM, ConvDBN):  # the others keep their own weight cost (no penalties group)
+        flat_keys -= {"weight_cost", "sparsity_target", "sparsity_cost"}
+    if cls is MPDBM:  # its own eval_seed (the masks'), not the GAN's AIS seed
+        flat_keys -= {"eval_seed"}
     assert not flat_keys & set(m.hparams), flat_keys & set(m.hparams)
     for key, value in m.state_dict().items():
         torch.testing.assert_close(value, state[key], rtol=0, atol=0)
@@ -318,3 +340,26 @@ def test_a_dbn_stopped_early_is_scored_as_the_dbn_it_trained(tmp_path) -> None:
     trainer = _digits_trainer(tmp_path / "full", 3)  # the top layer's phase begins: the whole recipe
     trainer.fit(m, dm)
     assert m.depth == 3 and m.estimator == "bound" and "phase" not in m.summary_fields()
+
+
+def test_the_dbn_warms_its_momentum_up_again_in_every_layers_phase(tmp_path) -> None:
+    """MomentumWarmup: ``initial`` for the first ``epochs`` epochs of each greedy phase (every layer is a new RBM,
+    with no momentum from the one below), then the optimiser's own; the RBM counts from the fit's start."""
+    seen: list[float] = []
+
+    class Record(pl.Callback):
+        def on_train_batch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch, batch_idx: int) -> None:
+            if batch_idx == 0:  # (after the model's on_train_epoch_start)
+                seen.append(trainer.optimizers[0].param_groups[0]["momentum"])
+
+    torch.manual_seed(0)
+    data = torch.bernoulli(torch.full((20, 16), 0.3))
+    loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(data), batch_size=10)
+    model = DBN(data_shape=(16,), hidden=[6, 4], epochs_per_layer=[3, 3], momentum=MomentumWarmup(initial=0.2, epochs=2),
+                optimizer=lambda p: torch.optim.SGD(p, lr=0.01, momentum=0.8), init_visible_bias=False)
+    trainer = pl.Trainer(max_epochs=6, accelerator="cpu", logger=False, enable_checkpointing=False,
+                         enable_progress_bar=False, enable_model_summary=False, limit_val_batches=0, callbacks=[Record()])
+    trainer.fit(model, loader)
+    assert seen == [0.2, 0.2, 0.8, 0.2, 0.2, 0.8]
+    with pytest.raises(ValueError, match="model.init_args.momentum.initial"):
+        MomentumWarmup(initial=1.0)

@@ -120,6 +120,33 @@ def test_a_generator_step_leaves_the_discriminator_alone(monkeypatch):
     assert all(_moved(g0, model.generator))
 
 
+def _step_norm(before: list[torch.Tensor], module: nn.Module) -> float:
+    return torch.cat([(b - a.detach()).flatten() for a, b in zip(module.parameters(), before)]).norm().item()
+
+
+@pytest.mark.parametrize("clip", [None, 1e-3])
+def test_gradient_clip_val_bounds_each_players_update(clip):
+    """``gradient_clip_val`` is a model argument (Lightning does not clip under manual optimisation): with plain SGD at
+    lr 1, one batch moves each player's parameters by exactly its (clipped) gradient, so the step's norm is the
+    clip value when clipping, and larger than it without."""
+    torch.manual_seed(0)
+    sgd = lambda p: torch.optim.SGD(p, lr=1.0)  # noqa: E731
+    model = GAN(data_shape=(2,), latent_dim=3, hidden=(8,), discriminator_hidden=(8,), optimizer=sgd,
+                discriminator_optimizer=sgd, gradient_clip_val=clip)
+    d0, g0 = _params(model.discriminator), _params(model.generator)
+    _fit(model, 1)
+    d_norm, g_norm = _step_norm(d0, model.discriminator), _step_norm(g0, model.generator)
+    if clip is None:
+        assert d_norm > 10 * 1e-3 and g_norm > 10 * 1e-3
+    else:
+        assert d_norm == pytest.approx(clip, rel=1e-4) and g_norm == pytest.approx(clip, rel=1e-4)
+
+
+def test_a_negative_clip_value_is_refused_naming_the_key():
+    with pytest.raises(ConfigError, match="model.init_args.gradient_clip_val"):
+        GAN(data_shape=(2,), gradient_clip_val=-1.0)
+
+
 @pytest.mark.parametrize("objective", ["mmd2", "mmd"])
 @pytest.mark.parametrize("unbiased", [False, True])
 def test_gmmn_loss_is_the_batch_mmd(objective, unbiased, monkeypatch):

@@ -11,7 +11,7 @@ import torch
 from torch.utils.data import DataLoader, TensorDataset
 
 from lightning_gm.errors import ConfigError
-from lightning_gm.models.hopfield import Hopfield
+from lightning_gm.models.hopfield import Hopfield, RetrievalTest
 from lightning_gm.nn.hopfield import hebbian_weights
 
 
@@ -30,7 +30,8 @@ def _random_binary(n_examples: int, n: int, seed: int) -> DataLoader:
 @pytest.mark.parametrize("seed", [0, 1])
 def test_random_patterns_below_capacity_are_retrieved(tmp_path, update: str, seed: int) -> None:
     """N = 200, P = 6 random patterns, cues with 10% flipped bits: every cue returns to its pattern exactly."""
-    m = Hopfield(data_shape=(200,), num_patterns=6, balanced_classes=False, cue_noise=0.1, update=update, eval_seed=seed)
+    m = Hopfield(data_shape=(200,), num_patterns=6, balanced_classes=False, update=update,
+                 retrieval_test=RetrievalTest(cue_noise=0.1, seed=seed))
     train, val = _random_binary(40, 200, seed), _random_binary(4, 200, 99)
     trainer = _trainer(tmp_path)
     trainer.fit(m, train, val)
@@ -48,7 +49,8 @@ def test_random_patterns_below_capacity_are_retrieved(tmp_path, update: str, see
 
 def test_overloaded_net_fails_to_retrieve(tmp_path) -> None:
     """P = 60 random patterns in N = 100 units (alpha = 0.6, far above 0.138): retrieval collapses."""
-    m = Hopfield(data_shape=(100,), num_patterns=60, balanced_classes=False, cue_noise=0.05, cue_repeats=2)
+    m = Hopfield(data_shape=(100,), num_patterns=60, balanced_classes=False,
+                 retrieval_test=RetrievalTest(cue_noise=0.05, cue_repeats=2))
     trainer = _trainer(tmp_path)
     trainer.fit(m, _random_binary(80, 100, 3), _random_binary(4, 100, 4))
     res = trainer.test(m, _random_binary(4, 100, 4), verbose=False)[0]
@@ -65,11 +67,29 @@ def test_balanced_classes_and_too_few_patterns(tmp_path) -> None:
         _trainer(tmp_path).fit(Hopfield(data_shape=(50,), num_patterns=50, balanced_classes=False), loader)
 
 
-@pytest.mark.parametrize("kw,match", [(dict(cue_noise=0.7), "cue_noise"), (dict(update="parallel"), "update"),
-                                      (dict(num_patterns=0), "num_patterns")])
+@pytest.mark.parametrize("kw,match", [(dict(update="parallel"), "update"), (dict(num_patterns=0), "num_patterns")])
 def test_bad_configs_are_clear_errors(kw, match) -> None:
     with pytest.raises(ConfigError, match=match):
         Hopfield(data_shape=(16,), **kw)
+    with pytest.raises(ValueError, match=r"model.init_args.retrieval_test.cue_noise must be in \[0, 0.5\] \(a flip probability\), got 0.7"):
+        Hopfield(data_shape=(16,), retrieval_test={"cue_noise": 0.7})
+
+
+def test_a_checkpoint_with_the_flat_retrieval_keys_still_loads(tmp_path) -> None:
+    """A checkpoint written before the ``retrieval_test`` group (flat ``cue_noise``, ``eval_seed``, ...) loads with
+    them in the group, and the stored patterns come back."""
+    m = Hopfield(data_shape=(50,), num_patterns=3, balanced_classes=False)
+    trainer = _trainer(tmp_path)
+    trainer.fit(m, _random_binary(10, 50, 1))
+    path = tmp_path / "old.ckpt"
+    trainer.save_checkpoint(path)
+    ckpt = torch.load(path, weights_only=False)
+    ckpt["hyper_parameters"] = dict(data_shape=[50], num_patterns=3, balanced_classes=False, num_classes=10, cue_noise=0.2,
+                                    cue_repeats=4, update="sync", max_sweeps=30, retrieval_overlap=0.8, eval_seed=7)
+    torch.save(ckpt, path)
+    loaded = Hopfield.load_from_checkpoint(path)
+    assert loaded.retrieval_test == RetrievalTest(cue_noise=0.2, cue_repeats=4, overlap=0.8, seed=7)
+    assert loaded.update == "sync" and loaded.max_sweeps == 30 and torch.equal(loaded.patterns, m.patterns)
 
 
 def test_not_a_density_model() -> None:
@@ -88,7 +108,7 @@ def test_cli_store_digits_and_pictures(run_cli, tmp_path) -> None:
     assert run_cli(*args) == 0
     run = tmp_path / "runs" / "hopfield" / "t"
     summary = json.loads((run / "summary.json").read_text())
-    assert summary["estimator"] is None and "test/nll" not in summary["test"]
+    assert summary["estimator"] == "none (retrieval metrics)" and "test/nll" not in summary["test"]
     assert 0.0 <= summary["test"]["test/retrieval_rate"] <= 1.0
     for name in ("retrieval_test.png", "energy_test.png", "samples_test.png"):
         assert (run / "samples" / name).exists()

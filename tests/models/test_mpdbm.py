@@ -102,8 +102,10 @@ def test_unlabelled_bound_is_below_the_exact_log_likelihood() -> None:
     v = torch.bernoulli(torch.full((16, 5), 0.5, dtype=torch.float64))
     bound, exact = m.log_prob(v), brute_log_p(m.dbm, v)
     assert torch.all(bound <= exact + 1e-9) and float((exact - bound).mean()) < 2.0
-    with pytest.raises(NotImplementedError):
-        _ = MPDBM(data_shape=(5,), hidden=[4], n_classes=3).estimator  # no fake estimator with labels
+    labelled = MPDBM(data_shape=(5,), hidden=[4], n_classes=3)  # no fake estimator with labels: it says so
+    assert labelled.estimator == "none (accuracy)"
+    with pytest.raises(ConfigError, match="n_classes"):
+        labelled.log_prob(v)
 
 
 def test_labels_out_of_range_are_a_config_error() -> None:
