@@ -93,9 +93,12 @@ def _platform(x: torch.Tensor, load_batch: int, n_hidden: int = 500) -> tuple[An
 
     from lightning_gm.data.modules import BatchDataset, batch_collate
     from lightning_gm.models import RBM
+    from lightning_gm.models.momentum import MomentumWarmup
+    from lightning_gm.nn.rbm import CD, Penalties
 
-    model = RBM(data_shape=(x.shape[1],), n_hidden=n_hidden, persistent=False, k=1, weight_cost=0.0, init_visible_bias=False,
-                momentum_warmup_epochs=0, optimizer=lambda p: torch.optim.SGD(p, lr=0.05, momentum=0.5),
+    model = RBM(data_shape=(x.shape[1],), n_hidden=n_hidden, cd=CD(k=1, persistent=False), penalties=Penalties(weight_cost=0.0),
+                init_visible_bias=False, momentum=MomentumWarmup(epochs=0),
+                optimizer=lambda p: torch.optim.SGD(p, lr=0.05, momentum=0.5),
                 update_batch_size=100 if load_batch > 100 else None)
     # the platform's batched loader: one indexing operation per loaded batch (MNISTDataModule serves them so)
     loader = DataLoader(BatchDataset(x, torch.zeros(len(x))), batch_size=load_batch, shuffle=True,

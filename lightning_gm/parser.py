@@ -53,8 +53,8 @@ def _flat_keys(data: Any, prefix: str = "") -> set[str]:
 
 def upgraded_config_text(content: str, path: Any = "") -> str:
     """``content`` (a config file's text) with the flat model keys of an old run's configuration moved into their
-    parameter groups (the model class's ``flat_keys``; arguments it lacks get their ``introduced`` values, those that
-    reproduce the model it describes), and one line on stderr saying so; unchanged when there is nothing to move
+    parameter groups (the model class's ``upgrade_hparams``: its ``flat_keys``, a group's ``__init__`` default as the
+    start, and for arguments it lacks their ``introduced`` values, those that reproduce the model it describes), and one line on stderr saying so; unchanged when there is nothing to move
     (or the text is not YAML: the parser reports that)."""
     from lightning_gm import imported_class
 
@@ -68,14 +68,12 @@ def upgraded_config_text(content: str, path: Any = "") -> str:
     for section in [data, *(v for k, v in data.items() if k in ("fit", "validate", "test", "predict"))]:
         model = section.get("model") if isinstance(section, dict) else None
         init_args = model.get("init_args") if isinstance(model, dict) else None
-        keys = getattr(imported_class(model.get("class_path")), "flat_keys", None) if init_args else None
+        cls = imported_class(model.get("class_path")) if init_args else None
+        keys = getattr(cls, "flat_keys", None)
         old = [k for k in init_args if k in keys] if isinstance(init_args, dict) and keys else []
         if not old:
             continue
-        from lightning_gm.models.migration import upgrade_hparams
-
-        cls = imported_class(model["class_path"])
-        model["init_args"] = upgrade_hparams(init_args, keys, getattr(cls, "introduced", None))
+        model["init_args"] = _plain(cls.upgrade_hparams(init_args))  # the family's own tables and group defaults
         moved += [f"{k} as {'.'.join(keys[k])}" if keys[k] else f"{k} (no longer used)" for k in old]
     if not moved:
         return content
@@ -83,6 +81,15 @@ def upgraded_config_text(content: str, path: Any = "") -> str:
     sys.stderr.write(f"lightning_gm: {path or 'the config'} was written before the parameter groups: read "
                      f"{', '.join(moved)}\n")
     return yaml.safe_dump(data, sort_keys=False)
+
+
+def _plain(value: Any) -> Any:
+    """``value`` as YAML's plain types (tuples as lists), for writing it back as a config's text."""
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    return value
 
 
 class GenerativeArgumentParser(LightningArgumentParser):

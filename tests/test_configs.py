@@ -175,3 +175,19 @@ def test_an_old_run_config_with_flat_keys_is_read_into_the_groups(parser, tmp_pa
     capsys.readouterr()
     resolve(parser, "iwae.yaml")
     assert "parameter groups" not in capsys.readouterr().err
+
+
+def test_an_old_rbm_run_config_is_read_into_its_groups(parser, tmp_path, capsys):
+    """The RBM's flat keys of before its groups (the hour run's config.yaml had k, num_chains, momentum_warmup_epochs,
+    ais_runs): each lands in its group, the rest of the group keeps its default."""
+    new = resolve(parser, "rbm_cd25.yaml")
+    old = {k: v for k, v in new.items() if k not in ("config", "__path__")}
+    init = {k: v for k, v in old["model"]["init_args"].items() if k not in ("cd", "momentum", "ais")}
+    init.update(k=25, num_chains=77, momentum_warmup_epochs=2, ais_runs=11)
+    old["model"] = {**old["model"], "init_args": init}
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump(old, sort_keys=False))
+    again = resolve(parser, str(path))["model"]["init_args"]
+    assert "num_chains as cd.chains" in capsys.readouterr().err
+    assert again["cd"] == {"k": 25, "persistent": True, "chains": 77}
+    assert again["momentum"]["epochs"] == 2 and again["ais"]["runs"] == 11 and again["ais"]["steps"] == 14500

@@ -1,19 +1,15 @@
 """Checkpoints written before a family's knobs became parameter groups still load.
 
-Old checkpoints record flat hyperparameters (``k=``, ``ais_runs=``, ``beta=``, ``test_k=``); two routes bring them
-into the groups (:class:`~lightning_gm.groups.ParameterGroup`), side by side here:
-
-* a family whose ``__init__`` still accepts the old names as ``**flat`` folds them in with
-  :func:`fold_flat_hparams` and stores the groups with :func:`record_groups` (the RBM family);
-* a family that dropped them lists them in a :data:`FlatKeys` table and mixes in :class:`GroupedHyperparameters`,
-  whose ``load_from_checkpoint`` rewrites the checkpoint's hyperparameters in memory first (the VAE family, the
-  SBN, the DBN, DBM, MP-DBM, convolutional RBM and DBN, the GAN and GMMN); the command does the same for a checkpoint it rebuilds a
-  model from (:meth:`GroupedHyperparameters.upgrade_hparams`).
+Old checkpoints record flat hyperparameters (``k=``, ``ais_runs=``, ``beta=``, ``test_k=``). A family lists them
+in a :data:`FlatKeys` table (old name -> its group and field) and mixes in :class:`GroupedHyperparameters`, whose
+``load_from_checkpoint`` rewrites the checkpoint's hyperparameters in memory first (every family with groups: the
+RBM family, the VAE family, the SBN, the DBN, DBM, MP-DBM, convolutional RBM and DBN, the GAN and GMMN, the
+Hopfield network, the density network); the command does the same for a checkpoint it rebuilds a model from and
+for an old run folder's ``config.yaml`` (:meth:`GroupedHyperparameters.upgrade_hparams`).
 """
 
 from __future__ import annotations
 
-import copy
 import dataclasses
 import inspect
 import io
@@ -24,45 +20,7 @@ import torch
 
 from lightning_gm.groups import ParameterGroup
 
-__all__ = ["FlatKeys", "GroupedHyperparameters", "fold_flat_hparams", "record_groups", "upgrade_hparams",
-           "upgraded_checkpoint", "groups_as_dicts"]
-
-
-def fold_flat_hparams(owner: str, flat: Mapping[str, Any], groups: dict[str, ParameterGroup],
-                      keys: Mapping[str, tuple[str, str]]) -> dict[str, ParameterGroup]:
-    """Fold the flat hyperparameters of an old checkpoint (``ais_runs=...``, ``k=...``) into the groups.
-
-    Args:
-        owner: the class name, for the error message.
-        flat: the old keyword arguments (``**kwargs`` the new signature does not know).
-        groups: the groups as given, by argument name.
-        keys: old key -> ``(group argument, field)``.
-
-    Returns:
-        The groups with the old values in place (an old value wins over a group's default).
-
-    Raises:
-        TypeError: for a key that is neither a parameter nor an old flat key, as Python would.
-    """
-    unknown = sorted(set(flat) - set(keys))
-    if unknown:
-        raise TypeError(f"{owner}.__init__() got unexpected keyword argument(s) {', '.join(map(repr, unknown))}")
-    out = dict(groups)
-    for old, value in flat.items():
-        group, name = keys[old]
-        out[group] = out[group].replace(**{name: value})
-    return out
-
-
-def record_groups(module: Any, groups: Mapping[str, ParameterGroup], flat: Mapping[str, Any]) -> None:
-    """After ``save_hyperparameters``: store the groups (as plain dictionaries) instead of the old flat keys, so a
-    checkpoint written from an old one is in the new format."""
-    hparams = module._hparams
-    for key in flat:
-        hparams.pop(key, None)
-    for name, group in groups.items():
-        hparams[name] = group.as_dict()
-    module._hparams_initial = copy.deepcopy(hparams)
+__all__ = ["FlatKeys", "GroupedHyperparameters", "upgrade_hparams", "upgraded_checkpoint", "groups_as_dicts"]
 
 
 #: ``old flat name -> (group, field)``, or ``None`` for a name that no longer means anything (dropped)

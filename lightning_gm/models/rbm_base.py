@@ -79,7 +79,7 @@ from lightning_gm.models.energy import (
     sgd_binary_rbm,
 )
 from lightning_gm.models.manual_loop import ClipAlgorithm, ManualLoop
-from lightning_gm.models.migration import fold_flat_hparams, record_groups
+from lightning_gm.models.migration import GroupedHyperparameters
 from lightning_gm.models.momentum import FLAT_MOMENTUM_KEYS, MomentumWarmup
 from lightning_gm.nn.rbm import CD, BernoulliRBM, Penalties, RBMBase, with_gradients
 
@@ -130,7 +130,7 @@ def cd_step(
     return new
 
 
-class RBMModelBase(ManualLoop, ChainStream, PartitionMixin, GenerativeModel):
+class RBMModelBase(GroupedHyperparameters, ManualLoop, ChainStream, PartitionMixin, GenerativeModel):
     """Everything the RBM-family LightningModules share (:class:`RBM`, :class:`GaussianRBM`, the subspace and the
     spike-and-slab RBM). A subclass takes its own arguments plus ``**kwargs`` and passes them on by keyword;
     it implements ``_make_rbm``, ``_init_from_data`` and the :class:`~lightning_gm.models.energy.PartitionMixin`
@@ -154,11 +154,13 @@ class RBMModelBase(ManualLoop, ChainStream, PartitionMixin, GenerativeModel):
             loaded batch (``None``: one update per batch), gradient clipping of every update (``None``: none).
         optimizer: optimiser factory (default SGD, lr 0.1, momentum 0.9).
         lr_scheduler: optional scheduler factory.
-        **flat: the flat keys of checkpoints written before the parameter groups (``k``, ``ais_runs``, ...),
-            folded into the groups; anything else is a ``TypeError``.
     """
 
     family = "rbm"
+    groups = ("cd", "penalties", "momentum", "ais")
+    #: checkpoints and run configs written before the groups still load
+    flat_keys = {**FLAT_CD_KEYS, **FLAT_PENALTY_KEYS, **FLAT_MOMENTUM_KEYS, **FLAT_AIS_KEYS}
+    introduced = ManualLoop.introduced  # (GroupedHyperparameters' empty table would hide the loop's)
     # the CD surrogate's value is logged as train/cd_gap on the logged steps (it is not a likelihood)
     log_train_loss = False
     chains: Tensor
@@ -182,15 +184,11 @@ class RBMModelBase(ManualLoop, ChainStream, PartitionMixin, GenerativeModel):
         gradient_clip_algorithm: ClipAlgorithm = "norm",
         optimizer: OptimizerCallable = sgd_binary_rbm,
         lr_scheduler: Optional[LRSchedulerCallable] = None,
-        **flat: Any,
     ) -> None:
         super().__init__(data_shape, optimizer, lr_scheduler)
-        groups = fold_flat_hparams(type(self).__name__, flat, {"cd": CD.coerce(cd), "penalties": Penalties.coerce(penalties),
-                                                               "momentum": MomentumWarmup.coerce(momentum),
-                                                               "ais": AISSchedule.coerce(ais)},
-                                   {**FLAT_CD_KEYS, **FLAT_PENALTY_KEYS, **FLAT_MOMENTUM_KEYS, **FLAT_AIS_KEYS})
         self.save_hyperparameters(ignore=["optimizer", "lr_scheduler"], frame=inspect.currentframe())
-        record_groups(self, groups, flat)
+        groups = {"cd": CD.coerce(cd), "penalties": Penalties.coerce(penalties),
+                  "momentum": MomentumWarmup.coerce(momentum), "ais": AISSchedule.coerce(ais)}
         for key, (ok, value) in {"n_hidden": (n_hidden >= 1, n_hidden), "sample_steps": (sample_steps >= 1, sample_steps)}.items():
             if not ok:
                 raise ConfigError(f"model.init_args.{key}: invalid value {value!r} (see the {type(self).__name__} docstring)")
