@@ -98,15 +98,10 @@ class Objective(ParameterGroup):
     train_k: int = 1
 
     def __post_init__(self) -> None:
-        if self.train_k < 1:
-            raise ValueError(f"model.init_args.objective.train_k must be >= 1, got {self.train_k}")
-        if self.free_bits < 0:
-            raise ValueError(f"model.init_args.objective.free_bits must be >= 0, got {self.free_bits}")
-        if self.kl_warmup_epochs < 0:
-            raise ValueError(f"model.init_args.objective.kl_warmup_epochs must be >= 0, got {self.kl_warmup_epochs}")
-        if not 0.0 <= self.kl_warmup_fraction <= 1.0:
-            raise ValueError(f"model.init_args.objective.kl_warmup_fraction must be in [0, 1], got "
-                             f"{self.kl_warmup_fraction}")
+        self.require("train_k", self.train_k >= 1, ">= 1")
+        self.require("free_bits", self.free_bits >= 0, ">= 0")
+        self.require("kl_warmup_epochs", self.kl_warmup_epochs >= 0, ">= 0")
+        self.require("kl_warmup_fraction", 0.0 <= self.kl_warmup_fraction <= 1.0, "in [0, 1]")
         if self.kl_warmup_fraction > 0 and self.kl_warmup_epochs > 0:
             raise ValueError("model.init_args.objective: give kl_warmup_epochs or kl_warmup_fraction, not both "
                              f"(got {self.kl_warmup_epochs} and {self.kl_warmup_fraction})")
