@@ -11,6 +11,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from lightning_gm.atomic import temporary_beside
+
 __all__ = ["as_images", "make_grid", "save_figure", "save_png", "save_scatter"]
 
 
@@ -40,11 +42,6 @@ def make_grid(images: Tensor, nrow: Optional[int] = None, padding: int = 2, pad_
     return grid
 
 
-def _atomic_path(path: Path) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    return path.with_name(f".{path.name}.tmp")
-
-
 def save_png(image: Tensor, path: str | os.PathLike, scale: int = 2) -> Path:
     """Write a ``(C, H, W)`` image with values in ``[0, 1]`` as PNG (nearest-neighbour upscaled)."""
     from PIL import Image
@@ -55,7 +52,7 @@ def save_png(image: Tensor, path: str | os.PathLike, scale: int = 2) -> Path:
     img = Image.fromarray(arr)
     if scale > 1:
         img = img.resize((img.width * scale, img.height * scale), Image.NEAREST)
-    tmp = _atomic_path(path)
+    tmp = temporary_beside(path)
     img.save(tmp, format="PNG")
     os.replace(tmp, path)
     return path
@@ -87,7 +84,7 @@ def save_figure(fig: Any, path: str | os.PathLike, dpi: int = 100) -> Path:
     import matplotlib.pyplot as plt
 
     path = Path(path)
-    tmp = _atomic_path(path)
+    tmp = temporary_beside(path)
     fig.savefig(tmp, format="png", dpi=dpi)
     plt.close(fig)
     os.replace(tmp, path)

@@ -29,7 +29,7 @@ import lightning.pytorch  # noqa: E402, F401
 
 @pytest.fixture(autouse=True)
 def _one_multiprocess_test_at_a_time(request, tmp_path_factory):
-    """Under pytest-xdist (``pytest -n 2``; not installed or enabled by default), the tests that start processes of
+    """Under pytest-xdist (the default run, ``-n auto`` in pyproject.toml), the tests that start processes of
     their own (marked ``multiprocess``: sweeps, 2-process DDP, signals, resume) hold a lock shared by the run's
     workers, so at most one of them runs at a time while the other worker takes in-process tests: two at once would
     put four or more busy processes on the two cores and push their deadlines (a SIGTERM answered within 30 s, a

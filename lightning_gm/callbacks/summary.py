@@ -31,6 +31,7 @@ import lightning.pytorch as pl
 import torch
 from lightning.pytorch.loggers import WandbLogger
 
+from lightning_gm.atomic import write_text_atomic
 from lightning_gm.signals import stop_signal_of
 
 __all__ = ["RunSummary", "read_summary", "write_json_atomic", "run_status", "format_test_table", "SUMMARY_FILE"]
@@ -45,10 +46,7 @@ _FIT_STATUS = {"running": "running", "finished": "fitted", "interrupted": "inter
 
 def write_json_atomic(path: Path, data: dict[str, Any]) -> None:
     """Write JSON to a temporary file and rename it over ``path`` (never a half-written file)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(data, indent=2, sort_keys=True, default=str) + "\n")
-    os.replace(tmp, path)
+    write_text_atomic(path, json.dumps(data, indent=2, sort_keys=True, default=str) + "\n")
 
 
 def read_summary(run_dir: str | os.PathLike) -> dict[str, Any]:

@@ -1,5 +1,6 @@
 """``lightning_gm compare``: one leaderboard for every family, as a local HTML dashboard and a table."""
 
+from lightning_gm.atomic import write_text_atomic
 from lightning_gm.dashboard.collect import RunRecord, find_runs, read_run
 from lightning_gm.dashboard.render import default_curves, render_html, render_table, sort_runs
 
@@ -28,9 +29,7 @@ def main(argv: list[str]) -> int:
     if args.dataset:
         runs = [r for r in runs if r.dataset == args.dataset]
     out = Path(args.output) if args.output else root / "compare.html"
-    tmp = out.with_name(f".{out.name}.tmp")
-    tmp.write_text(render_html(runs, title=f"lightning_gm runs in {root}"), encoding="utf-8")
-    tmp.replace(out)
+    write_text_atomic(out, render_html(runs, title=f"lightning_gm runs in {root}"))
     print(render_table(runs))
     print(f"\n{len(runs)} runs; dashboard: {out}")
     if args.open:

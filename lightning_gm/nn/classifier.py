@@ -30,6 +30,8 @@ from typing import Any, Sequence
 import torch
 from torch import Tensor, nn
 
+from lightning_gm.atomic import temporary_beside
+
 __all__ = ["LeNet", "FeatureExtractor", "save_feature_network", "load_feature_network", "FORMAT_VERSION"]
 
 #: version of the saved file's layout
@@ -115,7 +117,7 @@ def save_feature_network(net: LeNet, path: str | os.PathLike, **meta: Any) -> Pa
     path.parent.mkdir(parents=True, exist_ok=True)
     payload = {"format": FORMAT_VERSION, "arch": dict(net.arch),
                "state_dict": {k: v.detach().cpu().clone() for k, v in net.state_dict().items()}, "meta": dict(meta)}
-    tmp = path.with_name(f".{path.name}.tmp")
+    tmp = temporary_beside(path)
     torch.save(payload, tmp)
     os.replace(tmp, path)
     return path

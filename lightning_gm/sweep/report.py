@@ -5,21 +5,19 @@ plots, and ``study.json``.
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 from typing import Any
 
 import yaml
 
+from lightning_gm.atomic import write_text_atomic
 from lightning_gm.sweep.spec import SweepSpec
 
 __all__ = ["report", "write_study_json"]
 
 
 def write_study_json(out: Path, summary: dict[str, Any]) -> None:
-    tmp = out / ".study.json.tmp"
-    tmp.write_text(json.dumps(summary, indent=2, default=str) + "\n")
-    os.replace(tmp, out / "study.json")
+    write_text_atomic(out / "study.json", json.dumps(summary, indent=2, default=str) + "\n")
 
 
 def report(spec: SweepSpec, study: Any, log: Any = print) -> dict[str, Any]:
