@@ -45,7 +45,13 @@ from lightning_gm.command import main
 from lightning_gm.data.modules import GenerativeDataModule
 from lightning_gm.errors import ConfigError, LightningGMError
 from lightning_gm.loggers import new_wandb_id, wandb_needs_offline
-from lightning_gm.parser import GenerativeArgumentParser, SaveResolvedConfig, condense_error, count_before_fraction
+from lightning_gm.parser import (
+    GenerativeArgumentParser,
+    SaveResolvedConfig,
+    condense_error,
+    count_before_fraction,
+    register_resolvers,
+)
 
 __all__ = ["GenerativeCLI", "main", "run"]
 
@@ -109,6 +115,7 @@ class GenerativeCLI(CheckpointArguments, LightningCLI):
             for i, a in enumerate(argv) if a in ("-c", "--config") or a.startswith("--config=")]
         # `${trainer.max_epochs}` in conf/x.yaml means fit.trainer.max_epochs (the subcommand's), not a root key
         set_parsing_settings(omegaconf_absolute_to_relative_paths=True)
+        register_resolvers()  # ${sum:...} in the configs
         super().__init__(
             # any LightningModule: the generative families (GenerativeModel) and the feature network
             # of the sample-quality metrics (models.MNISTClassifier) train through the same command

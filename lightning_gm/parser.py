@@ -18,7 +18,7 @@ import re
 import sys
 import time
 from pathlib import Path
-from typing import Any, NoReturn, Optional, Union
+from typing import Any, NoReturn, Optional, Sequence, Union
 
 import yaml
 from lightning.pytorch.cli import LightningArgumentParser, SaveConfigCallback
@@ -31,6 +31,29 @@ _NOISE = re.compile(
     r"^\s*(- )?(Does not validate against any of the Union subtypes|Subtypes: \[.*\]|Errors:"
     r"|- Expected a <class 'NoneType'>|Given value type: .*|- Expected a path but .* either not accessible or invalid)\s*$"
 )
+
+
+def total(*values: Any) -> int:
+    """The ``${sum:...}`` resolver of the configs: the sum of its arguments, lists summed element by element
+    (``trainer.max_epochs: ${sum:${model.init_args.epochs_per_layer},300}`` = the greedy phases + 300 joint epochs),
+    so a value that must agree with others is computed, not copied by hand."""
+    out = 0
+    for value in values:
+        items = list(value) if isinstance(value, Sequence) and not isinstance(value, str) else [value]
+        for item in items:
+            try:
+                out += int(item)
+            except (TypeError, ValueError):
+                raise ValueError(f"${{sum:...}} adds whole numbers, got {item!r}") from None
+    return out
+
+
+def register_resolvers() -> None:
+    """Make the configs' resolvers known to OmegaConf (``${sum:...}``); idempotent."""
+    from omegaconf import OmegaConf
+
+    if not OmegaConf.has_resolver("sum"):
+        OmegaConf.register_new_resolver("sum", total)
 
 
 def condense_error(message: str) -> str:

@@ -191,3 +191,25 @@ def test_an_old_rbm_run_config_is_read_into_its_groups(parser, tmp_path, capsys)
     assert "num_chains as cd.chains" in capsys.readouterr().err
     assert again["cd"] == {"k": 25, "persistent": True, "chains": 77}
     assert again["momentum"]["epochs"] == 2 and again["ais"]["runs"] == 11 and again["ais"]["steps"] == 14500
+
+
+@pytest.mark.parametrize("config,overrides,epochs", [
+    ("dbm.yaml", [], 100 + 200 + 300),
+    ("dbm3.yaml", [], 100 + 100 + 200 + 300),  # the overlay's own phases, no sum of its own
+    ("dbm.yaml", ["--model.init_args.epochs_per_layer=[5, 10]"], 5 + 10 + 300),
+    ("dbn.yaml", [], 60),
+    ("conv_dbn.yaml", ["--model.init_args.epochs_per_layer=[2, 3]"], 5),
+])
+def test_greedy_recipes_compute_their_length(parser, config, overrides, epochs):
+    """``trainer.max_epochs: ${sum:${..model.init_args.epochs_per_layer},300}``: the run's length is the sum of the
+    phases it names (after the command line), not a hand-copied number."""
+    resolved = resolve(parser, config, *overrides)
+    assert resolved["trainer"]["max_epochs"] == epochs
+
+
+def test_the_sum_resolver_names_a_bad_value():
+    from lightning_gm.parser import total
+
+    assert total([1, 2], 3, "4") == 10
+    with pytest.raises(ValueError, match=r"\$\{sum:...\} adds whole numbers, got 'x'"):
+        total([1, "x"])
