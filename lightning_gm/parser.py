@@ -53,7 +53,7 @@ def register_resolvers() -> None:
     from omegaconf import OmegaConf
 
     if not OmegaConf.has_resolver("sum"):
-        OmegaConf.register_new_resolver("sum", total)
+        OmegaConf.register_resolver("sum", total)  # OmegaConf >= 2.4 (register_new_resolver is deprecated there)
 
 
 def condense_error(message: str) -> str:
