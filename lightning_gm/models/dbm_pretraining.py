@@ -31,6 +31,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
+from lightning_gm.models.greedy import phase_at
 from lightning_gm.nn.dbm import BinaryDBM
 
 __all__ = ["DBMPretraining"]
@@ -73,12 +74,7 @@ class DBMPretraining:
 
     def phase_at(self, epoch: int) -> int:
         """Phase at ``epoch``: ``l`` (0-based) while pretraining RBM ``l + 1``, ``L`` in joint training."""
-        start = 0
-        for l, e in enumerate(self.epochs_per_layer):
-            if epoch < start + e:
-                return l
-            start += e
-        return self.num_layers
+        return phase_at(epoch, self.epochs_per_layer)
 
     def _up_factors(self, l: int) -> tuple[float, float]:
         """(bottom-up, top-down) input multipliers of pretraining RBM ``l`` (1-based)."""

@@ -21,7 +21,16 @@ from torch import Tensor
 
 from lightning_gm.errors import ConfigError
 
-__all__ = ["GreedySchedule", "layer_sizes"]
+__all__ = ["GreedySchedule", "layer_sizes", "phase_at"]
+
+
+def phase_at(epoch: int, epochs_per_phase: Sequence[int]) -> int:
+    """The phase that trains at ``epoch`` (0-based) when phase :math:`l` takes ``epochs_per_phase[l]`` epochs after
+    the ones before it (a phase of 0 epochs is skipped); ``len(epochs_per_phase)`` once they are all done."""
+    for phase, end in enumerate(itertools.accumulate(epochs_per_phase)):
+        if epoch < end:
+            return phase
+    return len(epochs_per_phase)
 
 
 def layer_sizes(hidden: Sequence[int], key: str = "model.init_args.hidden") -> list[int]:
@@ -60,10 +69,7 @@ class GreedySchedule:
 
     def layer_at(self, epoch: int) -> int:
         """The layer trained at ``epoch`` (0-based): the phase of the greedy schedule (the top layer after it)."""
-        for layer, end in enumerate(itertools.accumulate(self.epochs_per_layer)):
-            if epoch < end:
-                return layer
-        return self.num_layers - 1
+        return min(phase_at(epoch, self.epochs_per_layer), self.num_layers - 1)
 
     def phase_start(self, layer: int) -> int:
         """First epoch of ``layer``'s phase."""
