@@ -39,7 +39,7 @@ from lightning_gm.callbacks import DivergenceGuard, RNGStateCheckpoint, RunSumma
 from lightning_gm.callbacks.checkpoint import LastCheckpoint, best_checkpoint
 from lightning_gm.callbacks.console import OneLineSummary, progress_callback
 from lightning_gm.callbacks.pruning import PRUNED_EXIT_CODE, TRIAL_ENV, OptunaPruning
-from lightning_gm.callbacks.summary import format_test_table, read_summary, write_json_atomic
+from lightning_gm.callbacks.summary import SUMMARY_FILE, format_test_table, read_summary, write_json_atomic
 from lightning_gm.cli_checkpoint import CheckpointArguments, is_rank_zero
 from lightning_gm.command import main
 from lightning_gm.data.modules import GenerativeDataModule
@@ -207,9 +207,9 @@ class GenerativeCLI(CheckpointArguments, LightningCLI):
         ckpt = cfg.get("ckpt_path")
         if self.subcommand in (None, "fit") or files or cfg.experiment or cfg.run_name or not ckpt:
             return
-        run = Path(str(ckpt)).resolve().parent.parent
-        if Path(str(ckpt)).is_file() and Path(str(ckpt)).resolve().parent.name == "checkpoints" \
-                and (run / "summary.json").is_file():
+        folder = Path(str(ckpt)).resolve().parent
+        run = folder.parent
+        if folder.name == "checkpoints" and Path(str(ckpt)).is_file() and (run / SUMMARY_FILE).is_file():
             runs_dir = os.path.relpath(run.parent.parent)
             cfg.runs_dir = str(run.parent.parent) if runs_dir.startswith("..") else runs_dir
             cfg.experiment, cfg.run_name = run.parent.name, run.name

@@ -15,13 +15,13 @@ from __future__ import annotations
 import os
 import sys
 from pathlib import Path
-from typing import Optional
+from typing import Any, Optional
 
 from jsonargparse import Namespace
 
 from lightning_gm import find_checkpoint, imported_class
 from lightning_gm.errors import ConfigError, LightningGMError
-from lightning_gm.parser import GenerativeArgumentParser
+from lightning_gm.parser import GenerativeArgumentParser, config_sections
 
 __all__ = ["CheckpointArguments", "is_rank_zero"]
 
@@ -46,8 +46,7 @@ def _config_sets_model(path: Path, seen: Optional[set[Path]] = None) -> bool:
         return False
     if not isinstance(data, dict):
         return False
-    sections = [data, *(data[k] for k in ("fit", "validate", "test", "predict") if isinstance(data.get(k), dict))]
-    for section in sections:
+    for section in config_sections(data):
         if any(k == "model" or str(k).startswith("model.") for k in section):
             return True
         includes = section.get("config")
@@ -86,13 +85,13 @@ class CheckpointArguments:
         files = [str(f) for f in self.config[sub].get("config") or []] or GenerativeArgumentParser.config_files
         if any(_config_sets_model(Path(f)) for f in files):
             return
-        self._refuse_unrecorded_checkpoint()
         ckpt_path = self.config[sub].get("ckpt_path")
         if not ckpt_path or not Path(ckpt_path).is_file():
             return
         from lightning_gm.models.checkpointing import read_hparams
 
-        hparams = dict(read_hparams(ckpt_path, weights_only=True))
+        hparams = read_hparams(ckpt_path, weights_only=True)  # a whole checkpoint's load: once
+        self._refuse_unrecorded_checkpoint(ckpt_path, hparams)
         hparams.pop("_instantiator", None)
         if "_class_path" not in hparams:
             super()._parse_ckpt_path()  # type: ignore[misc]
@@ -118,16 +117,11 @@ class CheckpointArguments:
         if overrides:
             self.config[sub] = self._parser(sub).parse_args(overrides, namespace=self.config[sub].clone())
 
-    def _refuse_unrecorded_checkpoint(self) -> None:
-        """Without a ``--config`` the model is rebuilt from the checkpoint's hyperparameters alone: refuse a
-        checkpoint that does not record an injected module (it would come back with the default one)."""
-        ckpt_path = self.config[self.config.subcommand].get("ckpt_path") if self.config.get("subcommand") else None
-        if not ckpt_path or not Path(ckpt_path).is_file():
-            return
+    def _refuse_unrecorded_checkpoint(self, ckpt_path: str, hparams: dict[str, Any]) -> None:
+        """Without a ``--config`` the model is rebuilt from the checkpoint's hyperparameters (``hparams``) alone:
+        refuse a checkpoint that does not record an injected module (it would come back with the default one)."""
         from lightning_gm.models.base import GenerativeModel
-        from lightning_gm.models.checkpointing import read_hparams
 
-        hparams = read_hparams(ckpt_path, weights_only=True)
         model_cfg = self.config[self.config.subcommand].get("model")
         class_path = hparams.get("_class_path") or (model_cfg.get("class_path") if model_cfg else None)
         cls = imported_class(class_path)

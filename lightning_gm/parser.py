@@ -24,8 +24,8 @@ import yaml
 from lightning.pytorch.cli import LightningArgumentParser, SaveConfigCallback
 from lightning.pytorch.loggers import CSVLogger as LightningCSVLogger
 
-__all__ = ["GenerativeArgumentParser", "SaveResolvedConfig", "condense_error", "count_before_fraction",
-           "upgraded_config_text"]
+__all__ = ["GenerativeArgumentParser", "SaveResolvedConfig", "condense_error", "config_sections",
+           "count_before_fraction", "register_resolvers", "total", "upgraded_config_text"]
 
 _NOISE = re.compile(
     r"^\s*(- )?(Does not validate against any of the Union subtypes|Subtypes: \[.*\]|Errors:"
@@ -74,11 +74,20 @@ def _flat_keys(data: Any, prefix: str = "") -> set[str]:
     return out
 
 
+def config_sections(data: dict[str, Any]) -> list[dict[str, Any]]:
+    """The parts of a loaded config file that configure a command: the file itself and its per-command blocks
+    (``fit:``, ``test:``, ... as LightningCLI's top-level form writes them)."""
+    from lightning_gm.command import LIGHTNING_COMMANDS
+
+    return [data, *(data[k] for k in LIGHTNING_COMMANDS if isinstance(data.get(k), dict))]
+
+
 def upgraded_config_text(content: str, path: Any = "") -> str:
     """``content`` (a config file's text) with the flat model keys of an old run's configuration moved into their
     parameter groups (the model class's ``upgrade_hparams``: its ``flat_keys``, a group's ``__init__`` default as the
-    start, and for arguments it lacks their ``introduced`` values, those that reproduce the model it describes), and one line on stderr saying so; unchanged when there is nothing to move
-    (or the text is not YAML: the parser reports that)."""
+    start, and for arguments it lacks their ``introduced`` values, those that reproduce the model it describes), and
+    one line on stderr saying so; unchanged when there is nothing to move (or the text is not YAML: the parser
+    reports that)."""
     from lightning_gm import imported_class
 
     try:
@@ -88,8 +97,8 @@ def upgraded_config_text(content: str, path: Any = "") -> str:
     if not isinstance(data, dict):
         return content
     moved: list[str] = []
-    for section in [data, *(v for k, v in data.items() if k in ("fit", "validate", "test", "predict"))]:
-        model = section.get("model") if isinstance(section, dict) else None
+    for section in config_sections(data):
+        model = section.get("model")
         init_args = model.get("init_args") if isinstance(model, dict) else None
         cls = imported_class(model.get("class_path")) if init_args else None
         keys = getattr(cls, "flat_keys", None)

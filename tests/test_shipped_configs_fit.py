@@ -37,9 +37,7 @@ def test_every_shipped_config_fits_one_batch_and_loads_back(run_cli, tmp_path, c
     assert trained == 1 and ckpt["epoch"] == 0, f"{config}: last.ckpt holds {trained} batches of epoch {ckpt['epoch']}"
 
     model = lightning_gm.load_model(run)
-    assert f"{type(model).__module__}.{type(model).__qualname__}" == saved["model"]["class_path"] or (
-        type(model).__qualname__ == saved["model"]["class_path"].rsplit(".", 1)[-1]
-    )
+    assert type(model) is lightning_gm.imported_class(saved["model"]["class_path"])
     state = model.state_dict()
     assert state.keys() == ckpt["state_dict"].keys()
     for key, value in ckpt["state_dict"].items():

@@ -225,7 +225,7 @@ class PixelCNNLikelihood(Likelihood):
     exact, in one pass. :meth:`sample` draws pixel by pixel (``D`` passes, batched over examples; the pass
     for row ``r`` runs on rows ``<= r`` only). :math:`\mathbb E[x \mid z]` is intractable, so :meth:`mean`
     returns the conditional probabilities :math:`\sigma(\eta_i)` along one ancestral sample (what
-    :meth:`~lightning_gm.models.vae.LatentVariableModel.sample` and ``reconstruct`` show).
+    :meth:`~lightning_gm.models.latent.LatentVariableModel.sample` and ``reconstruct`` show).
 
     Use it as ``likelihood`` of :class:`~lightning_gm.models.VAE` (``conf/vae_pixelcnn.yaml``).
 
